@@ -1,0 +1,94 @@
+from __future__ import annotations
+
+from django.contrib.auth.models import AbstractBaseUser, BaseUserManager, PermissionsMixin
+from django.db import models
+from django.utils import timezone
+
+
+class Tier(models.Model):
+    """What a tenant may do. Seeded rows: `free` (BYOK only) and `paid` (server compute)."""
+
+    name = models.SlugField(max_length=32, unique=True)
+    daily_limit = models.PositiveIntegerField(help_text="Texts per UTC day, hits and misses alike.")
+    monthly_limit = models.PositiveIntegerField(help_text="Texts per calendar month (UTC).")
+    requests_per_minute = models.PositiveIntegerField(default=600)
+    max_batch_size = models.PositiveIntegerField(default=2048, help_text="Texts per request.")
+    max_job_texts = models.PositiveIntegerField(default=100_000)
+    server_compute = models.BooleanField(default=False, help_text="May use the platform's models.")
+    allowed_models = models.JSONField(default=list, blank=True, help_text="Model names; empty = all.")
+    priority = models.SmallIntegerField(default=0, help_text="Higher goes first in shared queues.")
+
+    def __str__(self) -> str:
+        return self.name
+
+    def allows_model(self, model: str) -> bool:
+        return not self.allowed_models or model in self.allowed_models
+
+
+class Tenant(models.Model):
+    name = models.CharField(max_length=200)
+    tier = models.ForeignKey(Tier, on_delete=models.PROTECT, related_name="tenants")
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class UserManager(BaseUserManager):
+    use_in_migrations = True
+
+    def create_user(self, email: str, password: str | None = None, **extra):
+        if not email:
+            raise ValueError("email is required")
+        user = self.model(email=self.normalize_email(email).lower(), **extra)
+        user.set_password(password)
+        user.save(using=self._db)
+        return user
+
+    def create_superuser(self, email: str, password: str | None = None, **extra):
+        extra.setdefault("is_staff", True)
+        extra.setdefault("is_superuser", True)
+        return self.create_user(email, password, **extra)
+
+
+class User(AbstractBaseUser, PermissionsMixin):
+    """Logs in with email. Staff users run the admin; tenant users own API keys."""
+
+    email = models.EmailField(unique=True)
+    tenant = models.ForeignKey(Tenant, null=True, blank=True, on_delete=models.CASCADE, related_name="users")
+    is_active = models.BooleanField(default=True)
+    is_staff = models.BooleanField(default=False)
+    date_joined = models.DateTimeField(default=timezone.now)
+
+    USERNAME_FIELD = "email"
+    EMAIL_FIELD = "email"
+    REQUIRED_FIELDS: list[str] = []
+
+    objects = UserManager()
+
+    def __str__(self) -> str:
+        return self.email
+
+
+class ApiKey(models.Model):
+    """An API key: shown once, stored as prefix + HMAC-SHA256 (see accounts/keys.py)."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="api_keys")
+    created_by = models.ForeignKey(User, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    name = models.CharField(max_length=100, blank=True, default="")
+    prefix = models.CharField(max_length=16, unique=True)
+    key_hash = models.CharField(max_length=64)
+    created_at = models.DateTimeField(default=timezone.now)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["tenant", "-created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.prefix}… ({self.tenant})"
+
+    @property
+    def is_revoked(self) -> bool:
+        return self.revoked_at is not None

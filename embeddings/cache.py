@@ -1,0 +1,69 @@
+"""The durable embedding cache: keys, one-query bulk lookup, idempotent bulk upsert.
+
+Reads take every key of a request in one query; writes take every vector of a batch in
+one INSERT ... ON CONFLICT DO NOTHING, so a re-delivered batch or two workers embedding
+the same text write one row. A hit never writes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from django.db import connection
+
+from embeddings.models import CachedEmbedding
+
+PUBLIC_SCOPE = CachedEmbedding.PUBLIC_SCOPE
+_TABLE = CachedEmbedding._meta.db_table
+
+
+def text_key(model_input: str) -> bytes:
+    """sha256 of exactly what the model sees (prompt + text). surrogatepass: never raise."""
+    return hashlib.sha256(model_input.encode("utf-8", "surrogatepass")).digest()
+
+
+@dataclass(frozen=True)
+class Hit:
+    vector: np.ndarray
+    tokens: int
+
+
+def cache_lookup(*, model: str, version: str, keys: Sequence[bytes], scopes: Sequence[int]) -> dict[bytes, Hit]:
+    """Every stored vector among `keys` in any of `scopes`, in one query."""
+    if not keys:
+        return {}
+    with connection.cursor() as cur:
+        cur.execute(
+            f"SELECT text_sha256, tokens, vector FROM {_TABLE} "
+            "WHERE text_sha256 = ANY(%s) AND model = %s AND model_version = %s AND scope = ANY(%s)",
+            [list(keys), model, version, list(scopes)],
+        )
+        rows = cur.fetchall()
+    return {bytes(k): Hit(np.frombuffer(v, dtype="<f4"), t) for k, t, v in rows}
+
+
+def cache_upsert(*, model: str, version: str, scope: int, rows: Iterable[tuple[bytes, int, np.ndarray]]) -> int:
+    """Stores (key, tokens, vector) rows in one statement; existing keys are left alone.
+
+    Returns how many rows were new.
+    """
+    keys, tokens, vectors, dims = [], [], [], []
+    for key, n_tokens, vector in rows:
+        vec = np.ascontiguousarray(vector, dtype="<f4")
+        keys.append(key)
+        tokens.append(int(n_tokens))
+        vectors.append(vec.tobytes())
+        dims.append(vec.shape[0])
+    if not keys:
+        return 0
+    with connection.cursor() as cur:
+        cur.execute(
+            f"INSERT INTO {_TABLE} (text_sha256, model, model_version, scope, dims, tokens, vector, created_at) "
+            "SELECT k, %s, %s, %s, d, t, v, now() FROM unnest(%s::bytea[], %s::int[], %s::int[], %s::bytea[]) AS u(k, d, t, v) "
+            "ON CONFLICT (text_sha256, model, model_version, scope) DO NOTHING",
+            [model, version, scope, keys, dims, tokens, vectors],
+        )
+        return cur.rowcount

@@ -1,0 +1,28 @@
+"""Turning a stored vector into what the client asked for. Pure functions, no DB.
+
+One stored vector (the model's own output, full dims) serves every option: `dimensions`
+keeps the first N components (Matryoshka-style, as OpenAI's text-embedding-3 does) and
+then renormalizes; `normalize` L2-normalizes. See docs/DECISIONS.md.
+"""
+
+from __future__ import annotations
+
+import base64
+
+import numpy as np
+
+
+def vectors_shape(vectors: np.ndarray, *, dimensions: int | None, normalize: bool) -> np.ndarray:
+    """(n, d) float32 -> (n, dimensions or d) float32, renormalized when cut or asked."""
+    out = vectors[:, :dimensions] if dimensions else vectors
+    if normalize or (dimensions and dimensions < vectors.shape[1]):
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        out = out / np.where(norms == 0, 1, norms)
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def vector_encode(vector: np.ndarray, encoding_format: str):
+    """float -> list of floats; base64 -> little-endian float32 bytes, as OpenAI sends them."""
+    if encoding_format == "base64":
+        return base64.b64encode(np.ascontiguousarray(vector, dtype="<f4").tobytes()).decode("ascii")
+    return vector.tolist()

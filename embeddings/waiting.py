@@ -1,0 +1,99 @@
+"""The hand-off between a web request and the workers, over Redis.
+
+submit(): one work item per request (all its missing texts) is RPUSHed to the model's
+list; the worker drains many items into one forward pass and answers each on its own
+reply key, which the request BLPOPs. The wire format is defined here and only here.
+
+Reply frame: b"K" + int32[n] token counts + float32[n, dims] vectors (little-endian),
+or b"E" + a UTF-8 message for an item the worker could not embed.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+
+import numpy as np
+import orjson
+import redis
+from django.conf import settings
+
+from embedplatform.errors import InvalidInput, WaitTimeout, WAIT_TIMED_OUT
+from workers.queues import alive_key, reply_key, work_list
+
+REPLY_TTL_SECONDS = 120
+_local = threading.local()
+
+
+def redis_client() -> redis.Redis:
+    """A per-process (per-thread) client with no read timeout: BLPOP sets its own."""
+    client = getattr(_local, "client", None)
+    if client is None:
+        client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=None, health_check_interval=30)
+        _local.client = client
+    return client
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    id: str
+    model: str
+    texts: list[str]
+    keys: list[bytes]
+    scope: int
+    deadline: float
+    priority: str = "hi"
+
+    def dumps(self) -> bytes:
+        return orjson.dumps(
+            {"id": self.id, "model": self.model, "texts": self.texts, "keys": [k.hex() for k in self.keys],
+             "scope": self.scope, "deadline": self.deadline}
+        )
+
+    @classmethod
+    def loads(cls, raw: bytes) -> WorkItem:
+        d = orjson.loads(raw)
+        return cls(id=d["id"], model=d["model"], texts=d["texts"], keys=[bytes.fromhex(k) for k in d["keys"]],
+                   scope=d["scope"], deadline=d["deadline"])
+
+
+def reply_ok(tokens: np.ndarray, vectors: np.ndarray) -> bytes:
+    return b"K" + np.asarray(tokens, dtype="<i4").tobytes() + np.ascontiguousarray(vectors, dtype="<f4").tobytes()
+
+
+def reply_error(message: str) -> bytes:
+    return b"E" + message.encode("utf-8", "replace")
+
+
+def reply_parse(raw: bytes, *, n: int, dims: int) -> tuple[np.ndarray, np.ndarray]:
+    """(tokens int32[n], vectors float32[n, dims]); raises InvalidInput for an error reply."""
+    if raw[:1] == b"E":
+        raise InvalidInput(f"The input could not be embedded: {raw[1:].decode('utf-8', 'replace')}", param="input")
+    tokens = np.frombuffer(raw, dtype="<i4", count=n, offset=1)
+    vectors = np.frombuffer(raw, dtype="<f4", offset=1 + 4 * n).reshape(n, dims)
+    return tokens, vectors
+
+
+def work_submit(*, model: str, texts: list[str], keys: list[bytes], scope: int, wait: float) -> WorkItem:
+    item = WorkItem(id=uuid.uuid4().hex, model=model, texts=texts, keys=keys, scope=scope, deadline=time.time() + wait)
+    redis_client().rpush(work_list(model, item.priority), item.dumps())
+    return item
+
+
+def work_wait(item: WorkItem, *, wait: float, dims: int) -> tuple[np.ndarray, np.ndarray]:
+    """Blocks until the worker answers `item`, at most `wait` seconds (then WaitTimeout)."""
+    popped = redis_client().blpop([reply_key(item.id)], timeout=max(wait, 0.01))
+    if popped is None:
+        raise WaitTimeout(WAIT_TIMED_OUT.format(seconds=wait))
+    return reply_parse(popped[1], n=len(item.texts), dims=dims)
+
+
+def queue_state(model: str) -> tuple[int, bool]:
+    """(items waiting on the model's interactive list, whether any worker is alive), one round trip."""
+    pipe = redis_client().pipeline(transaction=False)
+    pipe.llen(work_list(model, "hi"))
+    pipe.exists(alive_key(model))
+    depth, alive = pipe.execute()
+    return int(depth), bool(alive)

@@ -1,0 +1,21 @@
+import os
+from logging.config import dictConfig
+
+from celery import Celery
+from celery.signals import setup_logging
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "embedplatform.settings.base")
+
+app = Celery("embedplatform")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.autodiscover_tasks()
+
+
+@setup_logging.connect
+def config_loggers(*args, **kwargs):
+    from django.conf import settings
+
+    dictConfig(settings.LOGGING)
+
+# The drain loop of the embedding workers (workers/bootsteps.py), by name: no import here.
+app.steps["worker"].add("workers.bootsteps:DrainStep")

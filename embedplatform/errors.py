@@ -1,0 +1,177 @@
+"""Domain errors and the one handler that turns every error into OpenAI's envelope.
+
+Services raise the domain errors below (they know nothing of HTTP); `exception_handler`
+(DRF's EXCEPTION_HANDLER) and the Django-level handlers map them, DRF's own exceptions
+and anything unexpected to `{"error": {"message", "type", "param", "code"}}` with the
+SPEC's status code. Message templates are constants so tests can assert exact text.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.http import Http404, JsonResponse
+from rest_framework import exceptions as drf
+from rest_framework.response import Response
+
+logger = logging.getLogger(__name__)
+
+MODEL_UNKNOWN = "The model `{model}` does not exist. GET /v1/models lists the models you can use."
+MODEL_NOT_ALLOWED = "The model `{model}` is not available on your tier ({tier})."
+SERVER_COMPUTE_REFUSED = (
+    "Your tier ({tier}) does not include server compute for `{model}`: configure a provider "
+    "(POST /v1/providers) and use `<provider name>/<model>`, or upgrade to a paid tier."
+)
+DIMENSIONS_OUT_OF_RANGE = "dimensions must be between 1 and {max} for model `{model}`; got {got}."
+INPUT_TOO_LONG = (
+    "input[{index}] has {tokens} tokens, over the {max} that `{model}` accepts; shorten it or "
+    "send truncate=true to cut it."
+)
+WAIT_TIMED_OUT = "The embedding was not ready within {seconds:g} s; retry the request."
+WORKERS_UNAVAILABLE = "No worker is serving `{model}` right now; retry shortly."
+
+
+class ApiError(Exception):
+    """Base of every error a client may see. `param` names the offending field."""
+
+    status = 400
+    type = "invalid_request_error"
+    code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+
+    def headers(self) -> dict[str, str]:
+        return {}
+
+
+class InvalidInput(ApiError):
+    status = 400
+
+
+class PayloadTooLarge(ApiError):
+    status = 413
+    code = "payload_too_large"
+
+
+class AuthenticationError(ApiError):
+    status = 401
+    type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class NotAllowed(ApiError):
+    status = 403
+    type = "permission_error"
+    code = "not_allowed"
+
+
+class NotFound(ApiError):
+    status = 404
+    code = "not_found"
+
+
+class _RetryAfter(ApiError):
+    def __init__(self, message: str, *, retry_after: int = 1, **kwargs):
+        super().__init__(message, **kwargs)
+        self.retry_after = max(1, int(retry_after))
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+
+class RateLimited(_RetryAfter):
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+
+class Overloaded(_RetryAfter):
+    status = 503
+    type = "server_error"
+    code = "overloaded"
+
+
+class WaitTimeout(ApiError):
+    status = 504
+    type = "timeout_error"
+    code = "timeout"
+
+
+def error_body(message: str, *, type: str, param: str | None = None, code: str | None = None) -> dict:
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+_DRF_TYPES = {
+    401: ("authentication_error", "invalid_api_key"),
+    403: ("permission_error", "not_allowed"),
+    404: ("invalid_request_error", "not_found"),
+    405: ("invalid_request_error", "method_not_allowed"),
+    413: ("invalid_request_error", "payload_too_large"),
+    415: ("invalid_request_error", "unsupported_media_type"),
+    429: ("rate_limit_error", "rate_limit_exceeded"),
+}
+
+
+def _first_validation_error(detail, path: str = "") -> tuple[str | None, str]:
+    """Walk DRF's nested ValidationError detail to the first message and its field path."""
+    if isinstance(detail, dict):
+        for key, value in detail.items():
+            key = "" if key == "non_field_errors" else str(key)
+            sub = f"{path}.{key}" if path and key else (key or path)
+            return _first_validation_error(value, sub)
+    if isinstance(detail, list):
+        for i, value in enumerate(detail):
+            if isinstance(value, (dict, list)) and value:
+                return _first_validation_error(value, f"{path}[{i}]" if isinstance(value, dict) else path)
+            if not isinstance(value, (dict, list)):
+                return path or None, str(value)
+    return path or None, str(detail)
+
+
+def exception_handler(exc, context):
+    if isinstance(exc, ApiError):
+        body = error_body(exc.message, type=exc.type, param=exc.param, code=exc.code)
+        return Response(body, status=exc.status, headers=exc.headers())
+    if isinstance(exc, Http404):
+        exc = drf.NotFound()
+    elif isinstance(exc, DjangoPermissionDenied):
+        exc = drf.PermissionDenied()
+    if isinstance(exc, drf.ValidationError):
+        param, message = _first_validation_error(exc.detail)
+        text = f"{param}: {message}" if param else message
+        return Response(error_body(text, type="invalid_request_error", param=param, code="invalid_value"), status=400)
+    if isinstance(exc, drf.ParseError):
+        return Response(error_body(str(exc.detail), type="invalid_request_error", code="invalid_json"), status=400)
+    if isinstance(exc, drf.APIException):
+        type_, code = _DRF_TYPES.get(exc.status_code, ("invalid_request_error", exc.default_code))
+        headers = {}
+        if getattr(exc, "auth_header", None):
+            headers["WWW-Authenticate"] = exc.auth_header
+        if getattr(exc, "wait", None):
+            headers["Retry-After"] = str(int(exc.wait))
+        return Response(error_body(str(exc.detail), type=type_, code=code), status=exc.status_code, headers=headers)
+    # Anything else is a bug: log it with its traceback and answer with the envelope, no details.
+    logger.exception("unhandled error in %s", context.get("view"))
+    return Response(error_body("Internal server error.", type="server_error", code="internal_error"), status=500)
+
+
+def handler404(request, exception=None):
+    return JsonResponse(error_body(f"No route for {request.path}.", type="invalid_request_error", code="not_found"), status=404)
+
+
+def handler500(request):
+    return JsonResponse(error_body("Internal server error.", type="server_error", code="internal_error"), status=500)
+
+
+def handler400(request, exception=None):
+    return JsonResponse(error_body("Bad request.", type="invalid_request_error"), status=400)
+
+
+def handler403(request, exception=None):
+    return JsonResponse(error_body("Forbidden.", type="permission_error", code="not_allowed"), status=403)

@@ -1,0 +1,39 @@
+"""A JSON parser that enforces MAX_REQUEST_BYTES while reading and uses orjson.
+
+DRF reads the body from the request stream, which bypasses Django's
+DATA_UPLOAD_MAX_MEMORY_SIZE check; this parser reads at most limit+1 bytes, so an
+oversized body is answered with 413 without being held in memory.
+"""
+
+from __future__ import annotations
+
+import orjson
+from django.conf import settings
+from rest_framework import parsers
+from rest_framework.exceptions import ParseError
+
+from embedplatform.errors import PayloadTooLarge
+
+
+class JSONParser(parsers.JSONParser):
+    def parse(self, stream, media_type=None, parser_context=None):
+        limit = settings.MAX_REQUEST_BYTES
+        request = (parser_context or {}).get("request")
+        length = request.META.get("CONTENT_LENGTH") if request is not None else None
+        if length and length.isdigit() and int(length) > limit:
+            raise PayloadTooLarge(f"The request body is {int(length)} bytes; the limit is {limit}.")
+        data = stream.read(limit + 1) if stream is not None else b""
+        if len(data) > limit:
+            raise PayloadTooLarge(f"The request body is over the {limit}-byte limit.")
+        if not data:
+            raise ParseError("The request body is empty; send a JSON object.")
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            raise ParseError(f"The request body is not valid JSON: {exc}.") from None
+
+
+class CurlJSONParser(JSONParser):
+    """`curl -d '{...}'` labels JSON as form data; parse it as the JSON it is."""
+
+    media_type = "application/x-www-form-urlencoded"

@@ -1,0 +1,41 @@
+"""The CELERY_* block (read by embedplatform/celery.py with namespace="CELERY")."""
+
+from __future__ import annotations
+
+import environ
+
+from embedplatform import embedded
+
+env = environ.Env()
+_var_dir = env.str("VAR_DIR", default="")
+
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html#broker-url
+if "CELERY_BROKER_URL" in env:
+    CELERY_BROKER_URL = env.str("CELERY_BROKER_URL")
+elif "REDIS_URL" in env:
+    CELERY_BROKER_URL = env.str("REDIS_URL")
+else:
+    from pathlib import Path
+
+    _base = Path(__file__).resolve().parent.parent.parent
+    CELERY_BROKER_URL = embedded.broker_url(Path(_var_dir or _base / "var").resolve())
+
+# JSON only: no pickle on the wire.
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html#accept-content
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_SERIALIZER = "json"
+# Results travel through our own Redis reply keys and Postgres; the result backend is off.
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_RESULT_BACKEND = None
+# Redelivery is harmless (idempotent upserts), so ack after the work, not before.
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html#task-acks-late
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_TIME_LIMIT = 600
+CELERY_TASK_SOFT_TIME_LIMIT = 540
+CELERY_WORKER_SEND_TASK_EVENTS = True
+CELERY_TASK_SEND_SENT_EVENT = True
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_TASK_DEFAULT_QUEUE = "default"
+# Routes: every embedding task names its model queue at call time (workers/queues.py).

@@ -1,0 +1,52 @@
+"""Test overlay: the same settings, its own Redis DB number, fast hashing.
+
+Tests use the servers named by DATABASE_URL / REDIS_URL (CI: the machine's PostgreSQL and
+Redis) or, where those are unset, the embedded pair under VAR_DIR/test, started here.
+pytest-django creates `test_<name>` databases, so a dev database is never touched; Redis
+uses DB TEST_REDIS_DB (13) so a dev stack on DB 0 never collides with the tests.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+os.environ.setdefault("SECRET_KEY", "test-secret-key-not-for-production-0123456789abcdef")
+os.environ.setdefault("SYNC_WAIT_SECONDS", "20")
+
+from embedplatform.settings.base import *  # noqa: E402,F403
+from embedplatform.settings.base import EMBEDDED_DB, EMBEDDED_REDIS, VAR_DIR, env  # noqa: E402
+
+TEST_REDIS_DB = env.int("TEST_REDIS_DB", default=13)
+TEST_VAR_DIR = VAR_DIR / "test"
+
+if EMBEDDED_DB or EMBEDDED_REDIS:
+    from embedplatform import embedded
+
+    embedded.ensure_var_dir(TEST_VAR_DIR)
+    if EMBEDDED_DB:
+        import atexit
+
+        _pg = embedded.start_postgres(TEST_VAR_DIR)
+        atexit.register(embedded.stop_postgres, _pg)
+        DATABASES = {  # noqa: F811
+            "default": {
+                **env.db_url_config(embedded.database_url(TEST_VAR_DIR)),
+                "ENGINE": "django.db.backends.postgresql",
+                "CONN_MAX_AGE": 0,
+            }
+        }
+    if EMBEDDED_REDIS:
+        _redis = embedded.start_redis(TEST_VAR_DIR)
+        REDIS_URL = embedded.redis_url(TEST_VAR_DIR, TEST_REDIS_DB)  # noqa: F811
+        CELERY_BROKER_URL = embedded.broker_url(TEST_VAR_DIR, TEST_REDIS_DB)  # noqa: F811
+
+if not EMBEDDED_REDIS:
+    # Same server, the tests' own DB number.
+    REDIS_URL = re.sub(r"(redis://[^/?]+)(/\d+)?", rf"\1/{TEST_REDIS_DB}", env.str("REDIS_URL"), count=1)  # noqa: F811
+    if "CELERY_BROKER_URL" not in env or env.str("CELERY_BROKER_URL") == env.str("REDIS_URL"):
+        CELERY_BROKER_URL = REDIS_URL  # noqa: F811
+
+CACHES = {"default": {"BACKEND": "django_redis.cache.RedisCache", "LOCATION": REDIS_URL, "KEY_PREFIX": "ept"}}  # noqa: F811
+DATABASES["default"]["CONN_MAX_AGE"] = 0  # noqa: F405
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

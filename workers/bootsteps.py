@@ -1,0 +1,87 @@
+"""The worker bootstep that runs the drain loop inside a Celery worker process.
+
+The Celery worker is the process host: it is what Flower, `celery inspect` and
+`celery control` see, it consumes the model's Celery queue (embed.<model>), and it owns
+start-up and shutdown. The drain loop runs in a thread of the same process, started
+after the pool; it loads the models there, so nothing touches CUDA before a fork (the
+worker runs with the solo pool: there is no fork at all) and Celery's start-up budget is
+not spent on the model load. See docs/DECISIONS.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from celery import bootsteps
+from django.conf import settings
+from django.db import connection
+
+logger = logging.getLogger(__name__)
+
+
+def _cache_upsert(**kwargs) -> int:
+    from embeddings.cache import cache_upsert
+
+    try:
+        return cache_upsert(**kwargs)
+    except Exception:
+        connection.close()  # a broken connection must not poison every later batch
+        raise
+
+
+class DrainStep(bootsteps.StartStopStep):
+    label = "drain"
+    requires = {"celery.worker.components:Pool"}
+
+    def __init__(self, worker, **kwargs):
+        super().__init__(worker, **kwargs)
+        self.thread: threading.Thread | None = None
+        self.drainer = None
+        self._stopping = threading.Event()
+
+    def _models(self, worker) -> list[str]:
+        from embeddings.registry import model_specs
+
+        consumed = set((worker.app.amqp.queues.consume_from or {}).keys())
+        return [name for name, spec in model_specs().items() if spec.queue in consumed]
+
+    def start(self, worker):
+        models = self._models(worker)
+        if not models:
+            logger.info("this worker consumes no model queue; no drain loop")
+            return
+        self.thread = threading.Thread(target=self._run, args=(models, worker.hostname), name="drain", daemon=True)
+        self.thread.start()
+
+    def _run(self, models: list[str], hostname: str) -> None:
+        from embeddings.registry import model_get
+        from embeddings.waiting import redis_client
+        from workers.devices import device_parse
+        from workers.drain import Drainer
+        from workers.runtime import ModelRuntime
+
+        try:
+            device = device_parse(settings.EMBED_DEVICE)
+            runtimes = {m: ModelRuntime(model_get(m), device) for m in models}
+        except Exception:
+            logger.exception("could not load models %s; this worker serves nothing", models)
+            return
+        if self._stopping.is_set():
+            return
+        self.drainer = Drainer(
+            runtimes=runtimes,
+            redis=redis_client(),
+            max_texts=settings.MAX_BATCH_TEXTS,
+            max_tokens=settings.MAX_BATCH_TOKENS,
+            upsert=_cache_upsert,
+            name=hostname.replace(":", "_"),
+        )
+        self.drainer.run()
+
+    def stop(self, worker):
+        self._stopping.set()
+        if self.drainer is not None:
+            self.drainer.stop()
+        if self.thread is not None:
+            self.thread.join(timeout=10)

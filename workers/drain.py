@@ -1,0 +1,192 @@
+"""The drain loop: take everything waiting for a model, one forward pass, answer all.
+
+Continuous batching, as TEI does: whenever the model is free the loop takes every
+pending work item of the model (up to max_batch_texts), so batches grow with the load
+and a lone request waits for nothing but its own pass. See docs/DECISIONS.md for why
+this is not one Celery message per text.
+
+`Drainer.run_once()` is one step that returns the number of texts it embedded, so tests
+drive it step by step; `Drainer.run()` loops until stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import redis as redis_lib
+
+from embeddings.waiting import REPLY_TTL_SECONDS, WorkItem, reply_error, reply_ok
+from workers.queues import alive_key, heartbeat_key, reply_key, work_list
+
+logger = logging.getLogger(__name__)
+
+HEARTBEAT_TTL = 10
+HEARTBEAT_EVERY = 2.0
+
+
+@dataclass
+class DrainStats:
+    batches: int = 0
+    texts: int = 0
+    items: int = 0
+    batch_items: list[int] = field(default_factory=list)  # items per batch, the last 1000
+
+    def record(self, items: int, texts: int) -> None:
+        self.batches += 1
+        self.items += items
+        self.texts += texts
+        self.batch_items.append(items)
+        del self.batch_items[:-1000]
+
+
+class Drainer:
+    def __init__(
+        self,
+        *,
+        runtimes: dict,
+        redis: redis_lib.Redis,
+        max_texts: int,
+        max_tokens: int,
+        upsert: Callable | None = None,
+        name: str | None = None,
+    ):
+        self.runtimes = runtimes  # model name -> ModelRuntime
+        self.redis = redis
+        self.max_texts = max_texts
+        self.max_tokens = max_tokens
+        self.upsert = upsert
+        self.name = name or f"{socket.gethostname()}-{threading.get_native_id()}"
+        self.stats = DrainStats()
+        self._stop = threading.Event()
+        self._last_beat = 0.0
+        self._lists = [work_list(m, "hi") for m in runtimes] + [work_list(m, "lo") for m in runtimes]
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def heartbeat(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_beat < HEARTBEAT_EVERY:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for model in self.runtimes:
+            pipe.set(heartbeat_key(model, self.name), int(time.time()), ex=HEARTBEAT_TTL)
+            pipe.set(alive_key(model), self.name, ex=HEARTBEAT_TTL)
+        pipe.execute()
+        self._last_beat = now
+
+    def run(self) -> None:
+        logger.info("drain loop %s serving %s", self.name, ", ".join(self.runtimes))
+        while not self._stop.is_set():
+            try:
+                self.heartbeat()
+                self.run_once(block=1.0)
+            except redis_lib.ConnectionError as exc:
+                logger.warning("redis unavailable (%s); retrying in 1s", exc)
+                time.sleep(1.0)
+            except Exception:
+                logger.exception("drain step failed")
+                time.sleep(0.1)
+        self._clear_heartbeat()
+
+    def _clear_heartbeat(self) -> None:
+        try:
+            self.redis.delete(*[heartbeat_key(m, self.name) for m in self.runtimes])
+        except redis_lib.RedisError:
+            pass
+
+    def _take(self, block: float) -> tuple[str, list[WorkItem]]:
+        """Blocks for the first item, then takes what else waits for that model, hi before lo."""
+        popped = self.redis.blpop(self._lists, timeout=block)
+        if popped is None:
+            return "", []
+        first = WorkItem.loads(popped[1])
+        items = [first]
+        texts = len(first.texts)
+        for priority in ("hi", "lo"):
+            if texts >= self.max_texts:
+                break
+            # Items are indivisible; asking for (room) items may overshoot in texts, and
+            # the runtime splits whatever it gets into passes of at most max_texts.
+            more = self.redis.lpop(work_list(first.model, priority), self.max_texts - texts) or []
+            for raw in more:
+                item = WorkItem.loads(raw)
+                items.append(item)
+                texts += len(item.texts)
+        return first.model, items
+
+    def run_once(self, block: float = 1.0) -> int:
+        model, items = self._take(block)
+        if not items:
+            return 0
+        now = time.time()
+        live = [it for it in items if it.deadline > now]  # nobody waits for the rest
+        if not live:
+            return 0
+        runtime = self.runtimes[model]
+        texts: list[str] = []
+        index: dict[bytes, int] = {}  # the same text from several requests is embedded once
+        for it in live:
+            for key, text in zip(it.keys, it.texts, strict=True):
+                if key not in index:
+                    index[key] = len(texts)
+                    texts.append(text)
+        try:
+            tokens, vectors = runtime.encode(texts, max_texts=self.max_texts, max_tokens=self.max_tokens)
+        except Exception:
+            logger.exception("batch of %d texts failed; retrying item by item", len(texts))
+            return self._one_by_one(runtime, live)
+        self.stats.record(len(live), len(texts))
+        pipe = self.redis.pipeline(transaction=False)
+        for it in live:
+            rows = [index[k] for k in it.keys]
+            self._reply(pipe, it, reply_ok(tokens[rows], vectors[rows]))
+        pipe.execute()
+        self._store(runtime.spec, live, index, tokens, vectors)
+        return len(texts)
+
+    def _one_by_one(self, runtime, items: list[WorkItem]) -> int:
+        pipe = self.redis.pipeline(transaction=False)
+        done = 0
+        for it in items:
+            try:
+                tokens, vectors = runtime.encode(it.texts, max_texts=self.max_texts, max_tokens=self.max_tokens)
+            except Exception as exc:
+                self._reply(pipe, it, reply_error(f"{exc.__class__.__name__}: {exc}"[:500]))
+                continue
+            self._reply(pipe, it, reply_ok(tokens, vectors))
+            self._store(runtime.spec, [it], {k: i for i, k in enumerate(it.keys)}, tokens, vectors)
+            done += len(it.texts)
+        pipe.execute()
+        return done
+
+    @staticmethod
+    def _reply(pipe, item: WorkItem, payload: bytes) -> None:
+        key = reply_key(item.id)
+        pipe.rpush(key, payload)
+        pipe.expire(key, REPLY_TTL_SECONDS)
+
+    def _store(self, spec, items: list[WorkItem], index: dict[bytes, int], tokens: np.ndarray, vectors: np.ndarray) -> None:
+        """One idempotent upsert per scope, after the waiters are answered (they need not wait for it)."""
+        if self.upsert is None:
+            return
+        by_scope: dict[int, dict[bytes, int]] = defaultdict(dict)
+        for it in items:
+            for key in it.keys:
+                by_scope[it.scope][key] = index[key]
+        for scope, rows in by_scope.items():
+            try:
+                self.upsert(
+                    model=spec.name, version=spec.version, scope=scope,
+                    rows=[(k, tokens[i], vectors[i]) for k, i in rows.items()],
+                )
+            except Exception:
+                # The callers already have their vectors; a lost cache write costs a recompute later.
+                logger.exception("cache upsert of %d vectors failed", len(rows))

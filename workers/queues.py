@@ -1,0 +1,41 @@
+"""Every queue name in one place.
+
+One queue per model, so that every worker (GPU or machine) serving a model drains the
+same queue, and operators can add consumers for one model without touching code.
+
+Interactive work does not travel as Celery messages (a message per text caps batches at
+a few texts, see docs/DECISIONS.md): it goes through a plain Redis list per model,
+`embed:q:<model>:hi`, that the worker drains in bulk. The Celery queue `embed.<model>`
+carries the worker itself (Flower, inspect, control) and bulk tasks.
+"""
+
+from __future__ import annotations
+
+PROVIDER_QUEUE = "providers"
+
+
+def model_queue(model: str) -> str:
+    """The Celery queue of a model's workers."""
+    return f"embed.{model}"
+
+
+def work_list(model: str, priority: str = "hi") -> str:
+    """The Redis list the drain loop pops texts from (hi before lo)."""
+    return f"embed:q:{model}:{priority}"
+
+
+def heartbeat_key(model: str, worker: str) -> str:
+    return f"embed:hb:{model}:{worker}"
+
+
+def heartbeat_pattern(model: str) -> str:
+    return f"embed:hb:{model}:*"
+
+
+def reply_key(request_id: str) -> str:
+    return f"embed:r:{request_id}"
+
+
+def alive_key(model: str) -> str:
+    """Set with a short TTL by every worker serving `model`: one EXISTS tells the API."""
+    return f"embed:alive:{model}"
