@@ -1,0 +1,53 @@
+# Two commands are the whole set-up: `make run` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DEVICE ?= cpu
+export VAR_DIR ?= $(CURDIR)/var
+
+.PHONY: install run services web worker flower test lint fmt bench clean
+
+# Create .venv and install the pinned requirements (re-runs when they change).
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: install Python 3.11 or run make PYTHON=python3"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+install: $(VENV)/.installed
+
+# Everything: embedded services (where no URL is set), migrate, web, worker, Flower. Ctrl-C stops all.
+run: install
+	$(PY) scripts/run.py all --device $(DEVICE)
+
+# The embedded PostgreSQL + Redis under VAR_DIR, in the foreground.
+services: install
+	$(PY) scripts/run.py services
+
+# The web API (gunicorn), after migrating.
+web: install
+	$(PY) scripts/run.py web
+
+# One embedding worker; DEVICE=cuda:1 pins it to GPU 1.
+worker: install
+	$(PY) scripts/run.py worker --device $(DEVICE)
+
+# Flower on FLOWER_PORT (5555).
+flower: install
+	$(PY) scripts/run.py flower
+
+# The test suite (uses DATABASE_URL / REDIS_URL where set, else the embedded pair).
+test: install
+	$(PY) -m pytest
+
+lint: install
+	$(PY) -m ruff check .
+
+fmt: install
+	$(PY) -m ruff check --fix . && $(PY) -m ruff format .
+
+# End-to-end benchmark against a running stack; see docs/BENCHMARKS.md.
+bench: install
+	$(PY) bench/e2e.py

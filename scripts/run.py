@@ -1,0 +1,203 @@
+"""Starts the platform's processes: `python scripts/run.py [all|services|web|worker|flower]`.
+
+all      embedded services (where no URL is set), migrate, web, one worker, Flower; Ctrl-C
+         stops everything it started.
+services the embedded PostgreSQL and Redis under VAR_DIR, in the foreground.
+web      migrate, then gunicorn in the foreground.
+worker   one embedding worker for every served model (DEVICE=cuda:1 pins it to GPU 1).
+flower   Flower in the foreground.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from embedplatform import embedded  # noqa: E402
+from workers.devices import pin_env  # noqa: E402
+
+PY = sys.executable
+BIN = Path(PY).parent
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("VAR_DIR", str(ROOT / "var"))
+    env.setdefault("DJANGO_SETTINGS_MODULE", "embedplatform.settings.base")
+    env["VAR_DIR"] = str(Path(env["VAR_DIR"]).resolve())
+    return env
+
+
+def _var_dir(env) -> Path:
+    return embedded.ensure_var_dir(Path(env["VAR_DIR"]))
+
+
+class Services:
+    """The embedded pair, started only where no URL is set; stopped by stop()."""
+
+    def __init__(self, env: dict[str, str]):
+        self.pg = self.redis = None
+        var_dir = _var_dir(env)
+        if "DATABASE_URL" not in env:
+            self.pg = embedded.start_postgres(var_dir)
+            print(f"PostgreSQL (embedded, pgvector): {embedded.pg_dir(var_dir)}", flush=True)
+        if "REDIS_URL" not in env:
+            self.redis = embedded.start_redis(var_dir)
+            print(f"Redis (embedded): {embedded.redis_socket(var_dir)}", flush=True)
+
+    def stop(self) -> None:
+        if self.redis is not None:
+            try:
+                self.redis.shutdown(save=True, now=True, force=True)
+            except Exception:
+                pass
+            self.redis = None
+        if self.pg is not None:
+            embedded.stop_postgres(self.pg)
+            self.pg = None
+
+
+def cmd_web(env) -> list[str]:
+    port = env.get("PORT", "8000")
+    return [
+        str(BIN / "gunicorn"), "embedplatform.wsgi",
+        "--bind", f"{env.get('HOST', '127.0.0.1')}:{port}",
+        "--workers", env.get("WEB_WORKERS", "2"),
+        # Threads: a sync request waits on Redis while the workers embed, so one process
+        # holds many waiting requests cheaply.
+        "--worker-class", "gthread", "--threads", env.get("WEB_THREADS", "32"),
+        "--timeout", "120", "--graceful-timeout", "10", "--access-logfile", "-",
+    ]
+
+
+def cmd_worker(env, device: str) -> tuple[list[str], dict[str, str]]:
+    from embedplatform.settings import base  # noqa: F401  (validates EMBED_MODELS early)
+
+    pinned = {**env, **pin_env(device)}
+    queues = ",".join(_model_queues(pinned))
+    name = f"embed-{device.replace(':', '')}@%h"
+    return [str(BIN / "celery"), "-A", "embedplatform", "worker", "-P", "solo", "-Q", queues, "-n", name,
+            "--loglevel", env.get("LOG_LEVEL", "INFO")], pinned
+
+
+def _model_queues(env) -> list[str]:
+    out = subprocess.run(
+        [PY, "-c", "import django; django.setup(); from embeddings.registry import model_specs; "
+                   "print(','.join(s.queue for s in model_specs().values()))"],
+        env=env, cwd=ROOT, capture_output=True, text=True, check=True,
+    )
+    wanted = [q for q in env.get("WORKER_MODELS", "").split(",") if q]
+    queues = out.stdout.strip().split(",")
+    return [q for q in queues if not wanted or q.removeprefix("embed.") in wanted]
+
+
+def cmd_flower(env) -> list[str]:
+    return [str(BIN / "celery"), "-A", "embedplatform", "flower", f"--port={env.get('FLOWER_PORT', '5555')}",
+            "--address=127.0.0.1"]
+
+
+def migrate(env) -> None:
+    subprocess.run([PY, "manage.py", "migrate", "--noinput"], env=env, cwd=ROOT, check=True)
+
+
+def _wait_forever(stop) -> None:
+    try:
+        signal.signal(signal.SIGTERM, lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
+        while True:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop()
+
+
+def run_all(env, device: str) -> int:
+    services = Services(env)
+    procs: list[tuple[str, subprocess.Popen]] = []
+
+    def stop_all() -> None:
+        for _, p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        for _, p in procs:
+            try:
+                p.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+        services.stop()
+
+    try:
+        migrate(env)
+        worker_cmd, worker_env = cmd_worker(env, device)
+        for name, cmd, penv in (("web", cmd_web(env), env), ("worker", worker_cmd, worker_env),
+                                ("flower", cmd_flower(env), env)):
+            procs.append((name, subprocess.Popen(cmd, env=penv, cwd=ROOT, start_new_session=True)))
+    except BaseException:
+        stop_all()
+        raise
+    port, fport = env.get("PORT", "8000"), env.get("FLOWER_PORT", "5555")
+    print(
+        f"\n  API     http://127.0.0.1:{port}/v1/  (ready: http://127.0.0.1:{port}/health/ready)\n"
+        f"  Admin   http://127.0.0.1:{port}/admin/\n"
+        f"  Metrics http://127.0.0.1:{port}/metrics\n"
+        f"  Flower  http://127.0.0.1:{fport}/\n\n"
+        f"  First API key:  .venv/bin/python manage.py create_tenant you@example.com --tier paid\n"
+        f"  Ctrl-C stops everything.\n",
+        flush=True,
+    )
+    code = 0
+    try:
+        signal.signal(signal.SIGTERM, lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
+        while True:
+            for name, p in procs:
+                if p.poll() is not None:
+                    print(f"{name} exited with {p.returncode}; stopping the rest", flush=True)
+                    code = p.returncode or 1
+                    raise KeyboardInterrupt
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop_all()
+    return code
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("what", nargs="?", default="all", choices=["all", "services", "web", "worker", "flower"])
+    parser.add_argument("--device", default=os.environ.get("DEVICE") or os.environ.get("EMBED_DEVICE") or "cpu")
+    args = parser.parse_args()
+    env = _env()
+    os.chdir(ROOT)
+    if args.what == "all":
+        return run_all(env, args.device)
+    if args.what == "services":
+        if "DATABASE_URL" in env and "REDIS_URL" in env:
+            print("DATABASE_URL and REDIS_URL are set: nothing to start.")
+            return 0
+        services = Services(env)
+        print("Embedded services up; Ctrl-C stops them.", flush=True)
+        _wait_forever(services.stop)
+        return 0
+    if args.what == "web":
+        migrate(env)
+        cmd, penv = cmd_web(env), env
+    elif args.what == "worker":
+        cmd, penv = cmd_worker(env, args.device)
+    else:
+        cmd, penv = cmd_flower(env), env
+    os.execve(cmd[0], cmd, penv)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
