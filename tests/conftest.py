@@ -113,7 +113,7 @@ def drainer(transactional_db, redis_db, minilm):
     from workers.drain import Drainer
 
     loop = Drainer(runtimes={minilm.spec.name: minilm}, redis=redis_db, max_texts=64, max_tokens=16384,
-                   upsert=cache_upsert, name="test-drainer")
+                   upsert=cache_upsert, name="test-drainer", block=0.1)
     loop.heartbeat(force=True)
 
     def run():

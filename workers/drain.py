@@ -56,6 +56,7 @@ class Drainer:
         max_tokens: int,
         upsert: Callable | None = None,
         name: str | None = None,
+        block: float = 1.0,
     ):
         self.runtimes = runtimes  # model name -> ModelRuntime
         self.redis = redis
@@ -64,6 +65,7 @@ class Drainer:
         self.upsert = upsert
         self.name = name or f"{socket.gethostname()}-{threading.get_native_id()}"
         self.stats = DrainStats()
+        self.block = block
         self._stop = threading.Event()
         self._last_beat = 0.0
         self._lists = [work_list(m, "hi") for m in runtimes] + [work_list(m, "lo") for m in runtimes]
@@ -87,7 +89,7 @@ class Drainer:
         while not self._stop.is_set():
             try:
                 self.heartbeat()
-                self.run_once(block=1.0)
+                self.run_once(block=self.block)
             except redis_lib.ConnectionError as exc:
                 logger.warning("redis unavailable (%s); retrying in 1s", exc)
                 time.sleep(1.0)
@@ -144,6 +146,9 @@ class Drainer:
             logger.exception("batch of %d texts failed; retrying item by item", len(texts))
             return self._one_by_one(runtime, live)
         self.stats.record(len(live), len(texts))
+        # Store first, then wake: a client that repeats a text right after its answer
+        # finds it cached, and a job is never told "done" before its vectors are durable.
+        self._store(runtime.spec, live, index, tokens, vectors)
         pipe = self.redis.pipeline(transaction=False)
         stats = stats_key(self.name)
         pipe.hincrby(stats, "batches", 1)
@@ -153,7 +158,6 @@ class Drainer:
             rows = [index[k] for k in it.keys]
             self._reply(pipe, it, reply_ok(tokens[rows], vectors[rows]))
         pipe.execute()
-        self._store(runtime.spec, live, index, tokens, vectors)
         return len(texts)
 
     def _one_by_one(self, runtime, items: list[WorkItem]) -> int:
@@ -165,8 +169,8 @@ class Drainer:
             except Exception as exc:
                 self._reply(pipe, it, reply_error(f"{exc.__class__.__name__}: {exc}"[:500]))
                 continue
-            self._reply(pipe, it, reply_ok(tokens, vectors))
             self._store(runtime.spec, [it], {k: i for i, k in enumerate(it.keys)}, tokens, vectors)
+            self._reply(pipe, it, reply_ok(tokens, vectors))
             done += len(it.texts)
         pipe.execute()
         return done
@@ -178,7 +182,7 @@ class Drainer:
         pipe.expire(key, REPLY_TTL_SECONDS)
 
     def _store(self, spec, items: list[WorkItem], index: dict[bytes, int], tokens: np.ndarray, vectors: np.ndarray) -> None:
-        """One idempotent upsert per scope, after the waiters are answered (they need not wait for it)."""
+        """One idempotent upsert per scope. A failure is logged, not raised: the waiters still get their vectors."""
         if self.upsert is None:
             return
         by_scope: dict[int, dict[bytes, int]] = defaultdict(dict)

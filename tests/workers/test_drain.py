@@ -1,0 +1,105 @@
+"""The drain loop, one step at a time and under concurrent load, on the real model."""
+
+import threading
+import time
+import uuid
+
+import numpy as np
+import pytest
+
+from embeddings import waiting
+from embeddings.cache import cache_lookup, cache_upsert, text_key
+from workers.drain import Drainer
+from workers.queues import reply_key
+
+MODEL = "all-MiniLM-L6-v2"
+
+
+@pytest.fixture
+def loop(transactional_db, redis_db, minilm):
+    return Drainer(runtimes={MODEL: minilm}, redis=redis_db, max_texts=64, max_tokens=16384, upsert=cache_upsert,
+                   name="step")
+
+
+def _submit(texts, scope=1, wait=30.0):
+    return waiting.work_submit(model=MODEL, texts=texts, keys=[text_key(t) for t in texts], scope=scope, wait=wait)
+
+
+def test_one_step_drains_many_waiting_requests_into_one_pass(loop, minilm):
+    items = [_submit([f"request {i} {uuid.uuid4().hex[:6]}"]) for i in range(20)]
+    assert loop.run_once(block=0.1) == 20
+    assert loop.stats.batches == 1 and loop.stats.batch_items == [20]
+    for item in items:
+        tokens, vectors = waiting.work_wait(item, wait=1, dims=384)
+        ref = minilm.model.encode(item.texts)[0]
+        assert float(np.dot(vectors[0], ref)) > 0.999 and tokens[0] > 2
+
+
+def test_a_step_stops_at_max_batch_texts(loop):
+    for i in range(100):
+        _submit([f"t{i}"])
+    assert loop.run_once(block=0.1) == 64
+    assert loop.run_once(block=0.1) == 36
+
+
+def test_the_same_text_from_two_requests_is_embedded_once_and_stored_per_scope(loop):
+    text = f"shared {uuid.uuid4().hex}"
+    a, b = _submit([text], scope=1), _submit([text, "other"], scope=2)
+    assert loop.run_once(block=0.1) == 2  # two unique texts
+    va = waiting.work_wait(a, wait=1, dims=384)[1][0]
+    vb = waiting.work_wait(b, wait=1, dims=384)[1][0]
+    np.testing.assert_array_equal(va, vb)
+    key = text_key(text)
+    assert key in cache_lookup(model=MODEL, version=loop.runtimes[MODEL].spec.version, keys=[key], scopes=[1])
+    assert key in cache_lookup(model=MODEL, version=loop.runtimes[MODEL].spec.version, keys=[key], scopes=[2])
+
+
+def test_expired_requests_are_dropped_unanswered(loop, redis_db):
+    item = _submit(["nobody waits"], wait=0.01)
+    time.sleep(0.05)
+    assert loop.run_once(block=0.1) == 0
+    assert redis_db.llen(reply_key(item.id)) == 0
+
+
+def test_a_failing_batch_is_retried_item_by_item(loop, monkeypatch):
+    runtime = loop.runtimes[MODEL]
+    real = runtime.encode
+
+    def flaky(texts, **kw):
+        if any("poison" in t for t in texts):
+            raise RuntimeError("cannot embed poison")
+        return real(texts, **kw)
+
+    monkeypatch.setattr(runtime, "encode", flaky)
+    good, bad = _submit(["fine text"]), _submit(["poison"])
+    assert loop.run_once(block=0.1) == 1
+    assert waiting.work_wait(good, wait=1, dims=384)[1].shape == (1, 384)
+    from embedplatform.errors import InvalidInput
+
+    with pytest.raises(InvalidInput, match="cannot embed poison"):
+        waiting.work_wait(bad, wait=1, dims=384)
+
+
+def test_under_concurrent_load_batches_hold_many_requests(drainer):
+    """32 clients sending one text each, as fast as they can: batches must fill."""
+    errors = []
+
+    def client(n):
+        try:
+            for j in range(6):
+                t = f"client {n} text {j} {uuid.uuid4().hex[:6]}"
+                item = _submit([t])
+                waiting.work_wait(item, wait=20, dims=384)
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(32)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors
+    stats = drainer.stats
+    assert stats.items == 32 * 6
+    assert stats.items / stats.batches >= 4, stats.batch_items
+    assert max(stats.batch_items) >= 16, stats.batch_items
