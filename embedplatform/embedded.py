@@ -77,8 +77,15 @@ def start_postgres(var_dir: Path):
 
 
 def stop_postgres(server) -> None:
+    import atexit
+
     from pgserver import pg_ctl
 
+    try:  # drop pgserver's handle, so a later start_postgres() in this process starts afresh
+        server._cleanup()
+        atexit.unregister(server._cleanup)
+    except Exception as exc:
+        logger.debug("pgserver handle cleanup: %s", exc)
     try:
         pg_ctl(["-w", "stop", "-m", "fast"], pgdata=server.pgdata, user=server.system_user)
     except Exception as exc:  # the server may already be gone; say so, don't crash shutdown
