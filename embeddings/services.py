@@ -11,6 +11,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from accounts.models import Tenant
+from embeddings import cache, waiting
+from embeddings.encoding import vectors_shape
+from embeddings.registry import ModelSpec, model_get
+from embeddings.tokencount import token_counts
 from embedplatform.errors import (
     DIMENSIONS_OUT_OF_RANGE,
     INPUT_TOO_LONG,
@@ -23,10 +27,6 @@ from embedplatform.errors import (
     NotFound,
     Overloaded,
 )
-from embeddings import cache, waiting
-from embeddings.encoding import vectors_shape
-from embeddings.registry import ModelSpec, model_get
-from embeddings.tokencount import token_counts
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from rest_framework.views import APIView
 from accounts.authentication import request_tenant
 from embeddings.encoding import vector_encode
 from embeddings.registry import model_specs
-from embeddings.serializers import EmbeddingsRequestSerializer, EmbedBatchRequestSerializer, EmbedRequestSerializer
+from embeddings.serializers import EmbedBatchRequestSerializer, EmbeddingsRequestSerializer, EmbedRequestSerializer
 from embeddings.services import EmbedOptions, EmbedResult, embed_texts
 
 _OPTION_FIELDS = ("model", "normalize", "dimensions", "truncate", "input_type", "public")

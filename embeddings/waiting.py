@@ -20,7 +20,7 @@ import orjson
 import redis
 from django.conf import settings
 
-from embedplatform.errors import InvalidInput, WaitTimeout, WAIT_TIMED_OUT
+from embedplatform.errors import WAIT_TIMED_OUT, InvalidInput, WaitTimeout
 from workers.queues import alive_key, reply_key, work_list
 
 REPLY_TTL_SECONDS = 120

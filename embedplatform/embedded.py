@@ -130,10 +130,10 @@ def quiet_logs() -> None:
 
 
 def stop_redis(server) -> None:
-    try:
+    import contextlib
+
+    with contextlib.suppress(Exception):  # redis-py sees the connection drop as the server exits
         server.shutdown(save=True)
-    except Exception:  # redis-py sees the connection drop as the server exits
-        pass
 
 
 def ensure_var_dir(var_dir: Path) -> Path:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import logging
 
-from django.conf import settings
 from django.db import connection
 from django.http import JsonResponse
 
-from embedplatform.celery import app as celery_app
 from embeddings.registry import model_specs
 from embeddings.waiting import redis_client
+from embedplatform.celery import app as celery_app
 from workers.queues import heartbeat_pattern
 
 logger = logging.getLogger(__name__)

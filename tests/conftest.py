@@ -179,12 +179,12 @@ def live_stack(django_db_setup, django_db_blocker):
     worker = subprocess.Popen(
         [str(bin_dir / "celery"), "-A", "embedplatform", "worker", "-P", "solo", "-Q", "embed.all-MiniLM-L6-v2",
          "-n", "live@%h", "--loglevel", "INFO"],
-        env=env, cwd=ROOT, stdout=open(logs / "worker.log", "wb"), stderr=subprocess.STDOUT,
+        env=env, cwd=ROOT, stdout=(logs / "worker.log").open("wb")
     )
     web = subprocess.Popen(
         [str(bin_dir / "gunicorn"), "embedplatform.wsgi", "--bind", f"127.0.0.1:{port}", "--workers", "1",
          "--worker-class", "gthread", "--threads", "40"],
-        env=env, cwd=ROOT, stdout=open(logs / "web.log", "wb"), stderr=subprocess.STDOUT,
+        env=env, cwd=ROOT, stdout=(logs / "web.log").open("wb")
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 90

@@ -11,6 +11,7 @@ drive it step by step; `Drainer.run()` loops until stopped.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import threading
@@ -99,10 +100,8 @@ class Drainer:
         self._clear_heartbeat()
 
     def _clear_heartbeat(self) -> None:
-        try:
+        with contextlib.suppress(redis_lib.RedisError):
             self.redis.delete(*[heartbeat_key(m, self.name) for m in self.runtimes])
-        except redis_lib.RedisError:
-            pass
 
     def _take(self, block: float) -> tuple[str, list[WorkItem]]:
         """Blocks for the first item, then takes what else waits for that model, hi before lo."""

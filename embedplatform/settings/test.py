@@ -14,22 +14,22 @@ import re
 os.environ.setdefault("SECRET_KEY", "test-secret-key-not-for-production-0123456789abcdef")
 os.environ.setdefault("SYNC_WAIT_SECONDS", "20")
 
-from embedplatform.settings.base import *  # noqa: E402,F403
-from embedplatform.settings.base import EMBEDDED_DB, EMBEDDED_REDIS, VAR_DIR, env  # noqa: E402
+from embedplatform.settings.base import *  # noqa: F403
+from embedplatform.settings.base import EMBEDDED_DB, EMBEDDED_REDIS, VAR_DIR, env
 
 TEST_REDIS_DB = env.int("TEST_REDIS_DB", default=13)
 TEST_VAR_DIR = VAR_DIR / "test"
 
 if EMBEDDED_DB or EMBEDDED_REDIS:
-    from embedplatform import embedded
-
     import atexit
+
+    from embedplatform import embedded
 
     embedded.ensure_var_dir(TEST_VAR_DIR)
     if EMBEDDED_DB:
         _pg = embedded.start_postgres(TEST_VAR_DIR)
         atexit.register(embedded.stop_postgres, _pg)
-        DATABASES = {  # noqa: F811
+        DATABASES = {
             "default": {
                 **env.db_url_config(embedded.database_url(TEST_VAR_DIR)),
                 "ENGINE": "django.db.backends.postgresql",
@@ -39,16 +39,16 @@ if EMBEDDED_DB or EMBEDDED_REDIS:
     if EMBEDDED_REDIS:
         _redis = embedded.start_redis(TEST_VAR_DIR)
         atexit.register(embedded.stop_redis, _redis)
-        REDIS_URL = embedded.redis_url(TEST_VAR_DIR, TEST_REDIS_DB)  # noqa: F811
-        CELERY_BROKER_URL = embedded.broker_url(TEST_VAR_DIR, TEST_REDIS_DB)  # noqa: F811
+        REDIS_URL = embedded.redis_url(TEST_VAR_DIR, TEST_REDIS_DB)
+        CELERY_BROKER_URL = embedded.broker_url(TEST_VAR_DIR, TEST_REDIS_DB)
     atexit.register(embedded.quiet_logs)  # atexit runs last-in first-out: this goes first
 
 if not EMBEDDED_REDIS:
     # Same server, the tests' own DB number.
-    REDIS_URL = re.sub(r"(redis://[^/?]+)(/\d+)?", rf"\1/{TEST_REDIS_DB}", env.str("REDIS_URL"), count=1)  # noqa: F811
+    REDIS_URL = re.sub(r"(redis://[^/?]+)(/\d+)?", rf"\1/{TEST_REDIS_DB}", env.str("REDIS_URL"), count=1)
     if "CELERY_BROKER_URL" not in env or env.str("CELERY_BROKER_URL") == env.str("REDIS_URL"):
-        CELERY_BROKER_URL = REDIS_URL  # noqa: F811
+        CELERY_BROKER_URL = REDIS_URL
 
-CACHES = {"default": {"BACKEND": "django_redis.cache.RedisCache", "LOCATION": REDIS_URL, "KEY_PREFIX": "ept"}}  # noqa: F811
-DATABASES["default"]["CONN_MAX_AGE"] = 0  # noqa: F405
+CACHES = {"default": {"BACKEND": "django_redis.cache.RedisCache", "LOCATION": REDIS_URL, "KEY_PREFIX": "ept"}}
+DATABASES["default"]["CONN_MAX_AGE"] = 0
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
