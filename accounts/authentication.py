@@ -8,6 +8,7 @@ from rest_framework import authentication, exceptions
 
 from accounts.keys import key_parse_prefix, key_verify
 from accounts.models import ApiKey, Tenant
+from accounts.selectors import api_key_for_auth
 
 INVALID_KEY = "Invalid API key. Send `Authorization: Bearer <api key>` with a key from POST /v1/keys."
 
@@ -49,11 +50,7 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
             if token.count(".") == 2:  # looks like a JWT: leave it to the JWT authenticator
                 return None
             raise exceptions.AuthenticationFailed(INVALID_KEY)
-        key = (
-            ApiKey.objects.select_related("tenant__tier")
-            .filter(prefix=prefix, revoked_at__isnull=True, tenant__is_active=True)
-            .first()
-        )
+        key = api_key_for_auth(prefix=prefix)
         if key is None or not key_verify(token, key.key_hash):
             raise exceptions.AuthenticationFailed(INVALID_KEY)
         return KeyPrincipal(tenant=key.tenant, api_key=key), key

