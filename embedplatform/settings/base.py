@@ -122,6 +122,8 @@ CACHES = {
 # EMBED_MODELS: a JSON string or a path to a JSON file; see embeddings/registry.py.
 EMBED_MODELS: str = env.str("EMBED_MODELS", default="")
 EMBED_DEVICE: str = env.str("EMBED_DEVICE", default=env.str("DEVICE", default="cpu"))
+# CPU only: torch intra-op threads of a worker (0 = torch's default, one per core).
+EMBED_THREADS: int = env.int("EMBED_THREADS", default=0)
 MAX_BATCH_TEXTS: int = env.int("MAX_BATCH_TEXTS", default=64)
 MAX_BATCH_TOKENS: int = env.int("MAX_BATCH_TOKENS", default=16384)
 MAX_QUEUE_DEPTH: int = env.int("MAX_QUEUE_DEPTH", default=10000)

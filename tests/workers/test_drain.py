@@ -17,8 +17,10 @@ MODEL = "all-MiniLM-L6-v2"
 
 @pytest.fixture
 def loop(transactional_db, redis_db, minilm):
-    return Drainer(runtimes={MODEL: minilm}, redis=redis_db, max_texts=64, max_tokens=16384, upsert=cache_upsert,
-                   name="step")
+    drainer = Drainer(runtimes={MODEL: minilm}, redis=redis_db, max_texts=64, max_tokens=16384, upsert=cache_upsert,
+                      name="step")
+    drainer.heartbeat(force=True)  # the API refuses work for a model with no live worker
+    return drainer
 
 
 def _submit(texts, scope=1, wait=30.0):
@@ -78,6 +80,15 @@ def test_a_failing_batch_is_retried_item_by_item(loop, monkeypatch):
 
     with pytest.raises(InvalidInput, match="cannot embed poison"):
         waiting.work_wait(bad, wait=1, dims=384)
+
+
+def test_a_full_queue_is_refused_with_503_semantics(loop, settings):
+    from embedplatform.errors import Overloaded
+
+    settings.MAX_QUEUE_DEPTH = 2
+    _submit(["one"]), _submit(["two"])
+    with pytest.raises(Overloaded, match="queue is full"):
+        _submit(["three"])
 
 
 def test_under_concurrent_load_batches_hold_many_requests(drainer):
