@@ -103,9 +103,20 @@ def migrate(env) -> None:
     subprocess.run([PY, "manage.py", "migrate", "--noinput"], env=env, cwd=ROOT, check=True)
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _on_stop_signals() -> None:
+    """Ctrl-C and SIGTERM both stop everything (set explicitly: a shell that starts us in the
+    background makes SIGINT ignored, which Python would inherit)."""
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
+
+
 def _wait_forever(stop) -> None:
     try:
-        signal.signal(signal.SIGTERM, lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
+        _on_stop_signals()
         while True:
             time.sleep(1)
     except KeyboardInterrupt:
@@ -115,6 +126,7 @@ def _wait_forever(stop) -> None:
 
 
 def run_all(env, device: str) -> int:
+    _on_stop_signals()
     services = Services(env)
     procs: list[tuple[str, subprocess.Popen]] = []
 
@@ -151,7 +163,7 @@ def run_all(env, device: str) -> int:
     )
     code = 0
     try:
-        signal.signal(signal.SIGTERM, lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
+        _on_stop_signals()
         while True:
             for name, p in procs:
                 if p.poll() is not None:
