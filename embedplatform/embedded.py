@@ -59,6 +59,15 @@ def broker_url(var_dir: Path, db: int = 0) -> str:
     return f"redis+socket://{redis_socket(var_dir)}?virtual_host={db}"
 
 
+def celery_broker_for(redis_url_: str) -> str:
+    """The kombu URL for a redis-py URL: kombu spells a Unix socket `redis+socket://`."""
+    if redis_url_.startswith("unix://"):
+        path, _, query = redis_url_[len("unix://"):].partition("?")
+        db = dict(p.split("=", 1) for p in query.split("&") if "=" in p).get("db", "0")
+        return f"redis+socket://{path}?virtual_host={db}"
+    return redis_url_
+
+
 def start_postgres(var_dir: Path):
     """Start (or attach to) the embedded PostgreSQL and create our database.
 

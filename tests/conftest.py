@@ -25,6 +25,7 @@ from rest_framework.test import APIClient
 from accounts.models import ApiKey, Tenant, Tier
 from accounts.seeds import tiers_seed
 from accounts.services import api_key_create, tenant_create
+from embedplatform import embedded
 
 ROOT = Path(__file__).resolve().parent.parent
 LIVE_REDIS_DB = settings.TEST_REDIS_DB + 1
@@ -139,7 +140,7 @@ def _free_port() -> int:
 
 def _database_url() -> str:
     d = connection.settings_dict
-    host = d.get("HOST") or ""
+    host = d.get("HOST") or (d.get("OPTIONS") or {}).get("host", "")  # a socket dir arrives in OPTIONS
     user = d.get("USER") or "postgres"
     if host.startswith("/"):
         return f"postgresql://{user}@/{d['NAME']}?host={quote(host, safe='')}"
@@ -166,7 +167,7 @@ def live_stack(django_db_setup, django_db_blocker):
         "DJANGO_SETTINGS_MODULE": "embedplatform.settings.base",
         "DATABASE_URL": _database_url(),
         "REDIS_URL": redis_url,
-        "CELERY_BROKER_URL": redis_url,
+        "CELERY_BROKER_URL": embedded.celery_broker_for(redis_url),
         "SECRET_KEY": settings.SECRET_KEY,  # same key: hashes of keys made by the tests match
         "VAR_DIR": var_dir,
         "DEBUG": "0",

@@ -13,7 +13,7 @@ _var_dir = env.str("VAR_DIR", default="")
 if "CELERY_BROKER_URL" in env:
     CELERY_BROKER_URL = env.str("CELERY_BROKER_URL")
 elif "REDIS_URL" in env:
-    CELERY_BROKER_URL = env.str("REDIS_URL")
+    CELERY_BROKER_URL = embedded.celery_broker_for(env.str("REDIS_URL"))
 else:
     from pathlib import Path
 
