@@ -56,7 +56,7 @@ def redis_url(var_dir: Path, db: int = 0) -> str:
 
 
 def broker_url(var_dir: Path, db: int = 0) -> str:
-    return f"redis+socket://{redis_socket(var_dir)}?virtual_host={db}"
+    return celery_broker_for(redis_url(var_dir, db))
 
 
 def celery_broker_for(redis_url_: str) -> str:

@@ -1,0 +1,63 @@
+"""Where the CPU goes: 32 clients send single-text requests; per-process CPU seconds.
+
+    .venv/bin/python bench/cpu_split.py [EMBED_THREADS=1 ...]   # extra args: env overrides
+
+Starts web + worker as bench/e2e.py does, runs 960 unique single-text requests from 32
+clients, and prints texts/s, the CPU seconds each process used, and the worker's batch
+counters (requests per forward pass).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+import redis
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import e2e
+
+ROOT = e2e.ROOT
+
+
+def main() -> None:
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "embedplatform.settings.base", "LOG_LEVEL": "WARNING",
+           "DEBUG": "0", "SECRET_KEY": "bench-" + os.urandom(16).hex(), "VAR_DIR": tempfile.mkdtemp()}
+    env.update(dict(a.split("=", 1) for a in sys.argv[1:]))
+    port = 8766
+    procs = e2e.start_stack(env, port)
+    try:
+        made = subprocess.run([sys.executable, "manage.py", "create_tenant", f"cpu-{time.time()}@example.com",
+                               "--tier", "paid"], env=env, cwd=ROOT, capture_output=True, text=True, check=True)
+        key = made.stdout.strip().splitlines()[-1]
+        watched = []
+        for p in procs:
+            parent = psutil.Process(p.pid)
+            watched += [parent, *parent.children(recursive=True)]
+        before = {p.pid: p.cpu_times() for p in watched}
+        texts = e2e.short_texts(32 * 30, seed=int(time.time()))
+        bodies = [[{"model": "all-MiniLM-L6-v2", "input": t} for t in texts[i::32]] for i in range(32)]
+        elapsed, lat = asyncio.run(e2e.run_clients(f"http://127.0.0.1:{port}", key, bodies))
+        print(f"{len(texts) / elapsed:.0f} texts/s, p50 {e2e.pct(lat, 50) * 1000:.0f} ms, {elapsed:.1f} s")
+        for p in watched:
+            b, a = before[p.pid], p.cpu_times()
+            print(f"  {p.pid} {' '.join(p.cmdline()[1:3])[-40:]}: {a.user + a.system - b.user - b.system:.2f} CPU s")
+        client = redis.Redis.from_url(env.get("REDIS_URL") or "redis://127.0.0.1:6379/0")
+        for k in client.keys("embed:stats:*"):
+            print(" ", k.decode(), {f.decode(): int(v) for f, v in client.hgetall(k).items()})
+            client.delete(k)
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(timeout=20)
+
+
+if __name__ == "__main__":
+    main()
