@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
+import threading
+import time
 
+from django.conf import settings
 from django.db import connection
 from django.http import JsonResponse
 
@@ -47,7 +50,8 @@ def live(request):
     return JsonResponse({"status": "ok"})
 
 
-def ready(request):
+def ready_state() -> tuple[int, dict]:
+    """(200 or 503, body): every check run now. 503's `failing` names each failing part."""
     failing: dict[str, str] = {}
     for name, check in (("db", check_db), ("broker", check_broker)):
         problem = check()
@@ -62,8 +66,43 @@ def ready(request):
     except Exception as exc:
         failing["redis"] = f"redis unreachable: {exc.__class__.__name__}"
     status = 503 if failing else 200
-    body = {"status": "fail" if failing else "ok", "failing": failing, "workers": workers}
+    return status, {"status": "fail" if failing else "ok", "failing": failing, "workers": workers}
+
+
+class _ReadyCache:
+    """The last ready_state() of this process, reused for HEALTH_CACHE_SECONDS.
+
+    Load balancers and orchestrators probe every few seconds from several places; without
+    this each probe costs a DB query, a broker connection and a Redis SCAN. One thread
+    refreshes at a time; the others wait for it rather than running the checks too.
+    """
+
+    clock = staticmethod(time.monotonic)
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._at: float | None = None
+        self._value: tuple[int, dict] | None = None
+
+    def get(self, max_age: float) -> tuple[int, dict]:
+        with self._lock:
+            now = self.clock()
+            if self._value is None or self._at is None or now - self._at >= max_age:
+                self._value = ready_state()
+                self._at = self.clock()
+            return self._value
+
+    def clear(self) -> None:
+        with self._lock:
+            self._at = self._value = None
+
+
+ready_cache = _ReadyCache()
+
+
+def ready(request):
+    status, body = ready_cache.get(settings.HEALTH_CACHE_SECONDS)
     response = JsonResponse(body, status=status)
-    if failing:
+    if status != 200:
         response["Retry-After"] = "5"
     return response

@@ -3,7 +3,7 @@
 all      embedded services (where no URL is set), migrate, web, one worker, Flower; Ctrl-C
          stops everything it started.
 services the embedded PostgreSQL and Redis under VAR_DIR, in the foreground.
-web      migrate, then gunicorn in the foreground.
+web      migrate (unless --no-migrate), then gunicorn in the foreground.
 worker   one embedding worker for every served model (DEVICE=cuda:1 pins it to GPU 1).
 flower   Flower in the foreground.
 """
@@ -71,7 +71,9 @@ def cmd_web(env) -> list[str]:
         # Threads: a sync request waits on Redis while the workers embed, so one process
         # holds many waiting requests cheaply.
         "--worker-class", "gthread", "--threads", env.get("WEB_THREADS", "32"),
-        "--timeout", "120", "--graceful-timeout", "10", "--access-logfile", "-",
+        "--timeout", "120", "--graceful-timeout", "10",
+        # LOG_FORMAT=json: Django logs one JSON access line per request (embedplatform/logs.py).
+        *(["--access-logfile", "-"] if env.get("LOG_FORMAT") == "text" else []),
     ]
 
 
@@ -182,6 +184,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", nargs="?", default="all", choices=["all", "services", "web", "worker", "flower"])
     parser.add_argument("--device", default=os.environ.get("DEVICE") or os.environ.get("EMBED_DEVICE") or "cpu")
+    parser.add_argument("--no-migrate", action="store_true", help="web: skip migrate (a separate step ran it)")
     args = parser.parse_args()
     env = _env()
     os.chdir(ROOT)
@@ -196,7 +199,8 @@ def main() -> int:
         _wait_forever(services.stop)
         return 0
     if args.what == "web":
-        migrate(env)
+        if not args.no_migrate:
+            migrate(env)
         cmd, penv = cmd_web(env), env
     elif args.what == "worker":
         cmd, penv = cmd_worker(env, args.device)

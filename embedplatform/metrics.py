@@ -1,0 +1,187 @@
+"""Prometheus metrics shared by the API and the workers, and the helpers that move them.
+
+Where each series comes from:
+- the web's /metrics (`metrics_view`): django-prometheus' HTTP metrics, the cache hit/miss
+  counters (embeddings.services.embed_texts), and two cluster-wide collectors read at scrape
+  time: queue depth per model list (Redis LLEN) and jobs by status (one GROUP BY);
+- each worker's own port (WORKER_METRICS_PORT, `worker_metrics_serve`): batch size, batch
+  tokens and inference seconds (workers/drain.py), provider call seconds and errors (the
+  provider worker), plus process metrics.
+The cluster-wide collectors are only on the web, so that summing over targets never counts
+a queue twice. See docs/DECISIONS.md (metrics).
+
+Label values are bounded: model names come from the registry, scope is "tenant" or
+"public" (never a tenant id), provider is the preset name, kind a short error class.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+logger = logging.getLogger(__name__)
+
+# --- API side ------------------------------------------------------------------------------
+CACHE_HITS = Counter("embed_cache_hits", "Texts answered from the embedding cache.", ["model", "scope"])
+CACHE_MISSES = Counter("embed_cache_misses", "Texts not in the cache (sent to a worker or provider).",
+                       ["model", "scope"])
+
+# --- worker side ---------------------------------------------------------------------------
+BATCH_TEXTS = Histogram(
+    "embed_batch_texts", "Distinct texts per forward pass of the drain loop.", ["model"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
+)
+BATCH_TOKENS = Histogram(
+    "embed_batch_tokens", "Tokens per forward pass of the drain loop.", ["model"],
+    buckets=(16, 64, 256, 1024, 2048, 4096, 8192, 16384, 32768, 65536),
+)
+INFERENCE_SECONDS = Histogram(
+    "embed_inference_seconds", "Seconds per forward pass (tokenize + model + pooling).", ["model"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+PROVIDER_CALL_SECONDS = Histogram(
+    "embed_provider_call_seconds", "Seconds per upstream (BYOK provider) HTTP call.", ["provider"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
+)
+PROVIDER_ERRORS = Counter(
+    "embed_provider_errors", "Failed upstream calls, by provider and kind (timeout, http_429, http_5xx, ...).",
+    ["provider", "kind"],
+)
+
+
+def cache_observe(*, model: str, public: bool, hits: int, misses: int) -> None:
+    """Counts one cache lookup: `hits` and `misses` distinct texts."""
+    scope = "public" if public else "tenant"
+    if hits:
+        CACHE_HITS.labels(model, scope).inc(hits)
+    if misses:
+        CACHE_MISSES.labels(model, scope).inc(misses)
+
+
+def batch_observe(*, model: str, texts: int, tokens: int, seconds: float) -> None:
+    """Records one forward pass of the drain loop."""
+    BATCH_TEXTS.labels(model).observe(texts)
+    BATCH_TOKENS.labels(model).observe(tokens)
+    INFERENCE_SECONDS.labels(model).observe(seconds)
+
+
+def provider_call_observe(provider: str, seconds: float) -> None:
+    """Records one upstream call (successful or not) that took `seconds`."""
+    PROVIDER_CALL_SECONDS.labels(provider).observe(seconds)
+
+
+def provider_error_inc(provider: str, kind: str) -> None:
+    """Counts one failed upstream call; `kind` is a short fixed word (timeout, http_429, ...)."""
+    PROVIDER_ERRORS.labels(provider, kind).inc()
+
+
+# --- cluster-wide collectors (web only) ------------------------------------------------------
+class QueueDepthCollector:
+    """embed_queue_depth{model, priority}: texts-lists waiting in Redis, read at scrape time.
+
+    A scrape while Redis is down yields no sample (and logs why) instead of failing /metrics.
+    """
+
+    def collect(self):
+        import redis
+
+        from embeddings.registry import model_specs
+        from embeddings.waiting import redis_client
+        from workers.queues import work_list
+
+        family = GaugeMetricFamily(
+            "embed_queue_depth", "Work items waiting in a model's Redis list (hi: interactive, lo: bulk).",
+            labels=["model", "priority"],
+        )
+        try:
+            names = list(model_specs())
+            pipe = redis_client().pipeline(transaction=False)
+            for name in names:
+                for priority in ("hi", "lo"):
+                    pipe.llen(work_list(name, priority))
+            depths = iter(pipe.execute())
+        except redis.RedisError as exc:
+            logger.warning("queue depth not collected: %s", exc.__class__.__name__)
+            return
+        for name in names:
+            for priority in ("hi", "lo"):
+                family.add_metric([name, priority], next(depths))
+        yield family
+
+
+class JobStatusCollector:
+    """embed_jobs{status}: Job rows by status, one GROUP BY per scrape (none until Job exists)."""
+
+    def collect(self):
+        from django.apps import apps
+        from django.db import DatabaseError
+        from django.db.models import Count
+
+        try:
+            job = apps.get_model("embeddings", "Job")
+        except LookupError:
+            return
+        family = GaugeMetricFamily("embed_jobs", "Jobs by status.", labels=["status"])
+        try:
+            rows = list(job.objects.values_list("status").annotate(n=Count("pk")).order_by())
+        except DatabaseError as exc:
+            logger.warning("jobs by status not collected: %s", exc.__class__.__name__)
+            return
+        for status, n in rows:
+            family.add_metric([str(status)], n)
+        yield family
+
+
+CLUSTER_REGISTRY = CollectorRegistry(auto_describe=False)
+CLUSTER_REGISTRY.register(QueueDepthCollector())
+CLUSTER_REGISTRY.register(JobStatusCollector())
+
+
+def _process_registry():
+    """This process's metrics; with PROMETHEUS_MULTIPROC_DIR set (gunicorn with several
+    workers), the sum over every process that writes there instead."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return registry
+    return REGISTRY
+
+
+def metrics_view(request):
+    """GET /metrics on the web: process (or multiprocess) metrics + the cluster-wide ones."""
+    from django.http import HttpResponse
+
+    body = generate_latest(_process_registry()) + generate_latest(CLUSTER_REGISTRY)
+    return HttpResponse(body, content_type=CONTENT_TYPE_LATEST)
+
+
+_served: dict[int, object] = {}
+_served_lock = threading.Lock()
+
+
+def worker_metrics_serve(*, port: int, addr: str = "0.0.0.0") -> int | None:
+    """Serves this process's metrics over HTTP on `port` (0: any free port), once per process.
+
+    Returns the bound port, or None when the port is taken (logged; the caller goes on).
+    """
+    from prometheus_client import start_http_server
+
+    with _served_lock:
+        if port and port in _served:
+            return port
+        try:
+            server, _thread = start_http_server(port, addr=addr)
+        except OSError as exc:
+            logger.warning("worker metrics not served: port %s: %s (set WORKER_METRICS_PORT per worker)", port, exc)
+            return None
+        bound = server.server_port
+        _served[bound] = server
+    logger.info("worker metrics on http://%s:%s/metrics", addr, bound)
+    return bound
