@@ -1,0 +1,37 @@
+"""`manage.py rotate_encryption_key`: re-encrypt every provider secret with ENCRYPTION_KEY's first key.
+
+Rotation: put the new key first (ENCRYPTION_KEY=new,old), run this, then drop the old key.
+"""
+
+from __future__ import annotations
+
+from django.core.exceptions import ImproperlyConfigured
+from django.core.management.base import BaseCommand, CommandError
+from django.db import transaction
+
+from providers.crypto import secret_rotate
+from providers.errors import SecretUnreadable
+from providers.models import ProviderConfig
+
+
+class Command(BaseCommand):
+    help = "Re-encrypts every stored provider secret with the first key of ENCRYPTION_KEY."
+
+    def handle(self, *args, **options):
+        rotated = 0
+        try:
+            with transaction.atomic():
+                for provider in ProviderConfig.objects.select_for_update().exclude(secret_encrypted="").order_by("pk"):
+                    try:
+                        provider.secret_encrypted = secret_rotate(provider.secret_encrypted)
+                    except SecretUnreadable:
+                        raise CommandError(
+                            f"Provider {provider.pk} ({provider.name}, tenant {provider.tenant_id}): no key in "
+                            "ENCRYPTION_KEY decrypts its secret. Add the key it was encrypted with (new,old) and "
+                            "run again; nothing was changed."
+                        ) from None
+                    provider.save(update_fields=["secret_encrypted"])
+                    rotated += 1
+        except ImproperlyConfigured as exc:
+            raise CommandError(str(exc)) from None
+        self.stdout.write(f"Re-encrypted {rotated} provider secret(s) with the first ENCRYPTION_KEY key.")

@@ -1,0 +1,280 @@
+"""BYOK providers: create / update / delete / test, and the embedding path through them.
+
+Web side: `provider_model_resolve` turns `<name>/<model>` into a ModelSpec with
+compute="byok" and `provider_submit` queues a request's cache misses on the provider queue
+(embeddings/services.py calls both). Worker side: `provider_embed_run` (the
+`workers.provider_embed` task) calls the upstream, stores the vectors in the tenant's cache
+scope, then wakes the waiting request through its reply key (embeddings/waiting.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from dataclasses import dataclass
+
+from django.db import IntegrityError, close_old_connections, transaction
+from kombu.exceptions import OperationalError
+
+from accounts.models import Tenant
+from embeddings.registry import ModelSpec
+from embedplatform.errors import MODEL_UNKNOWN, ApiError, InvalidInput, NotFound, Overloaded
+from providers.clients import (
+    MAX_DIMS,
+    TemplateError,
+    embed_call,
+    headers_validate,
+    path_parse,
+    template_validate,
+    upstream_for,
+)
+from providers.crypto import secret_encrypt, secret_mask
+from providers.errors import PROVIDER_NAME_TAKEN, PROVIDER_NOT_FOUND, ProviderError
+from providers.models import ProviderConfig
+from providers.presets import CUSTOM, PRESET_CHOICES, preset_get
+from providers.selectors import provider_for_model, provider_get
+from providers.ssrf import EndpointRefused, endpoint_check
+
+logger = logging.getLogger(__name__)
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+MAX_INPUTS_LIMIT = 2048
+PUBLIC_REFUSED = "public=true is not available for provider models: their vectors stay in your own cache scope."
+TEST_TEXT = "embedplatform provider test"
+
+
+# --- management ---------------------------------------------------------------------------
+
+_FIELDS = ("name", "preset", "endpoint", "request_template", "response_path", "headers", "model", "max_inputs")
+
+
+def _validate(provider: ProviderConfig, *, api_key: str | None) -> None:
+    """Raises InvalidInput (param = the field) unless the effective configuration can work.
+
+    Resolves the endpoint's host now (SSRF check at save time; it runs again at every call).
+    """
+    if not NAME_RE.match(provider.name or ""):
+        raise InvalidInput("name: 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit (no '/').",
+                           param="name")
+    if provider.preset not in PRESET_CHOICES:
+        raise InvalidInput(f"preset: must be one of {', '.join(PRESET_CHOICES)}; got `{provider.preset}`.", param="preset")
+    preset = preset_get(provider.preset)
+    if provider.preset == CUSTOM:
+        for field in ("endpoint", "request_template", "response_path"):
+            if not getattr(provider, field):
+                raise InvalidInput(f"{field}: required for a custom provider.", param=field)
+    if not provider.effective_endpoint:
+        raise InvalidInput(f"endpoint: required for the {provider.preset} preset (your deployment's URL).", param="endpoint")
+    try:
+        endpoint_check(provider.effective_endpoint)
+    except EndpointRefused as exc:
+        raise InvalidInput(f"endpoint: {exc}.", param="endpoint") from None
+    for field, check, value in (
+        ("request_template", template_validate, provider.effective_template),
+        ("response_path", path_parse, provider.effective_response_path),
+        ("headers", headers_validate, provider.effective_headers),
+    ):
+        try:
+            check(value)
+        except TemplateError as exc:
+            raise InvalidInput(f"{field}: {exc}.", param=field) from None
+    if provider.max_inputs is not None and not 1 <= provider.max_inputs <= MAX_INPUTS_LIMIT:
+        raise InvalidInput(f"max_inputs: must be between 1 and {MAX_INPUTS_LIMIT}.", param="max_inputs")
+    if len(provider.model or "") > 200:
+        raise InvalidInput("model: at most 200 characters.", param="model")
+    if api_key is not None and (len(api_key) > 4000 or any(c in api_key for c in "\r\n\0")):
+        raise InvalidInput("api_key: a single line of at most 4000 characters.", param="api_key")
+    needs_key = any("{{api_key}}" in v.replace(" ", "") for v in provider.effective_headers.values())
+    has_key = bool(api_key) if api_key is not None else bool(provider.secret_encrypted)
+    if needs_key and not has_key:
+        which = "this preset" if preset else "the headers ({{api_key}})"
+        raise InvalidInput(f"api_key: required by {which}.", param="api_key")
+
+
+def _save(provider: ProviderConfig, *, api_key: str | None) -> ProviderConfig:
+    if api_key is not None:
+        provider.secret_encrypted = secret_encrypt(api_key) if api_key else ""
+        provider.secret_mask = secret_mask(api_key)
+    try:
+        with transaction.atomic():
+            provider.save()
+    except IntegrityError:
+        raise InvalidInput(PROVIDER_NAME_TAKEN.format(name=provider.name), param="name", code="name_taken") from None
+    return provider
+
+
+def provider_create(
+    *,
+    tenant: Tenant,
+    name: str,
+    preset: str = CUSTOM,
+    endpoint: str = "",
+    request_template: dict | None = None,
+    response_path: str = "",
+    headers: dict | None = None,
+    api_key: str = "",
+    model: str = "",
+    max_inputs: int | None = None,
+) -> ProviderConfig:
+    """Creates the tenant's provider. Raises InvalidInput naming the field that cannot work."""
+    preset_obj = preset_get(preset)
+    provider = ProviderConfig(
+        tenant=tenant, name=name, preset=preset, endpoint=endpoint or "", request_template=request_template,
+        response_path=response_path or "", headers=headers, model=model or (preset_obj.default_model if preset_obj else ""),
+        max_inputs=max_inputs,
+    )
+    _validate(provider, api_key=api_key)
+    return _save(provider, api_key=api_key)
+
+
+def provider_update(*, tenant: Tenant, provider_id: int, **changes) -> ProviderConfig:
+    """Changes the given fields (api_key: a new secret; "" removes it). NotFound for another tenant's."""
+    provider = provider_get(tenant=tenant, provider_id=provider_id)
+    api_key = changes.pop("api_key", None)
+    unknown = set(changes) - set(_FIELDS)
+    if unknown:
+        raise InvalidInput(f"unknown fields: {', '.join(sorted(unknown))}.")
+    for field, value in changes.items():
+        if field in ("endpoint", "response_path", "model") and value is None:
+            value = ""
+        setattr(provider, field, value)
+    _validate(provider, api_key=api_key)
+    return _save(provider, api_key=api_key)
+
+
+def provider_delete(*, tenant: Tenant, provider_id: int) -> None:
+    provider_get(tenant=tenant, provider_id=provider_id).delete()
+
+
+@dataclass(frozen=True)
+class TestResult:
+    ok: bool
+    model: str
+    dimensions: int | None = None
+    latency_ms: float | None = None
+    status: int | None = None
+    error: str | None = None
+
+
+def provider_test(*, tenant: Tenant, provider_id: int, model: str | None = None) -> TestResult:
+    """One tiny real upstream call (one short text). Never raises for an upstream failure:
+    the result says what failed (the upstream's message, never the secret)."""
+    provider = provider_get(tenant=tenant, provider_id=provider_id)
+    return provider_check(provider, model=model)
+
+
+def provider_check(provider: ProviderConfig, *, model: str | None = None) -> TestResult:
+    """provider_test without the tenant check, for the admin's "test" action."""
+    from django.conf import settings
+
+    model = model or provider.model
+    if not model and "{{model}}" in str(provider.effective_template):
+        return TestResult(ok=False, model="", status=400, error="No model given and the provider has no default model.")
+    started = time.perf_counter()
+    try:
+        vectors, _ = embed_call(upstream_for(provider), model=model, texts=[TEST_TEXT],
+                                deadline=time.time() + settings.PROVIDER_TIMEOUT_SECONDS)
+    except ApiError as exc:
+        return TestResult(ok=False, model=model, status=exc.status, error=exc.message)
+    return TestResult(ok=True, model=model, dimensions=int(vectors.shape[1]),
+                      latency_ms=round((time.perf_counter() - started) * 1000, 1))
+
+
+# --- embedding through a provider ---------------------------------------------------------
+
+@dataclass(frozen=True)
+class ProviderModelSpec(ModelSpec):
+    """A `<provider>/<model>` as embeddings/services.py sees it. dims is only an upper bound
+    for `dimensions` checks: the real dims come with the vectors."""
+
+    compute: str = "byok"
+    provider_id: int = 0
+    tenant_id: int = 0
+    upstream_model: str = ""
+
+
+def provider_cache_version(provider: ProviderConfig) -> str:
+    """The cache's model_version for a provider: a deleted and re-created provider of the same
+    name (maybe another upstream) does not inherit the old one's vectors."""
+    return f"byok-{provider.pk}"
+
+
+def provider_model_resolve(*, tenant: Tenant, model: str) -> ProviderModelSpec:
+    """The spec of `<provider name>/<upstream model>` for this tenant; NotFound otherwise
+    (another tenant's provider is as unknown as a missing one)."""
+    found = provider_for_model(tenant=tenant, model=model)
+    if found is None:
+        raise NotFound(MODEL_UNKNOWN.format(model=model), param="model", code="model_not_found")
+    provider, upstream = found
+    return ProviderModelSpec(
+        name=f"{provider.name}/{upstream}", path="", dims=MAX_DIMS, max_tokens=1_000_000,
+        version=provider_cache_version(provider), normalize=False, owned_by=provider.preset,
+        provider_id=provider.pk, tenant_id=provider.tenant_id, upstream_model=upstream,
+    )
+
+
+def provider_submit(*, spec: ProviderModelSpec, texts: list[str], keys: list[bytes], scope: int, wait: float):
+    """Queues the texts on the provider queue; returns the WorkItem to wait on (waiting.work_wait).
+
+    Raises InvalidInput for public=true (provider vectors stay in the tenant's scope) and
+    Overloaded when the broker cannot take the message.
+    """
+    from embeddings.waiting import WorkItem
+    from workers.queues import PROVIDER_QUEUE
+    from workers.tasks import provider_embed as provider_embed_task
+
+    if scope != spec.tenant_id:
+        raise InvalidInput(PUBLIC_REFUSED, param="public")
+    item = WorkItem(id=uuid.uuid4().hex, model=spec.name, texts=texts, keys=keys, scope=scope,
+                    deadline=time.time() + wait)
+    try:
+        provider_embed_task.apply_async(
+            args=[spec.provider_id, spec.upstream_model, texts, [k.hex() for k in keys], item.id, item.deadline],
+            queue=PROVIDER_QUEUE, expires=max(1.0, wait),
+        )
+    except OperationalError:
+        logger.exception("could not queue a provider call")
+        raise Overloaded("The provider queue is unavailable right now; retry shortly.", retry_after=5) from None
+    return item
+
+
+def provider_embed_run(*, provider_id: int, model: str, texts: list[str], keys: list[str], reply_id: str,
+                       deadline: float) -> None:
+    """Worker side of provider_submit: call the upstream, store, then answer the waiter.
+
+    Always answers (vectors or an error frame) unless the waiter is already gone. Store
+    first, then wake (docs/DECISIONS.md #2); the upsert is idempotent, so a redelivered
+    message writes nothing twice.
+    """
+    from embeddings.cache import cache_upsert
+    from embeddings.waiting import reply_failure, reply_ok, reply_send
+
+    close_old_connections()
+    try:
+        if time.time() >= deadline:
+            logger.info("provider call for %s dropped: its request gave up waiting", reply_id)
+            return
+        try:
+            provider = ProviderConfig.objects.get(pk=provider_id)
+            vectors, tokens = embed_call(upstream_for(provider), model=model, texts=texts, deadline=deadline)
+        except ProviderConfig.DoesNotExist:
+            payload = reply_failure(NotFound(PROVIDER_NOT_FOUND.format(name=provider_id)))
+        except ApiError as exc:
+            payload = reply_failure(exc)
+        except Exception:
+            logger.exception("provider call %s failed unexpectedly", provider_id)
+            payload = reply_failure(ProviderError("The provider call failed inside the platform; retry shortly."))
+        else:
+            try:
+                cache_upsert(
+                    model=f"{provider.name}/{model}", version=provider_cache_version(provider), scope=provider.tenant_id,
+                    rows=[(bytes.fromhex(k), t, v) for k, t, v in zip(keys, tokens, vectors, strict=True)],
+                )
+            except Exception:
+                logger.exception("cache upsert of %d provider vectors failed", len(keys))
+            payload = reply_ok(tokens, vectors)
+        reply_send(reply_id, payload)
+    finally:
+        close_old_connections()

@@ -1,0 +1,111 @@
+"""POST/GET /v1/providers, GET/PATCH/DELETE /v1/providers/{id}, POST /v1/providers/{id}/test.
+
+Management needs a JWT (a user session): an API key is refused with 403
+(accounts.permissions.IsJwtAuthenticated). The secret goes in, never out: responses carry
+only its mask.
+"""
+
+from __future__ import annotations
+
+from rest_framework import serializers
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from accounts.authentication import request_tenant
+from accounts.permissions import IsJwtAuthenticated
+from providers.crypto import secret_mask
+from providers.models import ProviderConfig
+from providers.presets import CUSTOM, PRESET_CHOICES
+from providers.selectors import provider_get, provider_list
+from providers.services import MAX_INPUTS_LIMIT, provider_create, provider_delete, provider_test, provider_update
+
+
+class ProviderInputSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=64)
+    preset = serializers.ChoiceField(choices=PRESET_CHOICES, default=CUSTOM)
+    endpoint = serializers.CharField(max_length=2000, required=False, allow_blank=True)
+    request_template = serializers.JSONField(required=False, allow_null=True)
+    response_path = serializers.CharField(max_length=500, required=False, allow_blank=True)
+    headers = serializers.JSONField(required=False, allow_null=True)
+    api_key = serializers.CharField(max_length=4000, required=False, allow_blank=True, write_only=True)
+    model = serializers.CharField(max_length=200, required=False, allow_blank=True)
+    max_inputs = serializers.IntegerField(min_value=1, max_value=MAX_INPUTS_LIMIT, required=False, allow_null=True)
+
+
+class ProviderOutputSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    name = serializers.CharField()
+    preset = serializers.CharField()
+    endpoint = serializers.CharField(source="effective_endpoint")
+    request_template = serializers.JSONField(source="effective_template")
+    response_path = serializers.CharField(source="effective_response_path")
+    headers = serializers.SerializerMethodField()
+    model = serializers.CharField()
+    max_inputs = serializers.IntegerField(source="effective_max_inputs")
+    api_key_mask = serializers.CharField(source="secret_mask")
+    models = serializers.SerializerMethodField()
+    created_at = serializers.DateTimeField()
+    updated_at = serializers.DateTimeField()
+
+    def get_headers(self, obj: ProviderConfig) -> dict[str, str]:
+        # Values with {{api_key}} are templates; a literal value may itself be a secret.
+        return {k: v if "{{" in v else secret_mask(v) for k, v in obj.effective_headers.items()}
+
+    def get_models(self, obj: ProviderConfig) -> list[str]:
+        return [f"{obj.name}/{obj.model}"] if obj.model else []
+
+
+class ProviderListCreateApi(APIView):
+    permission_classes = [IsJwtAuthenticated]
+    jwt_required_for = "providers"
+
+    def get(self, request: Request) -> Response:
+        providers = provider_list(tenant=request_tenant(request))
+        return Response({"object": "list", "data": ProviderOutputSerializer(providers, many=True).data})
+
+    def post(self, request: Request) -> Response:
+        serializer = ProviderInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        provider = provider_create(tenant=request_tenant(request), **serializer.validated_data)
+        return Response(ProviderOutputSerializer(provider).data, status=201)
+
+
+class ProviderDetailApi(APIView):
+    permission_classes = [IsJwtAuthenticated]
+    jwt_required_for = "providers"
+
+    def get(self, request: Request, provider_id: int) -> Response:
+        provider = provider_get(tenant=request_tenant(request), provider_id=provider_id)
+        return Response(ProviderOutputSerializer(provider).data)
+
+    def patch(self, request: Request, provider_id: int) -> Response:
+        serializer = ProviderInputSerializer(data=request.data, partial=True)
+        serializer.is_valid(raise_exception=True)
+        changes = {k: v for k, v in serializer.validated_data.items() if k in request.data}  # no defaults on PATCH
+        provider = provider_update(tenant=request_tenant(request), provider_id=provider_id, **changes)
+        return Response(ProviderOutputSerializer(provider).data)
+
+    def delete(self, request: Request, provider_id: int) -> Response:
+        provider_delete(tenant=request_tenant(request), provider_id=provider_id)
+        return Response({"id": provider_id, "deleted": True})
+
+
+class ProviderTestApi(APIView):
+    """One tiny real upstream call; 200 either way, with `ok` and what failed."""
+
+    permission_classes = [IsJwtAuthenticated]
+    jwt_required_for = "providers"
+
+    class InputSerializer(serializers.Serializer):
+        model = serializers.CharField(max_length=200, required=False, allow_blank=True)
+
+    def post(self, request: Request, provider_id: int) -> Response:
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        result = provider_test(tenant=request_tenant(request), provider_id=provider_id,
+                               model=serializer.validated_data.get("model") or None)
+        return Response(
+            {"ok": result.ok, "model": result.model, "dimensions": result.dimensions,
+             "latency_ms": result.latency_ms, "status": result.status, "error": result.error}
+        )
