@@ -37,6 +37,7 @@ class ModelSpec:
     normalize: bool = True
     prompts: dict[str, str] = field(default_factory=dict)
     owned_by: str = "embedplatform"
+    compute: str = "local"  # "byok": a tenant's provider model (providers.services.ProviderModelSpec)
 
     @property
     def queue(self) -> str:

@@ -27,6 +27,7 @@ from django.conf import settings
 from jsonpath_ng.exceptions import JSONPathError
 from jsonpath_ng.ext import parse as jsonpath_parse
 
+from embedplatform import metrics
 from providers.crypto import secret_decrypt, secret_mask
 from providers.errors import (
     UPSTREAM_BAD_RESPONSE,
@@ -221,6 +222,7 @@ class Upstream:
     api_key: str
     max_inputs: int
     usage_path: str = ""
+    preset: str = "custom"  # the metrics label (a tenant's own provider name never is one)
 
     def __repr__(self) -> str:  # keep the secret out of tracebacks and logs
         return f"Upstream(name={self.name!r}, endpoint={self.endpoint!r})"
@@ -240,14 +242,22 @@ def upstream_for(provider) -> Upstream:
         api_key=secret_decrypt(provider.secret_encrypted) if provider.secret_encrypted else "",
         max_inputs=provider.effective_max_inputs,
         usage_path=provider.usage_path,
+        preset=provider.preset,
     )
 
 
 class _Transient(Exception):
-    def __init__(self, error: ProviderError, retry_after: float | None = None):
+    def __init__(self, error: ProviderError, retry_after: float | None = None, kind: str = "connect"):
         super().__init__(error.message)
         self.error = error
         self.retry_after = retry_after
+        self.kind = kind
+
+
+def _error(message: str, kind: str) -> ProviderError:
+    error = ProviderError(message)
+    error.kind = kind  # the metrics label
+    return error
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -287,7 +297,8 @@ def _send(up: Upstream, body: bytes, *, timeout: float) -> tuple[int, httpx.Head
         for chunk in resp.iter_bytes():
             size += len(chunk)
             if size > limit:
-                raise ProviderError(UPSTREAM_BAD_RESPONSE.format(name=up.name, message=f"the response is over {limit} bytes"))
+                raise _error(UPSTREAM_BAD_RESPONSE.format(name=up.name, message=f"the response is over {limit} bytes"),
+                             "too_large")
             if time.monotonic() > ends:
                 raise httpx.ReadTimeout("response too slow")
             chunks.append(chunk)
@@ -305,11 +316,32 @@ def _is_ip(host: str) -> bool:
 
 
 def _attempt(up: Upstream, body: bytes, *, timeout: float):
+    """One attempt, timed and counted (embed_provider_call_seconds / embed_provider_errors)."""
+    started = time.perf_counter()
+    kind = None
+    try:
+        return _attempt_once(up, body, timeout=timeout)
+    except ProviderTimeout:
+        kind = "timeout"
+        raise
+    except _Transient as exc:
+        kind = exc.kind
+        raise
+    except ProviderError as exc:
+        kind = getattr(exc, "kind", "error")
+        raise
+    finally:
+        metrics.provider_call_observe(up.preset, time.perf_counter() - started)
+        if kind:
+            metrics.provider_error_inc(up.preset, kind)
+
+
+def _attempt_once(up: Upstream, body: bytes, *, timeout: float):
     """One attempt: the parsed JSON body, or ProviderError/ProviderTimeout, or _Transient (retry)."""
     try:
         status, headers, content = _send(up, body, timeout=timeout)
     except EndpointRefused as exc:
-        raise ProviderError(UPSTREAM_UNREACHABLE.format(name=up.name, message=f"the endpoint {exc}")) from None
+        raise _error(UPSTREAM_UNREACHABLE.format(name=up.name, message=f"the endpoint {exc}"), "refused") from None
     except httpx.TimeoutException:
         raise ProviderTimeout(UPSTREAM_TIMEOUT.format(name=up.name, seconds=round(timeout, 1))) from None
     except httpx.TransportError as exc:
@@ -319,13 +351,14 @@ def _attempt(up: Upstream, body: bytes, *, timeout: float):
         try:
             return orjson.loads(content)
         except orjson.JSONDecodeError:
-            raise ProviderError(UPSTREAM_BAD_RESPONSE.format(name=up.name, message="the body is not JSON")) from None
+            raise _error(UPSTREAM_BAD_RESPONSE.format(name=up.name, message="the body is not JSON"), "bad_response") from None
     if 300 <= status < 400:
         location = up.redact(headers.get("location", "?"))[:200]
-        raise ProviderError(UPSTREAM_REDIRECT.format(name=up.name, status=status, location=location))
-    error = ProviderError(UPSTREAM_FAILED.format(name=up.name, status=status, message=up.redact(upstream_message(content))))
+        raise _error(UPSTREAM_REDIRECT.format(name=up.name, status=status, location=location), "redirect")
+    kind = "http_429" if status == 429 else ("http_5xx" if status >= 500 else "http_4xx")
+    error = _error(UPSTREAM_FAILED.format(name=up.name, status=status, message=up.redact(upstream_message(content))), kind)
     if status == 429 or status >= 500:
-        raise _Transient(error, _retry_after(headers.get("retry-after")))
+        raise _Transient(error, _retry_after(headers.get("retry-after")), kind)
     raise error
 
 

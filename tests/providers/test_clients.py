@@ -4,6 +4,7 @@ import time
 
 import numpy as np
 import pytest
+from prometheus_client import REGISTRY
 
 from providers.clients import (
     TemplateError,
@@ -24,7 +25,8 @@ def _openai(fake, **kw) -> Upstream:
     preset = PRESETS["openai"]
     return Upstream(name="myopenai", endpoint=fake.url(), template=preset.request_template,
                     response_path=preset.response_path, headers=preset.headers, api_key=SECRET,
-                    max_inputs=kw.pop("max_inputs", preset.max_inputs), usage_path=preset.usage_path, **kw)
+                    max_inputs=kw.pop("max_inputs", preset.max_inputs), usage_path=preset.usage_path, preset="openai",
+                    **kw)
 
 
 @pytest.mark.parametrize(
@@ -90,14 +92,20 @@ def test_it_speaks_cohere(fake):
     assert tokens == [2, 4]  # meta.billed_units.input_tokens, spread by length
 
 
+def _errors(kind: str) -> float:
+    return REGISTRY.get_sample_value("embed_provider_errors_total", {"provider": "openai", "kind": kind}) or 0.0
+
+
 def test_5xx_is_retried_then_reported_with_the_upstream_message(fake, settings):
     settings.PROVIDER_MAX_RETRIES = 2
+    before = _errors("http_5xx")
     for _ in range(3):
         fake.then(status=500, message="model overloaded, try later")
     with pytest.raises(ProviderError, match="answered 500: model overloaded, try later") as exc:
         embed_call(_openai(fake), model="m", texts=["a"])
     assert exc.value.status == 502
     assert len(fake.requests) == 3
+    assert _errors("http_5xx") == before + 3  # every failed attempt is counted
 
 
 def test_a_transient_failure_then_success(fake):

@@ -1,0 +1,108 @@
+"""Embedding through a provider, end to end: the web request, a real Celery worker on the
+provider queue (threads pool, in this process), the fake upstream, the cache, the reply."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from embeddings.models import CachedEmbedding
+from providers.services import provider_create
+from tests.providers.conftest import SECRET
+
+MODEL = "myopenai/text-embedding-3-small"
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def charlie_provider(charlie, fake, provider_worker):
+    return provider_create(tenant=charlie.tenant, name="myopenai", preset="openai", endpoint=fake.url(), api_key=SECRET)
+
+
+def _embed(client, texts, model=MODEL, **extra):
+    return client.post("/v1/embeddings", {"model": model, "input": texts, **extra}, format="json")
+
+
+def test_a_free_tenant_embeds_through_its_provider_then_hits_the_cache(charlie, client_for, fake, charlie_provider):
+    client = client_for(charlie)
+    first = _embed(client, ["hello", "world", "hello"])
+    assert first.status_code == 200, first.content
+    body = first.json()
+    assert body["model"] == MODEL
+    assert [d["cached"] for d in body["data"]] == [False, False, False]
+    assert np.allclose([d["embedding"] for d in body["data"]], [fake.vector(t) for t in ("hello", "world", "hello")])
+    assert [r.body["input"] for r in fake.requests] == [["hello", "world"]]  # duplicates once, one call
+    assert fake.requests[0].body["model"] == "text-embedding-3-small"
+
+    second = _embed(client, ["world", "hello"])
+    assert [d["cached"] for d in second.json()["data"]] == [True, True]
+    assert len(fake.requests) == 1
+    rows = CachedEmbedding.objects.filter(model=MODEL)
+    assert {r.scope for r in rows} == {charlie.tenant.pk} and rows.count() == 2
+    # Provider texts count toward the tier's quota like any other, hits included.
+    assert int(second["X-RateLimit-Remaining"]) == int(second["X-RateLimit-Limit"]) - 5
+
+
+def test_server_models_stay_refused_for_a_free_tenant(charlie, client_for, charlie_provider):
+    response = _embed(client_for(charlie), ["x"], model="all-MiniLM-L6-v2")
+    assert response.status_code == 403
+    assert "configure a provider" in response.json()["error"]["message"]
+
+
+def test_misses_are_batched_per_upstream_call(charlie, client_for, fake, charlie_provider):
+    charlie_provider.max_inputs = 2
+    charlie_provider.save()
+    response = _embed(client_for(charlie), [f"t{i}" for i in range(5)])
+    assert response.status_code == 200, response.content
+    assert sorted(len(r.body["input"]) for r in fake.requests) == [1, 2, 2]
+
+
+def test_upstream_500_is_retried_then_502_with_its_message(charlie, client_for, fake, charlie_provider, settings):
+    settings.PROVIDER_MAX_RETRIES = 1
+    fake.then(status=500, message="upstream exploded").then(status=500, message="upstream exploded")
+    response = _embed(client_for(charlie), ["boom"])
+    assert response.status_code == 502
+    assert response.json()["error"]["message"] == "The provider `myopenai` answered 500: upstream exploded"
+    assert response.json()["error"]["type"] == "upstream_error"
+    assert len(fake.requests) == 2
+    assert not CachedEmbedding.objects.filter(model=MODEL).exists()
+
+
+def test_429_with_retry_after_is_honored(charlie, client_for, fake, charlie_provider):
+    fake.then(status=429, message="rate limited", headers={"Retry-After": "1"})
+    started = time.monotonic()
+    response = _embed(client_for(charlie), ["patience"])
+    assert response.status_code == 200, response.content
+    assert time.monotonic() - started >= 1.0
+    first, second = fake.requests
+    assert second.at - first.at >= 1.0
+
+
+def test_a_slow_upstream_is_a_504(charlie, client_for, fake, charlie_provider, settings):
+    settings.PROVIDER_TIMEOUT_SECONDS = 1.0
+    fake.then(sleep=3)
+    response = _embed(client_for(charlie), ["slow"])
+    assert response.status_code == 504
+    assert "did not answer within 1 s" in response.json()["error"]["message"]
+
+
+def test_bob_cannot_embed_with_charlies_provider(bob, client_for, fake, charlie_provider):
+    response = _embed(client_for(bob), ["x"])
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "model_not_found"
+    assert fake.requests == []
+
+
+def test_public_is_refused_for_provider_models(charlie, client_for, fake, charlie_provider):
+    response = _embed(client_for(charlie), ["x"], public=True)
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "public"
+
+
+def test_models_lists_the_tenants_provider_models(charlie, bob, client_for, charlie_provider):
+    ids = {m["id"]: m for m in client_for(charlie).get("/v1/models").json()["data"]}
+    assert ids[MODEL]["compute"] == "byok"
+    assert ids["all-MiniLM-L6-v2"]["compute"] == "local"
+    assert MODEL not in {m["id"] for m in client_for(bob).get("/v1/models").json()["data"]}
