@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 DEVICE ?= cpu
 export VAR_DIR ?= $(CURDIR)/var
 
-.PHONY: install run services web worker flower test lint fmt bench clean
+.PHONY: install run services web worker provider-worker flower test lint fmt bench clean
 
 # Create .venv and install the pinned requirements (re-runs when they change).
 $(VENV)/.installed: requirements.txt requirements-dev.txt
@@ -18,7 +18,7 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 
 install: $(VENV)/.installed
 
-# Everything: embedded services (where no URL is set), migrate, web, worker, Flower. Ctrl-C stops all.
+# Everything: embedded services (where no URL is set), migrate, web, worker, provider worker, Flower. Ctrl-C stops all.
 run: install
 	$(PY) scripts/run.py all --device $(DEVICE)
 
@@ -33,6 +33,10 @@ web: install
 # One embedding worker; DEVICE=cuda:1 pins it to GPU 1.
 worker: install
 	$(PY) scripts/run.py worker --device $(DEVICE)
+
+# The BYOK provider worker: queue `providers`, a threads pool (PROVIDER_CONCURRENCY, 16).
+provider-worker: install
+	$(PY) scripts/run.py provider-worker
 
 # Flower on FLOWER_PORT (5555).
 flower: install

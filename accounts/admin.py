@@ -1,11 +1,28 @@
-from django.contrib import admin
+"""The operators' admin: tenants (with users and keys inline), tiers, users, API keys, usage.
 
-from accounts.models import ApiKey, Tenant, Tier, User
+Key hashes and passwords are never shown; keys appear by prefix only and are revoked with an
+action, not edited. Usage rows are read-only.
+"""
+
+from django.contrib import admin, messages
+from django.utils import timezone
+
+from accounts.models import ApiKey, DailyUsage, Tenant, Tier, User
 
 
 @admin.register(Tier)
 class TierAdmin(admin.ModelAdmin):
-    list_display = ("name", "daily_limit", "monthly_limit", "requests_per_minute", "max_batch_size", "server_compute", "priority")
+    list_display = ("name", "daily_limit", "monthly_limit", "requests_per_minute", "max_batch_size",
+                    "max_job_texts", "server_compute", "priority")
+    search_fields = ("name",)
+
+
+class UserInline(admin.TabularInline):
+    model = User
+    fields = ("email", "is_active", "is_staff", "date_joined", "last_login")
+    readonly_fields = ("date_joined", "last_login")
+    extra = 0
+    show_change_link = True
 
 
 class ApiKeyInline(admin.TabularInline):
@@ -15,24 +32,58 @@ class ApiKeyInline(admin.TabularInline):
     extra = 0
     can_delete = False
 
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False  # a key is made through the API or `create_tenant`, which show it once
+
 
 @admin.register(Tenant)
 class TenantAdmin(admin.ModelAdmin):
-    list_display = ("name", "tier", "is_active", "created_at")
+    list_display = ("name", "id", "tier", "is_active", "created_at")
     list_filter = ("tier", "is_active")
-    search_fields = ("name",)
-    inlines = [ApiKeyInline]
+    search_fields = ("name", "users__email")
+    inlines = [UserInline, ApiKeyInline]
 
 
 @admin.register(User)
 class UserAdmin(admin.ModelAdmin):
-    list_display = ("email", "tenant", "is_staff", "is_active")
-    search_fields = ("email",)
-    exclude = ("password",)
+    list_display = ("email", "tenant", "is_staff", "is_active", "date_joined")
+    list_filter = ("is_staff", "is_active")
+    search_fields = ("email", "tenant__name")
+    exclude = ("password", "user_permissions", "groups")
+    readonly_fields = ("last_login", "date_joined")
+    autocomplete_fields = ("tenant",)
 
 
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin):
     list_display = ("prefix", "tenant", "name", "created_at", "last_used_at", "revoked_at")
-    readonly_fields = ("prefix", "key_hash", "created_at", "last_used_at")
-    exclude = ("key_hash",)
+    list_filter = ("revoked_at",)
+    search_fields = ("prefix", "name", "tenant__name")
+    fields = ("prefix", "tenant", "name", "created_by", "created_at", "last_used_at", "revoked_at")
+    readonly_fields = ("prefix", "tenant", "created_by", "created_at", "last_used_at", "revoked_at")
+    actions = ["revoke"]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    @admin.action(description="Revoke the selected keys (they fail at once)")
+    def revoke(self, request, queryset):
+        count = queryset.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
+        self.message_user(request, f"Revoked {count} key(s).", messages.SUCCESS)
+
+
+@admin.register(DailyUsage)
+class DailyUsageAdmin(admin.ModelAdmin):
+    list_display = ("day", "tenant", "model", "cache_hits", "cache_misses", "tokens", "compute_ms")
+    list_filter = ("day", "model", "tenant")
+    search_fields = ("tenant__name", "model")
+    date_hierarchy = "day"
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False

@@ -1,8 +1,14 @@
 from __future__ import annotations
 
+import secrets
+
 from django.contrib.auth.models import AbstractBaseUser, BaseUserManager, PermissionsMixin
 from django.db import models
 from django.utils import timezone
+
+
+def _webhook_secret() -> str:
+    return secrets.token_hex(32)
 
 
 class Tier(models.Model):
@@ -30,6 +36,9 @@ class Tenant(models.Model):
     tier = models.ForeignKey(Tier, on_delete=models.PROTECT, related_name="tenants")
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(default=timezone.now)
+    webhook_secret = models.CharField(
+        max_length=64, default=_webhook_secret, help_text="Signs job webhooks (X-Signature: HMAC-SHA256 of the body)."
+    )
 
     def __str__(self) -> str:
         return self.name
@@ -92,3 +101,23 @@ class ApiKey(models.Model):
     @property
     def is_revoked(self) -> bool:
         return self.revoked_at is not None
+
+
+class DailyUsage(models.Model):
+    """Texts served per tenant, UTC day and model. Written in batches from Redis (accounts/usage.py)."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="usage")
+    day = models.DateField()
+    model = models.CharField(max_length=200)
+    cache_hits = models.BigIntegerField(default=0)
+    cache_misses = models.BigIntegerField(default=0)
+    tokens = models.BigIntegerField(default=0)
+    compute_ms = models.FloatField(default=0.0, help_text="Worker forward-pass time attributed to these texts.")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["tenant", "day", "model"], name="daily_usage_key")]
+        indexes = [models.Index(fields=["tenant", "-day"])]
+        verbose_name_plural = "daily usage"
+
+    def __str__(self) -> str:
+        return f"{self.tenant} {self.day} {self.model}"

@@ -1,10 +1,14 @@
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import date
 from functools import cache
 
 from django.db import connection
+from django.db.models import QuerySet
 
-from accounts.models import ApiKey, Tenant, Tier
+from accounts.models import ApiKey, DailyUsage, Tenant, Tier
+from accounts.quotas import QuotaState, quota_state, time_now
 
 
 @cache
@@ -48,3 +52,60 @@ def api_key_for_auth(*, prefix: str) -> ApiKey | None:
     tenant.tier = tier
     key.tenant = tenant
     return key
+
+
+def api_key_list(*, tenant: Tenant) -> QuerySet[ApiKey]:
+    """The tenant's keys, newest first, revoked ones included (with revoked_at)."""
+    return ApiKey.objects.filter(tenant=tenant).order_by("-created_at", "-id")
+
+
+@dataclass(frozen=True)
+class UsageSummary:
+    date_from: date
+    date_to: date
+    rows: list[DailyUsage]
+    today: dict
+    month: dict
+    total_cached: int
+    quota: QuotaState
+
+
+def _totals(rows) -> dict:
+    out = {"texts": 0, "cache_hits": 0, "cache_misses": 0, "tokens": 0, "compute_ms": 0.0}
+    for r in rows:
+        out["cache_hits"] += r.cache_hits
+        out["cache_misses"] += r.cache_misses
+        out["tokens"] += r.tokens
+        out["compute_ms"] += r.compute_ms
+    out["texts"] = out["cache_hits"] + out["cache_misses"]
+    out["compute_ms"] = round(out["compute_ms"], 3)
+    return out
+
+
+def usage_summary(*, tenant: Tenant, date_from: date | None = None, date_to: date | None = None) -> UsageSummary:
+    """Usage per day and model in [date_from, date_to] (default: this UTC month), with today's and
+    this month's totals, the vectors stored in the tenant's cache scope and the quota counters.
+
+    Reads Postgres after usage_flush(), so the figures include requests up to now.
+    """
+    from accounts.services import usage_flush
+    from embeddings.models import CachedEmbedding
+
+    usage_flush()
+    today = time_now().date()
+    month_start = today.replace(day=1)
+    date_from = date_from or month_start
+    date_to = date_to or today
+    rows = list(
+        DailyUsage.objects.filter(tenant=tenant, day__gte=min(date_from, month_start), day__lte=max(date_to, today))
+        .order_by("day", "model")
+    )
+    return UsageSummary(
+        date_from=date_from,
+        date_to=date_to,
+        rows=[r for r in rows if date_from <= r.day <= date_to],
+        today=_totals(r for r in rows if r.day == today),
+        month=_totals(r for r in rows if month_start <= r.day <= today),
+        total_cached=CachedEmbedding.objects.filter(scope=tenant.pk).count(),
+        quota=quota_state(tenant=tenant),
+    )

@@ -1,11 +1,24 @@
 from __future__ import annotations
 
-from django.db import transaction
+import logging
+import uuid
+from datetime import date
+
+import redis
+from django.contrib.auth.password_validation import validate_password
+from django.core.exceptions import ValidationError
+from django.db import connection, transaction
 from django.utils import timezone
 
 from accounts.keys import key_make
-from accounts.models import ApiKey, Tenant, Tier, User
-from embedplatform.errors import InvalidInput, NotFound
+from accounts.models import ApiKey, DailyUsage, Tenant, Tier, User
+from embedplatform.errors import Conflict, InvalidInput, NotFound
+from embedplatform.redisconn import redis_client
+
+logger = logging.getLogger(__name__)
+
+SIGNUP_TIER = "free"
+EMAIL_TAKEN = "An account with email {email} already exists; log in with POST /v1/auth/login."
 
 
 def tenant_create(*, email: str, tier: str, password: str | None = None, tenant_name: str = "") -> tuple[Tenant, User]:
@@ -17,7 +30,7 @@ def tenant_create(*, email: str, tier: str, password: str | None = None, tenant_
         raise InvalidInput(f"Unknown tier `{tier}`; known tiers: {names}.", param="tier") from None
     email = email.strip().lower()
     if User.objects.filter(email=email).exists():
-        raise InvalidInput(f"A user with email {email} already exists.", param="email", code="email_taken")
+        raise Conflict(EMAIL_TAKEN.format(email=email), param="email", code="email_taken")
     with transaction.atomic():
         tenant = Tenant.objects.create(name=tenant_name or email, tier=tier_obj)
         user = User.objects.create_user(email=email, password=password, tenant=tenant)
@@ -38,3 +51,99 @@ def api_key_revoke(*, tenant: Tenant, prefix: str) -> ApiKey:
     if key is None or (not updated and key.revoked_at is None):
         raise NotFound(f"No API key with prefix {prefix}.", param="prefix")
     return key
+
+
+def tenant_signup(*, email: str, password: str, tenant_name: str = "") -> tuple[Tenant, User, str]:
+    """Self-service sign-up: a tenant on the free tier, its user and a first API key (clear, shown once).
+
+    Raises InvalidInput when Django's password validators refuse the password and Conflict
+    (409) when the email is taken.
+    """
+    email = email.strip().lower()
+    try:
+        validate_password(password, user=User(email=email))
+    except ValidationError as exc:
+        raise InvalidInput(" ".join(exc.messages), param="password", code="weak_password") from None
+    with transaction.atomic():
+        tenant, user = tenant_create(email=email, tier=SIGNUP_TIER, password=password, tenant_name=tenant_name)
+        _key, clear = api_key_create(tenant=tenant, name="default", created_by=user)
+    return tenant, user, clear
+
+
+# --- Usage -------------------------------------------------------------------------------
+# Counters accumulate in Redis hashes `usage:<day>|<tenant id>|<model>` (one HINCRBY per
+# field per request) and reach Postgres in batches via usage_flush(): a DB write per
+# request would cost more than the cache hit it counts.
+_USAGE = "usage:"
+_DIRTY = "usage:dirty"
+_FLUSHING = "usage:flushing:"
+_FLUSH_LOCK = "usage:flush-lock"
+_FIELDS = ("cache_hits", "cache_misses", "tokens", "compute_ms")
+
+
+def usage_record(*, tenant_id: int, model: str, cache_hits: int = 0, cache_misses: int = 0, tokens: int = 0,
+                 compute_ms: float = 0.0, day: date | None = None, pipe=None) -> None:
+    """Adds to today's (UTC) counters for tenant and model; one Redis round trip, no DB write.
+
+    Pass `pipe` (a Redis pipeline) to fold it into the caller's round trip.
+    """
+    member = f"{(day or timezone.now().date()).isoformat()}|{tenant_id}|{model}"
+    own = pipe is None
+    if own:
+        pipe = redis_client().pipeline(transaction=True)
+    key = _USAGE + member
+    for field, value in (("cache_hits", cache_hits), ("cache_misses", cache_misses), ("tokens", tokens)):
+        if value:
+            pipe.hincrby(key, field, int(value))
+    if compute_ms:
+        pipe.hincrbyfloat(key, "compute_ms", float(compute_ms))
+    pipe.sadd(_DIRTY, member)
+    if own:
+        pipe.execute()
+
+
+_UPSERT = f"""
+INSERT INTO {DailyUsage._meta.db_table} (tenant_id, day, model, cache_hits, cache_misses, tokens, compute_ms)
+SELECT %s, %s, %s, %s, %s, %s, %s WHERE EXISTS (SELECT 1 FROM {Tenant._meta.db_table} WHERE id = %s)
+ON CONFLICT (tenant_id, day, model) DO UPDATE SET
+  cache_hits = {DailyUsage._meta.db_table}.cache_hits + EXCLUDED.cache_hits,
+  cache_misses = {DailyUsage._meta.db_table}.cache_misses + EXCLUDED.cache_misses,
+  tokens = {DailyUsage._meta.db_table}.tokens + EXCLUDED.tokens,
+  compute_ms = {DailyUsage._meta.db_table}.compute_ms + EXCLUDED.compute_ms
+"""
+
+
+def usage_flush() -> int:
+    """Moves the Redis usage counters into DailyUsage rows (adding to them); returns rows written.
+
+    Each hash is RENAMEd away before it is read, so increments that land meanwhile start a
+    fresh hash and wait for the next flush: nothing is lost or counted twice. One flusher
+    runs at a time (a Redis lock); a hash left renamed by a flusher that died is picked up.
+    """
+    client = redis_client()
+    token = uuid.uuid4().hex
+    if not client.set(_FLUSH_LOCK, token, nx=True, ex=60):
+        return 0
+    try:
+        pending = [k.decode() for k in client.scan_iter(match=_FLUSHING + "*", count=1000)]
+        while (member := client.spop(_DIRTY)) is not None:
+            tmp = f"{_FLUSHING}{uuid.uuid4().hex}:{member.decode()}"
+            try:
+                client.rename(_USAGE + member.decode(), tmp)
+            except redis.ResponseError:  # no such key: an earlier flush took it
+                continue
+            pending.append(tmp)
+        written = 0
+        for tmp in pending:
+            member = tmp.split(":", 2)[2].split(":", 1)[1]
+            day, tenant_id, model = member.split("|", 2)
+            values = {k.decode(): v for k, v in client.hgetall(tmp).items()}
+            row = [int(values.get(f, 0)) if f != "compute_ms" else float(values.get(f, 0)) for f in _FIELDS]
+            with transaction.atomic(), connection.cursor() as cur:
+                cur.execute(_UPSERT, [int(tenant_id), day, model, *row, int(tenant_id)])
+                written += cur.rowcount
+            client.delete(tmp)
+        return written
+    finally:
+        if client.get(_FLUSH_LOCK) == token.encode():
+            client.delete(_FLUSH_LOCK)

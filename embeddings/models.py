@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import uuid
+
 from django.db import models
 from django.utils import timezone
 
@@ -31,3 +33,82 @@ class CachedEmbedding(models.Model):
 
     def __str__(self) -> str:
         return f"{self.model}@{self.model_version} scope={self.scope} {bytes(self.text_sha256).hex()[:12]}"
+
+
+class Job(models.Model):
+    """An asynchronous embedding job. Postgres is its source of truth; the broker only signals.
+
+    States: queued -> running -> succeeded | failed; queued/running -> cancelled (POST .../cancel).
+    `done` counts texts whose vectors are stored (progress); `cached` those that were already in
+    the cache. Texts live in JobChunk rows; vectors live in the cache table under `scope`.
+    """
+
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        RUNNING = "running"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+        CANCELLED = "cancelled"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    tenant = models.ForeignKey("accounts.Tenant", on_delete=models.CASCADE, related_name="jobs")
+    model = models.CharField(max_length=200)
+    model_version = models.CharField(max_length=64)
+    scope = models.BigIntegerField(help_text="Cache scope the vectors are written to (tenant id or 0).")
+    options = models.JSONField(default=dict, blank=True, help_text="normalize, dimensions, input_type, public.")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    total = models.PositiveIntegerField()
+    done = models.PositiveIntegerField(default=0)
+    cached = models.PositiveIntegerField(default=0)
+    priority = models.SmallIntegerField(default=0, help_text="The tier's priority when the job was made.")
+    served_at = models.DateTimeField(null=True, blank=True, help_text="Last time a chunk was claimed (fair turns).")
+    error = models.TextField(blank=True, default="")
+    webhook_url = models.URLField(max_length=2000, blank=True, default="")
+    webhook_status = models.CharField(max_length=16, blank=True, default="")
+    created_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["tenant", "-created_at"]), models.Index(fields=["status"])]
+
+    def __str__(self) -> str:
+        return f"job {self.id} ({self.status} {self.done}/{self.total})"
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in (self.Status.SUCCEEDED, self.Status.FAILED, self.Status.CANCELLED)
+
+
+class JobChunk(models.Model):
+    """A slice of a job's texts (model inputs, prompt included), claimed by one worker at a time.
+
+    queued -> running (claimed with a lease token and deadline) -> done; a lease that runs out
+    is put back to queued by the sweeper, and a late finisher with an old token changes nothing.
+    """
+
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        RUNNING = "running"
+        DONE = "done"
+        CANCELLED = "cancelled"
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="chunks")
+    seq = models.PositiveIntegerField()
+    start = models.PositiveIntegerField(help_text="Index of the chunk's first text in the job.")
+    texts = models.JSONField()
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    lease = models.CharField(max_length=32, blank=True, default="")
+    lease_until = models.DateTimeField(null=True, blank=True)
+    cached_flags = models.TextField(blank=True, default="", help_text="'1' per text that was a cache hit, else '0'.")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["job", "seq"], name="job_chunk_seq")]
+        indexes = [
+            models.Index(fields=["status"], name="chunk_queued", condition=models.Q(status="queued")),
+            models.Index(fields=["status", "lease_until"], name="chunk_running", condition=models.Q(status="running")),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.job_id}#{self.seq} {self.status}"

@@ -27,23 +27,30 @@ def _check_text(value, where: str) -> str:
 
 
 class TextsField(serializers.Field):
-    """A string or a non-empty array of non-empty strings -> list[str]."""
+    """A string or a non-empty array of non-empty strings -> list[str].
+
+    At most settings.<max_items_setting> items (MAX_INPUTS_PER_REQUEST for sync requests).
+    """
 
     default_error_messages = {"required": "input is required: a string or an array of strings."}
 
+    def __init__(self, *, max_items_setting: str = "MAX_INPUTS_PER_REQUEST", **kwargs):
+        super().__init__(**kwargs)
+        self.max_items_setting = max_items_setting
+
     def to_internal_value(self, data) -> list[str]:
         if isinstance(data, str):
-            return [_check_text(data, "input")]
+            return [_check_text(data, self.field_name or "input")]
         if not isinstance(data, list):
             raise serializers.ValidationError(
-                f"input must be a string or an array of strings, not {type(data).__name__}."
+                f"{self.field_name} must be a string or an array of strings, not {type(data).__name__}."
             )
         if not data:
-            raise serializers.ValidationError("input is an empty array; send at least one string.")
-        limit = settings.MAX_INPUTS_PER_REQUEST
+            raise serializers.ValidationError(f"{self.field_name} is an empty array; send at least one string.")
+        limit = getattr(settings, self.max_items_setting)
         if len(data) > limit:
-            raise serializers.ValidationError(f"input has {len(data)} items; the limit is {limit} per request.")
-        return [_check_text(v, f"input[{i}]") for i, v in enumerate(data)]
+            raise serializers.ValidationError(f"{self.field_name} has {len(data)} items; the limit is {limit} per request.")
+        return [_check_text(v, f"{self.field_name}[{i}]") for i, v in enumerate(data)]
 
     def to_representation(self, value):
         return value
@@ -97,3 +104,31 @@ class EmbedRequestSerializer(EmbedOptionsSerializer):
 class EmbedBatchRequestSerializer(EmbedOptionsSerializer):
     texts = TextsField()
     encoding_format = serializers.ChoiceField(choices=("float", "base64"), required=False, default="float")
+
+
+class JobCreateRequestSerializer(EmbedOptionsSerializer):
+    """POST /v1/jobs: texts (up to the tier's max_job_texts) and the embedding options."""
+
+    texts = TextsField(max_items_setting="JOB_MAX_TEXTS")
+    webhook_url = serializers.URLField(required=False, allow_blank=True, default="", max_length=2000)
+
+
+def job_payload(job) -> dict:
+    """The job as the API, and its webhook, show it."""
+    base = f"{settings.PUBLIC_BASE_URL}/v1/jobs/{job.pk}"
+    return {
+        "id": str(job.pk),
+        "object": "job",
+        "status": job.status,
+        "model": job.model,
+        "total": job.total,
+        "done": job.done,
+        "cached": job.cached,
+        "created_at": job.created_at.isoformat(),
+        "started_at": job.started_at.isoformat() if job.started_at else None,
+        "finished_at": job.finished_at.isoformat() if job.finished_at else None,
+        "error": job.error or None,
+        "webhook_url": job.webhook_url or None,
+        "status_url": base,
+        "results_url": f"{base}/results",
+    }

@@ -6,15 +6,25 @@ itself: hits are read in one query, misses go to the workers, which write them.
 
 from __future__ import annotations
 
+import json
+import uuid
 from dataclasses import dataclass
 
 import numpy as np
+from django.conf import settings
+from django.db import connection, transaction
+from django.utils import timezone
 
 from accounts.models import Tenant
+from accounts.quotas import QuotaState, batch_size_check, quota_consume, quota_refund
+from accounts.services import usage_record
 from embeddings import cache, waiting
 from embeddings.encoding import vectors_shape
+from embeddings.models import Job, JobChunk
 from embeddings.registry import ModelSpec, model_get
+from embeddings.selectors import job_get
 from embeddings.tokencount import token_counts
+from embedplatform import metrics
 from embedplatform.errors import (
     DIMENSIONS_OUT_OF_RANGE,
     INPUT_TOO_LONG,
@@ -24,7 +34,11 @@ from embedplatform.errors import (
     InvalidInput,
     NotAllowed,
     NotFound,
+    PayloadTooLarge,
+    WaitTimeout,
 )
+from providers.ssrf import EndpointRefused, endpoint_check
+from workers.queues import job_signal_key
 
 
 @dataclass(frozen=True)
@@ -50,7 +64,15 @@ class EmbedResult:
 
 
 def model_resolve(*, tenant: Tenant, model: str) -> ModelSpec:
-    """The served model `model` if this tenant may use it: NotFound / NotAllowed otherwise."""
+    """The served model `model` if this tenant may use it: NotFound / NotAllowed otherwise.
+
+    `<provider name>/<upstream model>` names one of the tenant's BYOK providers (providers/),
+    which every tier may use: its spec has compute="byok".
+    """
+    if "/" in model:
+        from providers.services import provider_model_resolve
+
+        return provider_model_resolve(tenant=tenant, model=model)
     spec = model_get(model)
     if spec is None:
         raise NotFound(MODEL_UNKNOWN.format(model=model), param="model", code="model_not_found")
@@ -74,9 +96,14 @@ def _check_lengths(spec: ModelSpec, inputs: list[str]) -> None:
             )
 
 
-def _compute(spec: ModelSpec, texts: list[str], keys: list[bytes], scope: int, wait: float):
+def _compute(spec: ModelSpec, texts: list[str], keys: list[bytes], scope: int, wait: float, tenant: int):
     """Sends texts to the model's workers and waits: (tokens, raw vectors)."""
-    item = waiting.work_submit(model=spec.name, texts=texts, keys=keys, scope=scope, wait=wait)
+    if spec.compute == "byok":  # the tenant's provider, through the provider queue
+        from providers.services import provider_submit
+
+        item = provider_submit(spec=spec, texts=texts, keys=keys, scope=scope, wait=wait)
+        return waiting.work_wait(item, wait=wait, dims=None)
+    item = waiting.work_submit(model=spec.name, texts=texts, keys=keys, scope=scope, wait=wait, tenant=tenant)
     return waiting.work_wait(item, wait=wait, dims=spec.dims)
 
 
@@ -104,15 +131,17 @@ def embed_texts(*, tenant: Tenant, texts: list[str], options: EmbedOptions, wait
     scope = cache.PUBLIC_SCOPE if options.public else tenant.pk
     scopes = [cache.PUBLIC_SCOPE] if options.public else [tenant.pk, cache.PUBLIC_SCOPE]
     hits = cache.cache_lookup(model=spec.name, version=spec.version, keys=list(unique), scopes=scopes)
+    metrics.cache_observe(model=spec.name, public=options.public, hits=len(hits), misses=len(unique) - len(hits))
 
     found: dict[bytes, tuple[np.ndarray, int]] = {k: (h.vector, h.tokens) for k, h in hits.items()}
     missing = [k for k in unique if k not in hits]
     if missing:
-        tokens, vectors = _compute(spec, [inputs[unique[k]] for k in missing], missing, scope, wait)
+        tokens, vectors = _compute(spec, [inputs[unique[k]] for k in missing], missing, scope, wait, tenant.pk)
         for j, key in enumerate(missing):
             found[key] = (vectors[j], int(tokens[j]))
 
-    raw = np.empty((len(texts), spec.dims), dtype=np.float32)
+    dims = len(found[keys[0]][0]) if keys else spec.dims  # a provider's dims are known from its vectors
+    raw = np.empty((len(texts), dims), dtype=np.float32)
     token_list = []
     for i, key in enumerate(keys):
         vector, n = found[key]
@@ -125,3 +154,275 @@ def embed_texts(*, tenant: Tenant, texts: list[str], options: EmbedOptions, wait
         cached=[key in hits for key in keys],
         tokens=token_list,
     )
+
+
+def embed_serve(*, tenant: Tenant, texts: list[str], options: EmbedOptions, wait: float,
+                job_fallback: bool = False) -> tuple[EmbedResult | Job, QuotaState]:
+    """embed_texts within the tenant's limits: the data plane's one entry point.
+
+    Checks the tier's max_batch_size (PayloadTooLarge), counts every text against the daily
+    and monthly quotas all-or-nothing (QuotaExceeded), refunds them if the request then
+    fails, and records hits, misses and tokens in the tenant's usage. With `job_fallback`,
+    work not done within `wait` becomes a Job (returned instead of the result) rather than
+    a WaitTimeout; its texts stay counted once.
+    """
+    batch_size_check(tier=tenant.tier, texts=len(texts))
+    quota = quota_consume(tenant=tenant, texts=len(texts))
+    try:
+        result = embed_texts(tenant=tenant, texts=texts, options=options, wait=wait)
+    except WaitTimeout:
+        if job_fallback:
+            try:
+                return job_create(tenant=tenant, texts=texts, options=options, count_quota=False), quota
+            except BaseException:
+                quota_refund(tenant=tenant, texts=len(texts), state=quota)
+                raise
+        quota_refund(tenant=tenant, texts=len(texts), state=quota)
+        raise
+    except BaseException:
+        quota_refund(tenant=tenant, texts=len(texts), state=quota)
+        raise
+    hits = sum(result.cached)
+    usage_record(tenant_id=tenant.pk, model=result.model.name, cache_hits=hits, cache_misses=len(texts) - hits,
+                 tokens=result.total_tokens)
+    return result, quota
+
+
+# --- Jobs --------------------------------------------------------------------------------
+# A job's texts are cut into JobChunk rows of JOB_CHUNK_TEXTS; embedding workers claim chunks
+# from Postgres (SKIP LOCKED, a lease per claim) whenever no interactive request waits, so the
+# broker never holds bulk work and a 202-accepted job survives a broker flush or a killed
+# worker (the sweeper re-queues chunks whose lease ran out). See docs/DECISIONS.md.
+
+JOB_TEXTS_TOO_MANY = "This job has {texts} texts; your tier ({tier}) allows at most {limit} per job."
+JOB_BYOK_REFUSED = "Jobs run on the platform's models; send provider models (`{model}`) to /v1/embeddings instead."
+WEBHOOK_REFUSED = "webhook_url is refused: {why}."
+
+
+def job_create(*, tenant: Tenant, texts: list[str], options: EmbedOptions, webhook_url: str = "",
+               count_quota: bool = True) -> Job:
+    """Admits a job: checks model, tier limits, dimensions and webhook, counts the texts against
+    the quota (all or nothing), stores the job and its chunks, then signals the workers.
+
+    Raises NotFound / NotAllowed (model), PayloadTooLarge (over max_job_texts), InvalidInput
+    (dimensions, webhook_url) and QuotaExceeded. `count_quota=False` is for a sync request that
+    already counted its texts and falls back to a job.
+    """
+    spec = model_resolve(tenant=tenant, model=options.model)
+    if spec.compute != "local":
+        raise InvalidInput(JOB_BYOK_REFUSED.format(model=options.model), param="model")
+    tier = tenant.tier
+    limit = min(tier.max_job_texts, settings.JOB_MAX_TEXTS)
+    if len(texts) > limit:
+        raise PayloadTooLarge(JOB_TEXTS_TOO_MANY.format(texts=len(texts), tier=tier.name, limit=limit),
+                              param="texts", code="job_too_large")
+    if options.dimensions is not None and not 1 <= options.dimensions <= spec.dims:
+        raise InvalidInput(
+            DIMENSIONS_OUT_OF_RANGE.format(max=spec.dims, model=spec.name, got=options.dimensions), param="dimensions"
+        )
+    if webhook_url:
+        try:
+            endpoint_check(webhook_url)
+        except EndpointRefused as exc:
+            raise InvalidInput(WEBHOOK_REFUSED.format(why=exc), param="webhook_url") from None
+    prompt = spec.prompt(options.input_type)
+    inputs = [prompt + t for t in texts] if prompt else list(texts)
+    if not options.truncate:
+        _check_lengths(spec, inputs)
+    quota = quota_consume(tenant=tenant, texts=len(texts)) if count_quota else None
+    try:
+        size = settings.JOB_CHUNK_TEXTS
+        with transaction.atomic():
+            job = Job.objects.create(
+                tenant=tenant, model=spec.name, model_version=spec.version, total=len(texts),
+                scope=cache.PUBLIC_SCOPE if options.public else tenant.pk, priority=tier.priority,
+                options={"normalize": options.normalize, "dimensions": options.dimensions,
+                         "input_type": options.input_type, "public": options.public},
+                webhook_url=webhook_url, webhook_status="pending" if webhook_url else "",
+            )
+            JobChunk.objects.bulk_create(
+                (JobChunk(job=job, seq=i, start=start, texts=inputs[start:start + size])
+                 for i, start in enumerate(range(0, len(inputs), size))),
+                batch_size=500,
+            )
+            transaction.on_commit(lambda: waiting.redis_client().rpush(job_signal_key(spec.name), job.pk.hex))
+    except BaseException:
+        if quota is not None:
+            quota_refund(tenant=tenant, texts=len(texts), state=quota)
+        raise
+    return job
+
+
+def job_cancel(*, tenant: Tenant, job_id) -> Job:
+    """Cancels a queued or running job: its queued chunks are dropped at once, running chunks
+    finish (their vectors are cached) but the job stays cancelled. A finished job is returned as is.
+    """
+    job = job_get(tenant=tenant, job_id=job_id)
+    with transaction.atomic():
+        updated = Job.objects.filter(pk=job.pk, status__in=[Job.Status.QUEUED, Job.Status.RUNNING]).update(
+            status=Job.Status.CANCELLED, finished_at=timezone.now()
+        )
+        if updated:
+            JobChunk.objects.filter(job=job, status=JobChunk.Status.QUEUED).update(status=JobChunk.Status.CANCELLED)
+    job.refresh_from_db()
+    if updated:
+        job_webhook_enqueue(job)
+    return job
+
+
+def job_webhook_enqueue(job) -> None:
+    """Queues the completion webhook, if the job has one, after the transaction commits."""
+    if not job.webhook_url:
+        return
+
+    from workers.tasks import job_webhook as job_webhook_task
+
+    transaction.on_commit(lambda: job_webhook_task.delay(str(job.pk)))
+
+
+@dataclass(frozen=True)
+class ClaimedChunk:
+    id: int
+    job_id: str
+    tenant_id: int
+    model: str
+    version: str
+    scope: int
+    start: int
+    texts: list[str]
+    lease: str
+    attempts: int
+
+
+_CLAIM = """
+WITH next AS (
+  SELECT c.id FROM embeddings_jobchunk c JOIN embeddings_job j ON j.id = c.job_id
+  WHERE c.status = 'queued' AND j.status IN ('queued', 'running')
+    AND (j.model, j.model_version) IN (SELECT * FROM unnest(%s::text[], %s::text[]))
+  ORDER BY j.priority DESC, j.served_at ASC NULLS FIRST, j.created_at, c.seq
+  LIMIT 1 FOR UPDATE OF c SKIP LOCKED
+), claimed AS (
+  UPDATE embeddings_jobchunk c
+  SET status = 'running', attempts = c.attempts + 1, lease = %s, lease_until = now() + make_interval(secs => %s)
+  FROM next WHERE c.id = next.id
+  RETURNING c.id, c.job_id, c.start, c.texts, c.attempts
+), touched AS (
+  UPDATE embeddings_job j
+  SET served_at = clock_timestamp(), status = CASE WHEN j.status = 'queued' THEN 'running' ELSE j.status END,
+      started_at = COALESCE(j.started_at, now())
+  FROM claimed WHERE j.id = claimed.job_id
+  RETURNING j.id, j.tenant_id, j.model, j.model_version, j.scope
+)
+SELECT claimed.id, claimed.job_id, touched.tenant_id, touched.model, touched.model_version, touched.scope,
+       claimed.start, claimed.texts, claimed.attempts
+FROM claimed JOIN touched ON touched.id = claimed.job_id
+"""
+
+
+def job_chunk_claim(*, models: list[tuple[str, str]], lease_seconds: float) -> ClaimedChunk | None:
+    """Claims the next queued chunk for one of `models` ((name, version) pairs), or None.
+
+    Fair turns: higher tier priority first, then the job served longest ago, so the chunks
+    of concurrent jobs (and tenants) interleave instead of one job running to the end.
+    """
+    lease = uuid.uuid4().hex
+    with transaction.atomic(), connection.cursor() as cur:
+        cur.execute(_CLAIM, [[m for m, _ in models], [v for _, v in models], lease, lease_seconds])
+        row = cur.fetchone()
+    if row is None:
+        return None
+    texts = row[7] if isinstance(row[7], list) else json.loads(row[7])
+    return ClaimedChunk(id=row[0], job_id=str(row[1]), tenant_id=row[2], model=row[3], version=row[4], scope=row[5],
+                        start=row[6], texts=texts, lease=lease, attempts=row[8])
+
+
+_COMPLETE_JOB = """
+UPDATE embeddings_job SET done = done + %s, cached = cached + %s,
+  status = CASE WHEN status = 'running' AND done + %s >= total THEN 'succeeded' ELSE status END,
+  finished_at = CASE WHEN status = 'running' AND done + %s >= total THEN now() ELSE finished_at END
+WHERE id = %s RETURNING status, finished_at IS NOT NULL AND status = 'succeeded'
+"""
+
+
+def job_chunk_complete(*, chunk: ClaimedChunk, cached: list[bool], tokens: int, compute_ms: float) -> bool:
+    """Marks a claimed chunk done and moves the job's progress, once: a worker whose lease was
+    taken over (it was slow or presumed dead) changes nothing and gets False.
+
+    Call it after the chunk's vectors are stored. Records the texts in the tenant's usage.
+    """
+    n, hits = len(chunk.texts), sum(cached)
+    with transaction.atomic():
+        updated = JobChunk.objects.filter(pk=chunk.id, status=JobChunk.Status.RUNNING, lease=chunk.lease).update(
+            status=JobChunk.Status.DONE, lease_until=None, cached_flags="".join("1" if c else "0" for c in cached)
+        )
+        if not updated:
+            return False
+        with connection.cursor() as cur:
+            cur.execute(_COMPLETE_JOB, [n, hits, n, n, chunk.job_id])
+            status, _ = cur.fetchone()
+        if status == Job.Status.SUCCEEDED:
+            job = Job.objects.get(pk=chunk.job_id)
+            if job.webhook_url and job.finished_at is not None:
+                job_webhook_enqueue(job)
+    usage_record(tenant_id=chunk.tenant_id, model=chunk.model, cache_hits=hits, cache_misses=n - hits, tokens=tokens,
+                 compute_ms=compute_ms)
+    return True
+
+
+def job_chunk_release(*, chunk: ClaimedChunk, error: str) -> None:
+    """Gives a chunk back after a failure: re-queued, or (after JOB_MAX_ATTEMPTS claims) the job fails."""
+
+
+    with transaction.atomic():
+        owned = JobChunk.objects.filter(pk=chunk.id, status=JobChunk.Status.RUNNING, lease=chunk.lease)
+        if chunk.attempts < settings.JOB_MAX_ATTEMPTS:
+            owned.update(status=JobChunk.Status.QUEUED, lease="", lease_until=None)
+            return
+        if owned.update(status=JobChunk.Status.CANCELLED, lease_until=None):
+            failed = Job.objects.filter(pk=chunk.job_id, status__in=[Job.Status.QUEUED, Job.Status.RUNNING]).update(
+                status=Job.Status.FAILED, finished_at=timezone.now(),
+                error=f"texts {chunk.start}..{chunk.start + len(chunk.texts) - 1} failed {chunk.attempts} times: {error}"[:2000],
+            )
+            JobChunk.objects.filter(job_id=chunk.job_id, status=JobChunk.Status.QUEUED).update(
+                status=JobChunk.Status.CANCELLED
+            )
+            if failed:
+                job_webhook_enqueue(Job.objects.get(pk=chunk.job_id))
+
+
+def job_sweep() -> int:
+    """Re-queues chunks whose lease ran out (their worker died or hung) and fails chunks that
+    used up JOB_MAX_ATTEMPTS; pokes the workers of every model with queued chunks. Returns
+    the number of chunks re-queued. Run periodically by celery beat (workers.job_sweep).
+    """
+    with transaction.atomic():
+        stale = list(
+            JobChunk.objects.select_for_update(skip_locked=True)
+            .filter(status=JobChunk.Status.RUNNING, lease_until__lt=_db_now(connection))
+            .values_list("id", "attempts", "job_id", "start", "texts")
+        )
+        requeue = [cid for cid, attempts, *_ in stale if attempts < settings.JOB_MAX_ATTEMPTS]
+        JobChunk.objects.filter(pk__in=requeue).update(status=JobChunk.Status.QUEUED, lease="", lease_until=None)
+    for cid, attempts, job_id, start, texts in stale:
+        if attempts >= settings.JOB_MAX_ATTEMPTS:
+            job_chunk_release(
+                chunk=ClaimedChunk(id=cid, job_id=str(job_id), tenant_id=0, model="", version="", scope=0, start=start,
+                                   texts=texts, lease=JobChunk.objects.get(pk=cid).lease, attempts=attempts),
+                error="its worker stopped answering",
+            )
+    models = set(
+        Job.objects.filter(status__in=[Job.Status.QUEUED, Job.Status.RUNNING]).values_list("model", flat=True)
+    )
+    if models:
+        with waiting.redis_client().pipeline(transaction=False) as pipe:
+            for model in models:
+                pipe.rpush(job_signal_key(model), "sweep")
+                pipe.ltrim(job_signal_key(model), -100, -1)
+            pipe.execute()
+    return len(requeue)
+
+
+def _db_now(connection):
+    with connection.cursor() as cur:
+        cur.execute("SELECT now()")
+        return cur.fetchone()[0]

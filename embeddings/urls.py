@@ -1,10 +1,23 @@
 from django.urls import path
 
-from embeddings.views import EmbedApi, EmbedBatchApi, EmbeddingCreateApi, ModelListApi
+from embeddings.views import (
+    EmbedApi,
+    EmbedBatchApi,
+    EmbeddingCreateApi,
+    JobCancelApi,
+    JobDetailApi,
+    JobListCreateApi,
+    JobResultsApi,
+    ModelListApi,
+)
 
 urlpatterns = [
     path("embeddings", EmbeddingCreateApi.as_view(), name="embeddings"),
     path("embed", EmbedApi.as_view(), name="embed"),
     path("embed/batch", EmbedBatchApi.as_view(), name="embed-batch"),
     path("models", ModelListApi.as_view(), name="models"),
+    path("jobs", JobListCreateApi.as_view(), name="jobs"),
+    path("jobs/<str:job_id>", JobDetailApi.as_view(), name="job"),
+    path("jobs/<str:job_id>/results", JobResultsApi.as_view(), name="job-results"),
+    path("jobs/<str:job_id>/cancel", JobCancelApi.as_view(), name="job-cancel"),
 ]

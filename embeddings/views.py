@@ -2,27 +2,83 @@ from __future__ import annotations
 
 import time
 
+import orjson
 from django.conf import settings
+from django.http import StreamingHttpResponse
+from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts.authentication import request_tenant
+from accounts.authentication import request_principal_id, request_tenant
+from accounts.quotas import quota_state, rate_check
 from embeddings.encoding import vector_encode
+from embeddings.models import Job
 from embeddings.registry import model_specs
-from embeddings.serializers import EmbedBatchRequestSerializer, EmbeddingsRequestSerializer, EmbedRequestSerializer
-from embeddings.services import EmbedOptions, EmbedResult, embed_texts
+from embeddings.selectors import job_get, job_list, job_results_iter, job_results_page
+from embeddings.serializers import (
+    EmbedBatchRequestSerializer,
+    EmbeddingsRequestSerializer,
+    EmbedRequestSerializer,
+    JobCreateRequestSerializer,
+    job_payload,
+)
+from embeddings.services import EmbedOptions, EmbedResult, embed_serve, job_cancel, job_create
 
 _OPTION_FIELDS = ("model", "normalize", "dimensions", "truncate", "input_type", "public")
 
 
-def _embed(request: Request, data: dict, texts: list[str]) -> EmbedResult:
-    options = EmbedOptions(**{f: data[f] for f in _OPTION_FIELDS})
+class DataPlaneApi(APIView):
+    """Base of the endpoints that spend a tenant's limits.
+
+    Counts the request against the key's requests per minute before the view runs (429 when
+    spent) and puts X-RateLimit-* (daily text quota) and X-RateLimit-*-Requests (this key's
+    minute window) on every response, errors included, once the caller is known.
+    """
+
+    def initial(self, request: Request, *args, **kwargs) -> None:
+        super().initial(request, *args, **kwargs)
+        tenant = request_tenant(request)
+        request.limit_tenant = tenant
+        request.rate_state = rate_check(request, principal_id=request_principal_id(request), tier=tenant.tier)
+
+    def handle_exception(self, exc):
+        for attr in ("quota", "rate"):
+            if hasattr(exc, attr):
+                setattr(self.request, f"{attr}_state", getattr(exc, attr))
+        return super().handle_exception(exc)
+
+    def finalize_response(self, request: Request, response, *args, **kwargs):
+        response = super().finalize_response(request, response, *args, **kwargs)
+        tenant = getattr(request, "limit_tenant", None)
+        if tenant is not None:
+            quota = getattr(request, "quota_state", None) or quota_state(tenant=tenant)
+            for name, value in quota.headers().items():
+                response[name] = value
+            rate = getattr(request, "rate_state", None)
+            if rate is not None:
+                for name, value in rate.headers().items():
+                    response[name] = value
+        return response
+
+
+def _options(data: dict) -> EmbedOptions:
+    return EmbedOptions(**{f: data[f] for f in _OPTION_FIELDS})
+
+
+def _embed(request: Request, data: dict, texts: list[str], *, job_fallback: bool = False) -> EmbedResult | Job:
     wait = data.get("wait") or settings.SYNC_WAIT_SECONDS
-    return embed_texts(tenant=request_tenant(request), texts=texts, options=options, wait=wait)
+    result, request.quota_state = embed_serve(tenant=request_tenant(request), texts=texts, options=_options(data),
+                                              wait=wait, job_fallback=job_fallback)
+    return result
 
 
-class EmbeddingCreateApi(APIView):
+def _accepted(job: Job) -> Response:
+    """202: the work goes on as a job; poll its status_url."""
+    return Response(job_payload(job), status=202, headers={"Location": job_payload(job)["status_url"]})
+
+
+class EmbeddingCreateApi(DataPlaneApi):
     """POST /v1/embeddings: OpenAI's embeddings API, with a `cached` flag per item."""
 
     def post(self, request: Request) -> Response:
@@ -44,7 +100,7 @@ class EmbeddingCreateApi(APIView):
         )
 
 
-class EmbedApi(APIView):
+class EmbedApi(DataPlaneApi):
     """POST /v1/embed: one text, one vector."""
 
     def post(self, request: Request) -> Response:
@@ -52,7 +108,9 @@ class EmbedApi(APIView):
         serializer = EmbedRequestSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
-        result = _embed(request, data, [data["text"]])
+        result = _embed(request, data, [data["text"]], job_fallback=True)
+        if isinstance(result, Job):
+            return _accepted(result)
         return Response(
             {
                 "embedding": vector_encode(result.vectors[0], data["encoding_format"]),
@@ -65,14 +123,16 @@ class EmbedApi(APIView):
         )
 
 
-class EmbedBatchApi(APIView):
+class EmbedBatchApi(DataPlaneApi):
     """POST /v1/embed/batch: many texts, vectors in input order, per-text `cached` flags."""
 
     def post(self, request: Request) -> Response:
         serializer = EmbedBatchRequestSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
-        result = _embed(request, data, data["texts"])
+        result = _embed(request, data, data["texts"], job_fallback=True)
+        if isinstance(result, Job):
+            return _accepted(result)
         fmt = data["encoding_format"]
         return Response(
             {
@@ -99,3 +159,73 @@ class ModelListApi(APIView):
                 ],
             }
         )
+
+
+class JobListCreateApi(DataPlaneApi):
+    """POST /v1/jobs queues texts as a job (202); GET /v1/jobs pages the tenant's jobs, newest first."""
+
+    max_request_bytes = settings.JOB_MAX_REQUEST_BYTES
+
+    class FilterSerializer(serializers.Serializer):
+        status = serializers.ChoiceField(choices=Job.Status.values, required=False)
+        limit = serializers.IntegerField(min_value=1, max_value=100, required=False, default=20)
+        cursor = serializers.CharField(required=False, max_length=200)
+
+    def post(self, request: Request) -> Response:
+        serializer = JobCreateRequestSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        job = job_create(tenant=request_tenant(request), texts=data["texts"], options=_options(data),
+                         webhook_url=data["webhook_url"])
+        return _accepted(job)
+
+    def get(self, request: Request) -> Response:
+        serializer = self.FilterSerializer(data=request.query_params)
+        serializer.is_valid(raise_exception=True)
+        jobs, next_cursor = job_list(tenant=request_tenant(request), **serializer.validated_data)
+        return Response({"object": "list", "data": [job_payload(j) for j in jobs], "next_cursor": next_cursor,
+                         "has_more": next_cursor is not None})
+
+
+class JobDetailApi(DataPlaneApi):
+    """GET /v1/jobs/{id}: status and progress (`done` of `total`)."""
+
+    def get(self, request: Request, job_id: str) -> Response:
+        return Response(job_payload(job_get(tenant=request_tenant(request), job_id=job_id)))
+
+
+class JobCancelApi(DataPlaneApi):
+    """POST /v1/jobs/{id}/cancel: queued work is dropped; the job ends as cancelled."""
+
+    def post(self, request: Request, job_id: str) -> Response:
+        return Response(job_payload(job_cancel(tenant=request_tenant(request), job_id=job_id)))
+
+
+class JobResultsApi(DataPlaneApi):
+    """GET /v1/jobs/{id}/results?offset=&limit= (a page, index order) or ?format=jsonl (every
+    result, streamed one chunk at a time). 409 until the job succeeded."""
+
+    class FilterSerializer(serializers.Serializer):
+        offset = serializers.IntegerField(min_value=0, required=False, default=0)
+        limit = serializers.IntegerField(min_value=1, max_value=1000, required=False, default=100)
+        format = serializers.ChoiceField(choices=("json", "jsonl"), required=False, default="json")
+        encoding_format = serializers.ChoiceField(choices=("float", "base64"), required=False, default="float")
+
+    def get(self, request: Request, job_id: str):
+        serializer = self.FilterSerializer(data=request.query_params)
+        serializer.is_valid(raise_exception=True)
+        f = serializer.validated_data
+        tenant = request_tenant(request)
+        if f["format"] == "jsonl":
+            job, rows = job_results_iter(tenant=tenant, job_id=job_id)
+            lines = (orjson.dumps({"index": r.index, "embedding": vector_encode(r.vector, f["encoding_format"]),
+                                   "cached": r.cached}) + b"\n" for r in rows)
+            return StreamingHttpResponse(lines, content_type="application/x-ndjson")
+        job, rows = job_results_page(tenant=tenant, job_id=job_id, offset=f["offset"], limit=f["limit"])
+        end = f["offset"] + len(rows)
+        return Response({
+            "object": "list", "job_id": str(job.pk), "model": job.model, "total": job.total,
+            "offset": f["offset"], "limit": f["limit"], "has_more": end < job.total,
+            "data": [{"index": r.index, "embedding": vector_encode(r.vector, f["encoding_format"]), "cached": r.cached}
+                     for r in rows],
+        })

@@ -17,23 +17,15 @@ from dataclasses import dataclass
 
 import numpy as np
 import orjson
-import redis
 from django.conf import settings
 
-from embedplatform.errors import WAIT_TIMED_OUT, WORKERS_UNAVAILABLE, InvalidInput, Overloaded, WaitTimeout
+from embedplatform.errors import WAIT_TIMED_OUT, WORKERS_UNAVAILABLE, ApiError, InvalidInput, Overloaded, WaitTimeout
+from embedplatform.logs import request_id_get
+from embedplatform.redisconn import redis_client
 from workers.queues import alive_key, reply_key, work_list
 
 REPLY_TTL_SECONDS = 120
 _local = threading.local()
-
-
-def redis_client() -> redis.Redis:
-    """A per-process (per-thread) client with no read timeout: BLPOP sets its own."""
-    client = getattr(_local, "client", None)
-    if client is None:
-        client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=None, health_check_interval=30)
-        _local.client = client
-    return client
 
 
 @dataclass(frozen=True)
@@ -45,18 +37,20 @@ class WorkItem:
     scope: int
     deadline: float
     priority: str = "hi"
+    rid: str | None = None  # the request id (embedplatform/logs.py), for the drain loop's logs
+    tenant: int = 0  # whose usage the compute time is counted to
 
     def dumps(self) -> bytes:
         return orjson.dumps(
             {"id": self.id, "model": self.model, "texts": self.texts, "keys": [k.hex() for k in self.keys],
-             "scope": self.scope, "deadline": self.deadline}
+             "scope": self.scope, "deadline": self.deadline, "rid": self.rid, "tenant": self.tenant}
         )
 
     @classmethod
     def loads(cls, raw: bytes) -> WorkItem:
         d = orjson.loads(raw)
         return cls(id=d["id"], model=d["model"], texts=d["texts"], keys=[bytes.fromhex(k) for k in d["keys"]],
-                   scope=d["scope"], deadline=d["deadline"])
+                   scope=d["scope"], deadline=d["deadline"], rid=d.get("rid"), tenant=d.get("tenant", 0))
 
 
 def reply_ok(tokens: np.ndarray, vectors: np.ndarray) -> bytes:
@@ -67,10 +61,37 @@ def reply_error(message: str) -> bytes:
     return b"E" + message.encode("utf-8", "replace")
 
 
-def reply_parse(raw: bytes, *, n: int, dims: int) -> tuple[np.ndarray, np.ndarray]:
-    """(tokens int32[n], vectors float32[n, dims]); raises InvalidInput for an error reply."""
+def reply_failure(error: ApiError) -> bytes:
+    """An error reply that reaches the client as `error` itself (its status, type, code and message).
+
+    b"F" + JSON. Used by the provider worker: an upstream failure is a 502/504, not bad input.
+    """
+    return b"F" + orjson.dumps(
+        {"status": error.status, "type": error.type, "code": error.code, "param": error.param, "message": error.message}
+    )
+
+
+def reply_send(request_id: str, payload: bytes) -> None:
+    """Answers one waiting request (the drain loop does the same in its own pipeline)."""
+    key = reply_key(request_id)
+    pipe = redis_client().pipeline(transaction=False)
+    pipe.rpush(key, payload)
+    pipe.expire(key, REPLY_TTL_SECONDS)
+    pipe.execute()
+
+
+def reply_parse(raw: bytes, *, n: int, dims: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """(tokens int32[n], vectors float32[n, dims]); raises InvalidInput for an error reply and the
+    carried ApiError for a b"F" reply. dims=None: taken from the frame's length (provider models)."""
     if raw[:1] == b"E":
         raise InvalidInput(f"The input could not be embedded: {raw[1:].decode('utf-8', 'replace')}", param="input")
+    if raw[:1] == b"F":
+        d = orjson.loads(raw[1:])
+        error = ApiError(d["message"], param=d.get("param"), code=d.get("code"))
+        error.status, error.type = int(d["status"]), d["type"]
+        raise error
+    if dims is None:
+        dims = (len(raw) - 1 - 4 * n) // (4 * n) if n else 0
     tokens = np.frombuffer(raw, dtype="<i4", count=n, offset=1)
     vectors = np.frombuffer(raw, dtype="<f4", offset=1 + 4 * n).reshape(n, dims)
     return tokens, vectors
@@ -85,9 +106,10 @@ return redis.call('RPUSH', KEYS[1], ARGV[1])
 """
 
 
-def work_submit(*, model: str, texts: list[str], keys: list[bytes], scope: int, wait: float) -> WorkItem:
+def work_submit(*, model: str, texts: list[str], keys: list[bytes], scope: int, wait: float, tenant: int = 0) -> WorkItem:
     """Queues the texts for the model's workers. Raises Overloaded when none is alive or the queue is full."""
-    item = WorkItem(id=uuid.uuid4().hex, model=model, texts=texts, keys=keys, scope=scope, deadline=time.time() + wait)
+    item = WorkItem(id=uuid.uuid4().hex, model=model, texts=texts, keys=keys, scope=scope, deadline=time.time() + wait,
+                    rid=request_id_get(), tenant=tenant)
     client = redis_client()
     script = getattr(_local, "submit", None)
     if script is None:
@@ -101,7 +123,7 @@ def work_submit(*, model: str, texts: list[str], keys: list[bytes], scope: int, 
     return item
 
 
-def work_wait(item: WorkItem, *, wait: float, dims: int) -> tuple[np.ndarray, np.ndarray]:
+def work_wait(item: WorkItem, *, wait: float, dims: int | None) -> tuple[np.ndarray, np.ndarray]:
     """Blocks until the worker answers `item`, at most `wait` seconds (then WaitTimeout)."""
     popped = redis_client().blpop([reply_key(item.id)], timeout=max(wait, 0.01))
     if popped is None:

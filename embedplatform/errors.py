@@ -29,6 +29,15 @@ INPUT_TOO_LONG = (
     "send truncate=true to cut it."
 )
 WAIT_TIMED_OUT = "The embedding was not ready within {seconds:g} s; retry the request."
+QUOTA_EXCEEDED = (
+    "Your {period} quota of {limit} texts is used up ({used} used, this request has {texts}); "
+    "it resets at {reset} UTC. Upgrade your tier for more."
+)
+RATE_LIMITED = "Too many requests: your key may send {limit} requests per minute; retry in {retry_after} s."
+BATCH_TOO_LARGE = "This request has {texts} texts; your tier ({tier}) allows at most {limit} per request."
+LOGIN_THROTTLED = "Too many login attempts; retry in {retry_after} s."
+NO_TENANT = "This user belongs to no tenant; sign up or use an API key."
+JWT_REQUIRED = "Managing {what} needs a user session: send `Authorization: Bearer <access token>` from POST /v1/auth/login (an API key cannot)."
 WORKERS_UNAVAILABLE = "No worker is serving `{model}` right now; retry shortly."
 
 
@@ -76,6 +85,11 @@ class NotFound(ApiError):
     code = "not_found"
 
 
+class Conflict(ApiError):
+    status = 409
+    code = "conflict"
+
+
 class _RetryAfter(ApiError):
     def __init__(self, message: str, *, retry_after: int = 1, **kwargs):
         super().__init__(message, **kwargs)
@@ -89,6 +103,12 @@ class RateLimited(_RetryAfter):
     status = 429
     type = "rate_limit_error"
     code = "rate_limit_exceeded"
+
+
+class QuotaExceeded(RateLimited):
+    """A daily or monthly text quota is used up; Retry-After runs to the reset."""
+
+    code = "quota_exceeded"
 
 
 class Overloaded(_RetryAfter):

@@ -25,6 +25,7 @@ from django.core.signals import request_finished
 from pythonjsonlogger.json import JsonFormatter as _JsonFormatter
 
 REQUEST_ID_HEADER = "X-Request-ID"
+QUIET_PATHS = ("/health/", "/metrics")
 REQUEST_ID_MAX = 64
 # Several ids joined by "," (a drain-loop batch) are cut to this length.
 BATCH_IDS_MAX = 512
@@ -140,8 +141,10 @@ class RequestIdMiddleware:
         started = time.perf_counter()
         response = self.get_response(request)
         response[REQUEST_ID_HEADER] = rid
-        self.access_logger.info(
-            "%s %s %s", request.method, request.path, response.status_code,
+        # Probes and scrapes come every few seconds: their lines are DEBUG, not INFO.
+        level = logging.DEBUG if request.path.startswith(QUIET_PATHS) else logging.INFO
+        self.access_logger.log(
+            level, "%s %s %s", request.method, request.path, response.status_code,
             extra={"method": request.method, "path": request.path, "status": response.status_code,
                    "duration_ms": round((time.perf_counter() - started) * 1000, 2)},
         )

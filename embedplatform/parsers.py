@@ -17,7 +17,8 @@ from embedplatform.errors import PayloadTooLarge
 
 class JSONParser(parsers.JSONParser):
     def parse(self, stream, media_type=None, parser_context=None):
-        limit = settings.MAX_REQUEST_BYTES
+        view = (parser_context or {}).get("view")
+        limit = getattr(view, "max_request_bytes", None) or settings.MAX_REQUEST_BYTES
         request = (parser_context or {}).get("request")
         length = request.META.get("CONTENT_LENGTH") if request is not None else None
         if length and length.isdigit() and int(length) > limit:

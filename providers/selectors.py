@@ -31,12 +31,3 @@ def provider_for_model(*, tenant: Tenant, model: str) -> tuple[ProviderConfig, s
     provider = ProviderConfig.objects.filter(tenant=tenant, name=name).first()
     return (provider, upstream) if provider is not None else None
 
-
-def provider_model_list(*, tenant: Tenant) -> list[dict]:
-    """GET /v1/models entries for the tenant's providers' default models (any upstream model
-    works as `<name>/<model>`; dims are known only from the vectors)."""
-    return [
-        {"id": f"{p.name}/{p.model}", "object": "model", "dimensions": None, "max_tokens": None, "compute": "byok",
-         "owned_by": p.preset}
-        for p in provider_list(tenant=tenant).exclude(model="")
-    ]

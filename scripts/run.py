@@ -1,10 +1,11 @@
-"""Starts the platform's processes: `python scripts/run.py [all|services|web|worker|flower]`.
+"""Starts the platform's processes: `python scripts/run.py [all|services|web|worker|provider-worker|flower]`.
 
-all      embedded services (where no URL is set), migrate, web, one worker, Flower; Ctrl-C
-         stops everything it started.
+all      embedded services (where no URL is set), migrate, web, one worker, the provider
+         worker, Flower; Ctrl-C stops everything it started.
 services the embedded PostgreSQL and Redis under VAR_DIR, in the foreground.
 web      migrate (unless --no-migrate), then gunicorn in the foreground.
 worker   one embedding worker for every served model (DEVICE=cuda:1 pins it to GPU 1).
+provider-worker  the BYOK provider worker: queue `providers`, threads (upstream calls are I/O).
 flower   Flower in the foreground.
 """
 
@@ -23,6 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 from embedplatform import embedded  # noqa: E402
 from workers.devices import pin_env  # noqa: E402
+from workers.queues import PROVIDER_QUEUE  # noqa: E402
 
 PY = sys.executable
 BIN = Path(PY).parent
@@ -96,6 +98,19 @@ def _model_queues(env) -> list[str]:
     return [q for q in queues if not wanted or q.removeprefix("embed.") in wanted]
 
 
+def cmd_provider_worker(env) -> list[str]:
+    # Threads, not processes: each task mostly waits on an upstream HTTP call.
+    return [str(BIN / "celery"), "-A", "embedplatform", "worker", "-P", "threads",
+            "-c", env.get("PROVIDER_CONCURRENCY", "16"), "-Q", PROVIDER_QUEUE, "-n", "providers@%h",
+            "--loglevel", env.get("LOG_LEVEL", "INFO")]
+
+
+def _metrics_port_next(env) -> dict[str, str]:
+    """A second worker on this host serves its metrics on the next port (WORKER_METRICS_PORT + 1)."""
+    port = int(env.get("WORKER_METRICS_PORT", "9808") or 0)
+    return {**env, "WORKER_METRICS_PORT": str(port + 1 if port else 0)}
+
+
 def cmd_flower(env) -> list[str]:
     return [str(BIN / "celery"), "-A", "embedplatform", "flower", f"--port={env.get('FLOWER_PORT', '5555')}",
             "--address=127.0.0.1"]
@@ -148,16 +163,18 @@ def run_all(env, device: str) -> int:
         migrate(env)
         worker_cmd, worker_env = cmd_worker(env, device)
         for name, cmd, penv in (("web", cmd_web(env), env), ("worker", worker_cmd, worker_env),
+                                ("provider-worker", cmd_provider_worker(env), _metrics_port_next(env)),
                                 ("flower", cmd_flower(env), env)):
             procs.append((name, subprocess.Popen(cmd, env=penv, cwd=ROOT, start_new_session=True)))
     except BaseException:
         stop_all()
         raise
     port, fport = env.get("PORT", "8000"), env.get("FLOWER_PORT", "5555")
+    mport = int(env.get("WORKER_METRICS_PORT", "9808") or 0)
     print(
         f"\n  API     http://127.0.0.1:{port}/v1/  (ready: http://127.0.0.1:{port}/health/ready)\n"
         f"  Admin   http://127.0.0.1:{port}/admin/\n"
-        f"  Metrics http://127.0.0.1:{port}/metrics\n"
+        f"  Metrics http://127.0.0.1:{port}/metrics  (worker :{mport}/metrics, provider worker :{mport + 1}/metrics)\n"
         f"  Flower  http://127.0.0.1:{fport}/\n\n"
         f"  First API key:  .venv/bin/python manage.py create_tenant you@example.com --tier paid\n"
         f"  Ctrl-C stops everything.\n",
@@ -182,7 +199,7 @@ def run_all(env, device: str) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", nargs="?", default="all", choices=["all", "services", "web", "worker", "flower"])
+    parser.add_argument("what", nargs="?", default="all", choices=["all", "services", "web", "worker", "provider-worker", "flower"])
     parser.add_argument("--device", default=os.environ.get("DEVICE") or os.environ.get("EMBED_DEVICE") or "cpu")
     parser.add_argument("--no-migrate", action="store_true", help="web: skip migrate (a separate step ran it)")
     args = parser.parse_args()
@@ -204,6 +221,8 @@ def main() -> int:
         cmd, penv = cmd_web(env), env
     elif args.what == "worker":
         cmd, penv = cmd_worker(env, args.device)
+    elif args.what == "provider-worker":
+        cmd, penv = cmd_provider_worker(env), env
     else:
         cmd, penv = cmd_flower(env), env
     os.execve(cmd[0], cmd, penv)

@@ -87,6 +87,29 @@ def _redis_url_db(url: str, db: int) -> str:
     return "/".join(parts) + f"/{db}"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _fresh_test_redis():
+    """Counters from an earlier run (quotas, rate windows) would leak into this one: start empty."""
+    client = redis_lib.Redis.from_url(settings.REDIS_URL)
+    assert client.connection_pool.connection_kwargs.get("db") == settings.TEST_REDIS_DB
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture
+def jwt_for():
+    """A client authenticated as the world's user with a JWT access token (as after login)."""
+    from rest_framework_simplejwt.tokens import AccessToken
+
+    def make(world: World) -> APIClient:
+        user = world.tenant.users.first()
+        client = APIClient()
+        client.credentials(HTTP_AUTHORIZATION=f"Bearer {AccessToken.for_user(user)}")
+        return client
+
+    return make
+
+
 @pytest.fixture
 def redis_db():
     """The tests' own Redis DB (TEST_REDIS_DB), emptied before each test."""
@@ -112,9 +135,11 @@ def drainer(transactional_db, redis_db, minilm):
     """A real drain loop on the real model, in a thread of this process."""
     from embeddings.cache import cache_upsert
     from workers.drain import Drainer
+    from workers.jobfeed import JobFeed
 
     loop = Drainer(runtimes={minilm.spec.name: minilm}, redis=redis_db, max_texts=64, max_tokens=16384,
-                   upsert=cache_upsert, name="test-drainer", block=0.1)
+                   upsert=cache_upsert, name="test-drainer", block=0.1,
+                   jobs=JobFeed(lease_seconds=30, poll_seconds=0.2))
     loop.heartbeat(force=True)
 
     def run():

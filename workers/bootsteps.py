@@ -59,6 +59,7 @@ class DrainStep(bootsteps.StartStopStep):
         from embeddings.waiting import redis_client
         from workers.devices import device_parse
         from workers.drain import Drainer
+        from workers.jobfeed import JobFeed
         from workers.runtime import ModelRuntime
 
         try:
@@ -76,6 +77,7 @@ class DrainStep(bootsteps.StartStopStep):
             max_tokens=settings.MAX_BATCH_TOKENS,
             upsert=_cache_upsert,
             name=hostname.replace(":", "_"),
+            jobs=JobFeed(lease_seconds=settings.JOB_LEASE_SECONDS, poll_seconds=settings.JOB_POLL_SECONDS),
         )
         self.drainer.run()
 

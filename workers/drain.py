@@ -23,8 +23,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import redis as redis_lib
 
+from accounts.services import usage_record
+from embeddings.cache import text_key
 from embeddings.waiting import REPLY_TTL_SECONDS, WorkItem, reply_error, reply_ok
-from workers.queues import alive_key, heartbeat_key, reply_key, stats_key, work_list
+from embedplatform import metrics
+from embedplatform.logs import batch_request_ids
+from workers.queues import alive_key, heartbeat_key, job_signal_key, reply_key, stats_key, work_list
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +62,7 @@ class Drainer:
         upsert: Callable | None = None,
         name: str | None = None,
         block: float = 1.0,
+        jobs=None,
     ):
         self.runtimes = runtimes  # model name -> ModelRuntime
         self.redis = redis
@@ -70,6 +75,11 @@ class Drainer:
         self._stop = threading.Event()
         self._last_beat = 0.0
         self._lists = [work_list(m, "hi") for m in runtimes] + [work_list(m, "lo") for m in runtimes]
+        # Jobs (workers/jobfeed.py): chunks are claimed from Postgres when no request waits.
+        self.jobs = jobs
+        self._signals = [job_signal_key(m) for m in runtimes] if jobs is not None else []
+        self._served = [(m, rt.spec.version) for m, rt in runtimes.items()]
+        self._next_claim = 0.0
 
     def stop(self) -> None:
         self._stop.set()
@@ -105,8 +115,11 @@ class Drainer:
 
     def _take(self, block: float) -> tuple[str, list[WorkItem]]:
         """Blocks for the first item, then takes what else waits for that model, hi before lo."""
-        popped = self.redis.blpop(self._lists, timeout=block)
+        popped = self.redis.blpop(self._lists + self._signals, timeout=block)
         if popped is None:
+            return "", []
+        if popped[0].decode() in self._signals:  # a job was queued: claim at once
+            self._next_claim = 0.0
             return "", []
         first = WorkItem.loads(popped[1])
         items = [first]
@@ -124,6 +137,11 @@ class Drainer:
         return first.model, items
 
     def run_once(self, block: float = 1.0) -> int:
+        if self.jobs is not None and self._job_turn():
+            chunk = self.jobs.claim(self._served)
+            if chunk is not None:
+                return self._run_chunk(chunk)
+            self._next_claim = time.monotonic() + self.jobs.poll_seconds
         model, items = self._take(block)
         if not items:
             return 0
@@ -131,6 +149,7 @@ class Drainer:
         live = [it for it in items if it.deadline > now]  # nobody waits for the rest
         if not live:
             return 0
+        batch_request_ids(it.rid for it in live)  # this batch's log lines name its requests
         runtime = self.runtimes[model]
         texts: list[str] = []
         index: dict[bytes, int] = {}  # the same text from several requests is embedded once
@@ -139,11 +158,14 @@ class Drainer:
                 if key not in index:
                     index[key] = len(texts)
                     texts.append(text)
+        started = time.perf_counter()
         try:
             tokens, vectors = runtime.encode(texts, max_texts=self.max_texts, max_tokens=self.max_tokens)
         except Exception:
             logger.exception("batch of %d texts failed; retrying item by item", len(texts))
             return self._one_by_one(runtime, live)
+        compute_ms = (time.perf_counter() - started) * 1000
+        metrics.batch_observe(model=model, texts=len(texts), tokens=int(tokens.sum()), seconds=time.perf_counter() - started)
         self.stats.record(len(live), len(texts))
         # Store first, then wake: a client that repeats a text right after its answer
         # finds it cached, and a job is never told "done" before its vectors are durable.
@@ -153,11 +175,63 @@ class Drainer:
         pipe.hincrby(stats, "batches", 1)
         pipe.hincrby(stats, "items", len(live))
         pipe.hincrby(stats, "texts", len(texts))
+        share = compute_ms / sum(len(it.texts) for it in live)
         for it in live:
             rows = [index[k] for k in it.keys]
             self._reply(pipe, it, reply_ok(tokens[rows], vectors[rows]))
+            if it.tenant:
+                usage_record(tenant_id=it.tenant, model=model, compute_ms=share * len(it.texts), pipe=pipe)
         pipe.execute()
         return len(texts)
+
+    def _job_turn(self) -> bool:
+        """Job chunks run only when no interactive request waits (they go first) and, after an
+        empty claim, once per poll interval or when a job signal arrives."""
+        if time.monotonic() < self._next_claim:
+            return False
+        pipe = self.redis.pipeline(transaction=False)
+        for name in self._lists:
+            pipe.llen(name)
+        return not any(pipe.execute())
+
+    def _run_chunk(self, chunk) -> int:
+        """Embeds one claimed job chunk: cache hits are reused, misses embedded in one pass and
+        stored, then the chunk is marked done (once, even if its lease was taken over)."""
+        runtime = self.runtimes[chunk.model]
+        keys = [text_key(t) for t in chunk.texts]
+        try:
+            hits = self.jobs.lookup(chunk, keys)
+            index: dict[bytes, int] = {}
+            texts: list[str] = []
+            for key, text in zip(keys, chunk.texts, strict=True):
+                if key not in hits and key not in index:
+                    index[key] = len(texts)
+                    texts.append(text)
+            started = time.perf_counter()
+            compute_ms = 0.0
+            if texts:
+                tokens, vectors = runtime.encode(texts, max_texts=self.max_texts, max_tokens=self.max_tokens)
+                seconds = time.perf_counter() - started
+                compute_ms = seconds * 1000
+                metrics.batch_observe(model=chunk.model, texts=len(texts), tokens=int(tokens.sum()), seconds=seconds)
+                if self.upsert is not None:  # not swallowed: a chunk is done only once its vectors are stored
+                    self.upsert(model=chunk.model, version=chunk.version, scope=chunk.scope,
+                                rows=[(k, tokens[i], vectors[i]) for k, i in index.items()])
+            total_tokens = sum(int(hits[k].tokens) if k in hits else int(tokens[index[k]]) for k in keys)
+            self.jobs.complete(chunk, cached=[k in hits for k in keys], tokens=total_tokens, compute_ms=compute_ms)
+        except Exception as exc:
+            logger.exception("job %s chunk at %d failed (attempt %d)", chunk.job_id, chunk.start, chunk.attempts)
+            self.jobs.release(chunk, error=f"{exc.__class__.__name__}: {exc}"[:500])
+            return 0
+        self.stats.record(1, len(texts))
+        with contextlib.suppress(redis_lib.RedisError):
+            pipe = self.redis.pipeline(transaction=False)
+            stats = stats_key(self.name)
+            pipe.hincrby(stats, "batches", 1)
+            pipe.hincrby(stats, "job_chunks", 1)
+            pipe.hincrby(stats, "texts", len(texts))
+            pipe.execute()
+        return len(chunk.texts)
 
     def _one_by_one(self, runtime, items: list[WorkItem]) -> int:
         pipe = self.redis.pipeline(transaction=False)

@@ -44,3 +44,10 @@ def alive_key(model: str) -> str:
 def stats_key(worker: str) -> str:
     """A hash of counters per worker: batches, items (requests) and texts drained."""
     return f"embed:stats:{worker}"
+
+
+def job_signal_key(model: str) -> str:
+    """A Redis list poked when job chunks for `model` are queued. A signal only: the chunks
+    themselves wait in Postgres, and idle workers poll Postgres anyway, so a lost signal
+    (broker flushed or restarted) delays a job by at most a poll interval."""
+    return f"embed:jobs:{model}"

@@ -9,10 +9,12 @@ unset on that embedded path are generated once and kept under VAR_DIR; in produc
 from __future__ import annotations
 
 import secrets
+from datetime import timedelta
 from pathlib import Path
 from typing import Final
 
 import environ
+from cryptography.fernet import Fernet
 from django.core.exceptions import ImproperlyConfigured
 
 from embedplatform import embedded
@@ -27,7 +29,7 @@ EMBEDDED_DB: Final = "DATABASE_URL" not in env
 EMBEDDED_REDIS: Final = "REDIS_URL" not in env
 
 
-def _secret(name: str) -> str:
+def _secret(name: str, generate=lambda: secrets.token_urlsafe(50), hint: str = "any long random string") -> str:
     """A secret from the env, or (embedded/dev path only) one generated once under VAR_DIR."""
     value = env.str(name, default="")
     if value:
@@ -35,17 +37,23 @@ def _secret(name: str) -> str:
     if not (EMBEDDED_DB or DEBUG):
         raise ImproperlyConfigured(
             f"{name} is not set. Production mode (DATABASE_URL set, DEBUG off) needs it: "
-            f"export {name}=... (any long random string)."
+            f"export {name}=... ({hint})."
         )
     path = VAR_DIR / f"{name.lower()}.txt"
     if not path.exists():
         VAR_DIR.mkdir(parents=True, exist_ok=True)
-        path.write_text(secrets.token_urlsafe(50))
+        path.write_text(generate())
         path.chmod(0o600)
     return path.read_text().strip()
 
 
 SECRET_KEY = _secret("SECRET_KEY")
+# Fernet keys for provider secrets, a comma list: the first encrypts, all decrypt (providers/crypto.py).
+ENCRYPTION_KEY = _secret(
+    "ENCRYPTION_KEY",
+    generate=lambda: Fernet.generate_key().decode(),
+    hint='a Fernet key: python -c "from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())"',
+)
 ALLOWED_HOSTS: list[str] = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
 
 INSTALLED_APPS = [
@@ -56,13 +64,16 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
+    "rest_framework_simplejwt",
     "django_prometheus",
     "accounts",
     "embeddings",
+    "providers",
     "workers",
 ]
 
 MIDDLEWARE = [
+    "embedplatform.logs.RequestIdMiddleware",  # first: every later line of a request carries its id
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -134,23 +145,93 @@ MAX_INPUTS_PER_REQUEST: int = env.int("MAX_INPUTS_PER_REQUEST", default=2048)
 MAX_INPUT_CHARS: int = env.int("MAX_INPUT_CHARS", default=100_000)
 DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_BYTES
 
+# --- BYOK providers (providers/) ------------------------------------------------------------
+# Exceptions to the SSRF guard: "host" or "host:port" entries that may be private or use http.
+PROVIDER_ALLOWED_HOSTS: list[str] = env.list("PROVIDER_ALLOWED_HOSTS", default=[])
+# One upstream attempt (connect + read); the whole call is also bounded by the waiter's deadline.
+PROVIDER_TIMEOUT_SECONDS: float = env.float("PROVIDER_TIMEOUT_SECONDS", default=20.0)
+PROVIDER_MAX_RETRIES: int = env.int("PROVIDER_MAX_RETRIES", default=3)
+# Longest backoff (and Retry-After) honored between attempts; longer waits fail at once.
+PROVIDER_MAX_BACKOFF_SECONDS: float = env.float("PROVIDER_MAX_BACKOFF_SECONDS", default=10.0)
+PROVIDER_MAX_RESPONSE_BYTES: int = env.int("PROVIDER_MAX_RESPONSE_BYTES", default=32 * 1024 * 1024)
+# Texts per upstream call never exceed this, nor the preset's own limit.
+PROVIDER_MAX_INPUTS_PER_CALL: int = env.int("PROVIDER_MAX_INPUTS_PER_CALL", default=256)
+
 # --- DRF ---------------------------------------------------------------------------------
 REST_FRAMEWORK = {
-    "DEFAULT_AUTHENTICATION_CLASSES": ["accounts.authentication.ApiKeyAuthentication"],
+    # An API key (`ep_...`) or a simplejwt access token, both as `Authorization: Bearer ...`.
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "accounts.authentication.ApiKeyAuthentication",
+        "accounts.authentication.JwtAuthentication",
+    ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_PARSER_CLASSES": ["embedplatform.parsers.JSONParser", "embedplatform.parsers.CurlJSONParser"],
     "DEFAULT_RENDERER_CLASSES": ["embedplatform.renderers.JSONRenderer"],
     "EXCEPTION_HANDLER": "embedplatform.errors.exception_handler",
     "UNAUTHENTICATED_USER": None,
+    # ?format= belongs to our API (jobs results: ?format=jsonl), not to DRF's renderer switch.
+    "URL_FORMAT_OVERRIDE": None,
 }
 
+# --- Accounts, JWT, limits -----------------------------------------------------------------
+# https://django-rest-framework-simplejwt.readthedocs.io/en/latest/settings.html
+SIMPLE_JWT = {
+    "ACCESS_TOKEN_LIFETIME": timedelta(seconds=env.int("JWT_ACCESS_SECONDS", default=15 * 60)),
+    "REFRESH_TOKEN_LIFETIME": timedelta(seconds=env.int("JWT_REFRESH_SECONDS", default=7 * 24 * 3600)),
+    "AUTH_HEADER_TYPES": ("Bearer",),
+    "UPDATE_LAST_LOGIN": False,
+}
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator", "OPTIONS": {"min_length": 10}},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+# django-ratelimit counts in the Redis cache above. Login: per client IP and per email.
+RATELIMIT_USE_CACHE = "default"
+LOGIN_RATE_IP: str = env.str("LOGIN_RATE_IP", default="30/m")
+LOGIN_RATE_EMAIL: str = env.str("LOGIN_RATE_EMAIL", default="10/m")
+# Usage counters wait in Redis and reach Postgres in batches (celery beat, and on GET /v1/usage).
+USAGE_FLUSH_SECONDS: float = env.float("USAGE_FLUSH_SECONDS", default=10.0)
+
+# --- Logs and metrics (embedplatform/logs.py, embedplatform/metrics.py) -------------------------
+# JSON lines on stderr (LOG_FORMAT=text for people), each with the request id that follows a
+# request into its Celery tasks and batches. Celery uses this same dict (embedplatform/celery.py).
+LOG_FORMAT: str = env.str("LOG_FORMAT", default="json")
+if LOG_FORMAT not in ("json", "text"):
+    raise ImproperlyConfigured(f"LOG_FORMAT={LOG_FORMAT!r}: use json or text.")
+LOG_LEVEL: str = env.str("LOG_LEVEL", default="INFO").upper()
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+    "filters": {"request_id": {"()": "embedplatform.logs.RequestIdFilter"}},
+    "formatters": {
+        "json": {"()": "embedplatform.logs.JsonFormatter"},
+        "text": {"()": "embedplatform.logs.TextFormatter"},
+    },
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["request_id"]},
+    },
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {"django.request": {"level": "ERROR"}},
 }
+# Each Celery worker serves its own metrics here (0: off); give workers on one host distinct ports.
+WORKER_METRICS_PORT: int = env.int("WORKER_METRICS_PORT", default=9808)
+WORKER_METRICS_ADDR: str = env.str("WORKER_METRICS_ADDR", default="0.0.0.0")
+# /health/ready answers from a per-process cache this old at most, so probes stay cheap.
+HEALTH_CACHE_SECONDS: float = env.float("HEALTH_CACHE_SECONDS", default=2.0)
 
 from embedplatform.settings.celery import *  # noqa: E402,F403
+
+# --- Jobs --------------------------------------------------------------------------------
+JOB_MAX_TEXTS: int = env.int("JOB_MAX_TEXTS", default=100_000)  # hard cap; tiers set their own max_job_texts
+JOB_MAX_REQUEST_BYTES: int = env.int("JOB_MAX_REQUEST_BYTES", default=64 * 1024 * 1024)
+JOB_CHUNK_TEXTS: int = env.int("JOB_CHUNK_TEXTS", default=64)  # texts per claim: one forward pass
+JOB_LEASE_SECONDS: int = env.int("JOB_LEASE_SECONDS", default=120)  # a claimed chunk not done by then is re-queued
+JOB_MAX_ATTEMPTS: int = env.int("JOB_MAX_ATTEMPTS", default=5)  # claims of one chunk before the job fails
+JOB_POLL_SECONDS: float = env.float("JOB_POLL_SECONDS", default=1.0)  # idle workers look for chunks this often
+JOB_SWEEP_SECONDS: float = env.float("JOB_SWEEP_SECONDS", default=30.0)
+WEBHOOK_TIMEOUT_SECONDS: float = env.float("WEBHOOK_TIMEOUT_SECONDS", default=10.0)
+DATA_UPLOAD_MAX_MEMORY_SIZE = max(MAX_REQUEST_BYTES, JOB_MAX_REQUEST_BYTES)
+# Prefix of the status_url / results_url links in job payloads ("" = relative links).
+PUBLIC_BASE_URL: str = env.str("PUBLIC_BASE_URL", default="").rstrip("/")

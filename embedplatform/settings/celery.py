@@ -5,6 +5,7 @@ from __future__ import annotations
 import environ
 
 from embedplatform import embedded
+from workers.queues import PROVIDER_QUEUE
 
 env = environ.Env()
 _var_dir = env.str("VAR_DIR", default="")
@@ -38,4 +39,14 @@ CELERY_WORKER_SEND_TASK_EVENTS = True
 CELERY_TASK_SEND_SENT_EVENT = True
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_DEFAULT_QUEUE = "default"
-# Routes: every embedding task names its model queue at call time (workers/queues.py).
+# Routes: every embedding task names its model queue at call time (workers/queues.py); BYOK
+# provider calls go to the provider queue, drained by an I/O-bound threads worker.
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html#task-routes
+CELERY_TASK_ROUTES = {"workers.provider_embed": {"queue": PROVIDER_QUEUE}}
+
+# Periodic work, run by `celery -A embedplatform beat` (make run starts it; compose has a beat service).
+# https://docs.celeryq.dev/en/stable/userguide/periodic-tasks.html
+CELERY_BEAT_SCHEDULE = {
+    "usage-flush": {"task": "workers.usage_flush", "schedule": env.float("USAGE_FLUSH_SECONDS", default=10.0)},
+    "job-sweep": {"task": "workers.job_sweep", "schedule": env.float("JOB_SWEEP_SECONDS", default=30.0)},
+}

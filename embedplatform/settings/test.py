@@ -12,6 +12,7 @@ import os
 import re
 
 os.environ.setdefault("SECRET_KEY", "test-secret-key-not-for-production-0123456789abcdef")
+os.environ.setdefault("ENCRYPTION_KEY", "wDBOYgsOnKWlkV5dGfXprVV5LyEOFKjykTMlm0XJa1Y=")  # a Fernet key, tests only
 os.environ.setdefault("SYNC_WAIT_SECONDS", "20")
 
 from embedplatform.settings.base import *  # noqa: F403
@@ -52,3 +53,5 @@ if not EMBEDDED_REDIS:
 CACHES = {"default": {"BACKEND": "django_redis.cache.RedisCache", "LOCATION": REDIS_URL, "KEY_PREFIX": "ept"}}
 DATABASES["default"]["CONN_MAX_AGE"] = 0
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+# In-process Celery workers of the tests serve no metrics port (a test that wants one asks).
+WORKER_METRICS_PORT = env.int("WORKER_METRICS_PORT", default=0)

@@ -100,9 +100,3 @@ def test_public_is_refused_for_provider_models(charlie, client_for, fake, charli
     assert response.status_code == 400
     assert response.json()["error"]["param"] == "public"
 
-
-def test_models_lists_the_tenants_provider_models(charlie, bob, client_for, charlie_provider):
-    ids = {m["id"]: m for m in client_for(charlie).get("/v1/models").json()["data"]}
-    assert ids[MODEL]["compute"] == "byok"
-    assert ids["all-MiniLM-L6-v2"]["compute"] == "local"
-    assert MODEL not in {m["id"] for m in client_for(bob).get("/v1/models").json()["data"]}

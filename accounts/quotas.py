@@ -1,0 +1,191 @@
+"""Per-tier limits: requests per minute per key, and daily / monthly text quotas per tenant.
+
+Requests per minute use django-ratelimit (fixed windows in the Redis cache). Text quotas are
+two Redis counters per tenant (UTC day, UTC month) checked and incremented by one Lua script,
+so concurrent requests cannot overshoot, and a request that would cross a quota is refused
+whole. Every text counts, cache hit or miss; a request that fails is refunded.
+"""
+
+from __future__ import annotations
+
+import calendar
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from django.conf import settings
+from django_ratelimit.core import get_usage
+
+from accounts.models import Tenant, Tier
+from embedplatform.errors import (
+    BATCH_TOO_LARGE,
+    LOGIN_THROTTLED,
+    QUOTA_EXCEEDED,
+    RATE_LIMITED,
+    PayloadTooLarge,
+    QuotaExceeded,
+    RateLimited,
+)
+from embedplatform.redisconn import redis_client, script
+
+
+def time_now() -> datetime:
+    """The clock quotas reset by (tests move it)."""
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class QuotaState:
+    daily_limit: int
+    used_today: int
+    monthly_limit: int
+    used_month: int
+    day_reset: datetime
+    month_reset: datetime
+
+    @property
+    def remaining_today(self) -> int:
+        return max(0, min(self.daily_limit - self.used_today, self.monthly_limit - self.used_month))
+
+    def headers(self) -> dict[str, str]:
+        """X-RateLimit-*: the daily text quota (remaining also respects the monthly one)."""
+        return {
+            "X-RateLimit-Limit": str(self.daily_limit),
+            "X-RateLimit-Remaining": str(self.remaining_today),
+            "X-RateLimit-Reset": str(int(self.day_reset.timestamp())),
+        }
+
+
+@dataclass(frozen=True)
+class RateState:
+    limit: int
+    remaining: int
+    reset_in: int
+
+    def headers(self) -> dict[str, str]:
+        """X-RateLimit-*-Requests: this key's requests-per-minute window (as OpenAI names them)."""
+        return {
+            "X-RateLimit-Limit-Requests": str(self.limit),
+            "X-RateLimit-Remaining-Requests": str(self.remaining),
+            "X-RateLimit-Reset-Requests": f"{self.reset_in}s",
+        }
+
+
+def _periods(now: datetime) -> tuple[str, str, datetime, datetime]:
+    day_start = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    day_reset = day_start + timedelta(days=1)
+    days_in_month = calendar.monthrange(now.year, now.month)[1]
+    month_reset = day_start.replace(day=1) + timedelta(days=days_in_month)
+    return now.strftime("%Y%m%d"), now.strftime("%Y%m"), day_reset, month_reset
+
+
+def _keys(tenant_id: int, now: datetime) -> tuple[str, str, datetime, datetime]:
+    day, month, day_reset, month_reset = _periods(now)
+    return f"quota:d:{tenant_id}:{day}", f"quota:m:{tenant_id}:{month}", day_reset, month_reset
+
+
+# KEYS: day counter, month counter. ARGV: texts, daily limit, monthly limit, day ttl, month ttl.
+# Returns {verdict, used today, used this month}: 1 admitted (counters incremented),
+# 0 refused by the daily limit, -1 refused by the monthly limit (counters untouched).
+_CONSUME = """
+local d = tonumber(redis.call('GET', KEYS[1]) or '0')
+local m = tonumber(redis.call('GET', KEYS[2]) or '0')
+local n = tonumber(ARGV[1])
+if d + n > tonumber(ARGV[2]) then return {0, d, m} end
+if m + n > tonumber(ARGV[3]) then return {-1, d, m} end
+d = redis.call('INCRBY', KEYS[1], n)
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+m = redis.call('INCRBY', KEYS[2], n)
+redis.call('EXPIRE', KEYS[2], ARGV[5])
+return {1, d, m}
+"""
+
+
+def quota_consume(*, tenant: Tenant, texts: int) -> QuotaState:
+    """Counts `texts` against the tenant's daily and monthly quotas, all or nothing.
+
+    Raises QuotaExceeded (429, Retry-After to the reset) when the request would cross either
+    quota; nothing is counted then.
+    """
+    tier = tenant.tier
+    now = time_now()
+    day_key, month_key, day_reset, month_reset = _keys(tenant.pk, now)
+    # Keys outlive their period by a day so a late refund never re-creates a fresh counter.
+    day_ttl = int((day_reset - now).total_seconds()) + 86400
+    month_ttl = int((month_reset - now).total_seconds()) + 86400
+    verdict, used_d, used_m = script(_CONSUME)(
+        keys=[day_key, month_key], args=[texts, tier.daily_limit, tier.monthly_limit, day_ttl, month_ttl],
+        client=redis_client(),
+    )
+    state = QuotaState(tier.daily_limit, int(used_d), tier.monthly_limit, int(used_m), day_reset, month_reset)
+    if verdict == 1:
+        return state
+    daily = verdict == 0
+    reset = day_reset if daily else month_reset
+    error = QuotaExceeded(
+        QUOTA_EXCEEDED.format(
+            period="daily" if daily else "monthly", limit=tier.daily_limit if daily else tier.monthly_limit,
+            used=used_d if daily else used_m, texts=texts, reset=reset.strftime("%Y-%m-%d %H:%M"),
+        ),
+        retry_after=int((reset - now).total_seconds()) + 1,
+    )
+    error.quota = state
+    raise error
+
+
+def quota_refund(*, tenant: Tenant, texts: int, state: QuotaState) -> None:
+    """Gives back `texts` consumed for a request that then failed (same periods as `state`)."""
+    now = state.day_reset - timedelta(seconds=1)
+    day_key, month_key, _, _ = _keys(tenant.pk, now)
+    with redis_client().pipeline(transaction=True) as pipe:
+        pipe.decrby(day_key, texts)
+        pipe.decrby(month_key, texts)
+        pipe.execute()
+
+
+def quota_state(*, tenant: Tenant) -> QuotaState:
+    """The tenant's current usage against its quotas (read only)."""
+    tier = tenant.tier
+    now = time_now()
+    day_key, month_key, day_reset, month_reset = _keys(tenant.pk, now)
+    used_d, used_m = redis_client().mget([day_key, month_key])
+    return QuotaState(tier.daily_limit, int(used_d or 0), tier.monthly_limit, int(used_m or 0), day_reset, month_reset)
+
+
+def batch_size_check(*, tier: Tier, texts: int) -> None:
+    """Raises PayloadTooLarge (413) when a request carries more texts than the tier allows."""
+    if texts > tier.max_batch_size:
+        raise PayloadTooLarge(
+            BATCH_TOO_LARGE.format(texts=texts, tier=tier.name, limit=tier.max_batch_size),
+            param="input", code="batch_too_large",
+        )
+
+
+def rate_check(request, *, principal_id: str, tier: Tier) -> RateState:
+    """Counts this request against the key's requests-per-minute window (django-ratelimit).
+
+    Raises RateLimited (429, Retry-After to the window's end) once the window is full.
+    """
+    rate = f"{tier.requests_per_minute}/m"
+    usage = get_usage(request, group="v1-data", key=lambda _group, _request: principal_id, rate=rate, increment=True)
+    if usage is None:  # RATELIMIT_ENABLE = False
+        return RateState(tier.requests_per_minute, tier.requests_per_minute, 60)
+    state = RateState(usage["limit"], max(0, usage["limit"] - usage["count"]), int(usage["time_left"]))
+    if usage["should_limit"]:
+        error = RateLimited(
+            RATE_LIMITED.format(limit=usage["limit"], retry_after=max(1, state.reset_in)), retry_after=state.reset_in
+        )
+        error.rate = state
+        raise error
+    return state
+
+
+def login_check(request, *, email: str) -> None:
+    """Throttles login attempts per client IP and per email; raises RateLimited when either is spent."""
+    for group, key, rate in (
+        ("login-ip", "ip", settings.LOGIN_RATE_IP),
+        ("login-email", lambda _g, _r: email.strip().lower(), settings.LOGIN_RATE_EMAIL),
+    ):
+        usage = get_usage(request, group=group, key=key, rate=rate, increment=True)
+        if usage is not None and usage["should_limit"]:
+            retry = max(1, int(usage["time_left"]))
+            raise RateLimited(LOGIN_THROTTLED.format(retry_after=retry), retry_after=retry, code="login_throttled")

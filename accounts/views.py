@@ -1,0 +1,168 @@
+"""Sign-up, login, API keys and usage. Key management needs a JWT (accounts/permissions.py)."""
+
+from __future__ import annotations
+
+from django.contrib.auth import authenticate
+from rest_framework import serializers
+from rest_framework.permissions import AllowAny, IsAuthenticated
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+from rest_framework_simplejwt.exceptions import TokenError
+from rest_framework_simplejwt.settings import api_settings as jwt_settings
+from rest_framework_simplejwt.tokens import RefreshToken
+
+from accounts.authentication import request_tenant
+from accounts.permissions import IsJwtAuthenticated
+from accounts.quotas import login_check
+from accounts.selectors import api_key_list, usage_summary
+from accounts.services import api_key_create, api_key_revoke, tenant_signup
+from embedplatform.errors import AuthenticationError, InvalidInput
+
+LOGIN_FAILED = "Wrong email or password."
+REFRESH_INVALID = "The refresh token is invalid or expired; log in again with POST /v1/auth/login."
+
+
+def _expires_in() -> int:
+    return int(jwt_settings.ACCESS_TOKEN_LIFETIME.total_seconds())
+
+
+class SignupApi(APIView):
+    """POST /v1/auth/signup: a free-tier tenant, its user and a first API key (shown once)."""
+
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+
+    class InputSerializer(serializers.Serializer):
+        email = serializers.EmailField(max_length=254)
+        password = serializers.CharField(max_length=128, trim_whitespace=False)
+        tenant_name = serializers.CharField(max_length=200, required=False, default="")
+
+    def post(self, request: Request) -> Response:
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        tenant, user, key = tenant_signup(**serializer.validated_data)
+        return Response({"user_id": user.pk, "tenant_id": tenant.pk, "tier": tenant.tier.name, "api_key": key}, status=201)
+
+
+class LoginApi(APIView):
+    """POST /v1/auth/login: email + password -> JWT access and refresh tokens. Throttled per IP and email."""
+
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+
+    class InputSerializer(serializers.Serializer):
+        email = serializers.CharField(max_length=254)
+        password = serializers.CharField(max_length=128, trim_whitespace=False)
+
+    def post(self, request: Request) -> Response:
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        login_check(request, email=data["email"])
+        user = authenticate(request, email=data["email"].strip().lower(), password=data["password"])
+        if user is None:
+            raise AuthenticationError(LOGIN_FAILED, code="invalid_credentials")
+        refresh = RefreshToken.for_user(user)
+        return Response(
+            {"access": str(refresh.access_token), "refresh": str(refresh), "token_type": "Bearer",
+             "expires_in": _expires_in()}
+        )
+
+
+class RefreshApi(APIView):
+    """POST /v1/auth/refresh: a refresh token -> a new access token."""
+
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+
+    class InputSerializer(serializers.Serializer):
+        refresh = serializers.CharField(max_length=4096)
+
+    def post(self, request: Request) -> Response:
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        try:
+            access = RefreshToken(serializer.validated_data["refresh"]).access_token
+        except TokenError:
+            raise AuthenticationError(REFRESH_INVALID, code="invalid_token") from None
+        return Response({"access": str(access), "expires_in": _expires_in()})
+
+
+class KeyOutputSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    name = serializers.CharField()
+    prefix = serializers.CharField()
+    created_at = serializers.DateTimeField()
+    last_used_at = serializers.DateTimeField()
+    revoked_at = serializers.DateTimeField()
+
+
+class KeyListCreateApi(APIView):
+    """GET /v1/keys lists the tenant's keys; POST /v1/keys makes one (the clear key is in this answer only)."""
+
+    permission_classes = [IsJwtAuthenticated]
+    jwt_required_for = "API keys"
+
+    class InputSerializer(serializers.Serializer):
+        name = serializers.CharField(max_length=100, required=False, default="", allow_blank=True)
+
+    def get(self, request: Request) -> Response:
+        keys = api_key_list(tenant=request_tenant(request))
+        return Response({"object": "list", "data": KeyOutputSerializer(keys, many=True).data})
+
+    def post(self, request: Request) -> Response:
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        key, clear = api_key_create(tenant=request_tenant(request), created_by=request.user, **serializer.validated_data)
+        data = KeyOutputSerializer(key).data
+        return Response({k: data[k] for k in ("id", "name", "prefix", "created_at")} | {"api_key": clear}, status=201)
+
+
+class KeyRevokeApi(APIView):
+    """DELETE /v1/keys/{prefix}: revokes the key; it fails on its very next request."""
+
+    permission_classes = [IsJwtAuthenticated]
+    jwt_required_for = "API keys"
+
+    def delete(self, request: Request, prefix: str) -> Response:
+        key = api_key_revoke(tenant=request_tenant(request), prefix=prefix)
+        return Response({"revoked": True, "prefix": key.prefix, "revoked_at": key.revoked_at})
+
+
+class UsageApi(APIView):
+    """GET /v1/usage?from=YYYY-MM-DD&to=YYYY-MM-DD: usage per day and model, totals and quota."""
+
+    permission_classes = [IsAuthenticated]
+
+    class FilterSerializer(serializers.Serializer):
+        date_from = serializers.DateField(required=False)
+        date_to = serializers.DateField(required=False)
+
+    def get(self, request: Request) -> Response:
+        params = {"date_from": request.query_params.get("from"), "date_to": request.query_params.get("to")}
+        serializer = self.FilterSerializer(data={k: v for k, v in params.items() if v})
+        serializer.is_valid(raise_exception=True)
+        f = serializer.validated_data
+        if f.get("date_from") and f.get("date_to") and f["date_from"] > f["date_to"]:
+            raise InvalidInput("`from` must not be after `to`.", param="from")
+        s = usage_summary(tenant=request_tenant(request), **f)
+        return Response(
+            {
+                "object": "usage",
+                "from": s.date_from, "to": s.date_to,
+                "cache_hits": sum(r.cache_hits for r in s.rows),
+                "cache_misses": sum(r.cache_misses for r in s.rows),
+                "total_cached": s.total_cached,
+                "today": s.today,
+                "month": s.month,
+                "quota": {"daily_limit": s.quota.daily_limit, "used_today": s.quota.used_today,
+                          "monthly_limit": s.quota.monthly_limit, "used_month": s.quota.used_month,
+                          "resets_at": s.quota.day_reset},
+                "data": [
+                    {"day": r.day, "model": r.model, "cache_hits": r.cache_hits, "cache_misses": r.cache_misses,
+                     "tokens": r.tokens, "compute_ms": round(r.compute_ms, 3)}
+                    for r in s.rows
+                ],
+            }
+        )

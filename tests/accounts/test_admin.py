@@ -1,0 +1,66 @@
+"""Every admin page renders for staff; non-staff users are refused."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from django.test import Client
+from django.urls import reverse
+
+from accounts.models import ApiKey, DailyUsage, User
+from embeddings.cache import cache_upsert, text_key
+from embeddings.models import CachedEmbedding
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def staff_client(alice):
+    staff = User.objects.create_superuser(email="ops@example.com", password="x" * 12)
+    DailyUsage.objects.create(tenant=alice.tenant, day="2026-11-20", model="all-MiniLM-L6-v2", cache_hits=3)
+    cache_upsert(model="all-MiniLM-L6-v2", version="v", scope=alice.tenant.pk,
+                 rows=[(text_key("hello"), 2, np.ones(4, dtype=np.float32))])
+    client = Client()
+    client.force_login(staff)
+    return client
+
+
+def _pages(alice):
+    key = alice.api_key
+    user = alice.tenant.users.first()
+    usage = DailyUsage.objects.first()
+    cached = CachedEmbedding.objects.first()
+    pages = [reverse("admin:index")]
+    for model, obj in (("tier", alice.tenant.tier), ("tenant", alice.tenant), ("user", user), ("apikey", key),
+                       ("dailyusage", usage)):
+        pages += [reverse(f"admin:accounts_{model}_changelist"), reverse(f"admin:accounts_{model}_change", args=[obj.pk])]
+    pages += [reverse("admin:embeddings_cachedembedding_changelist"),
+              reverse("admin:embeddings_cachedembedding_change", args=[cached.pk])]
+    return pages
+
+
+def test_every_admin_page_renders_for_staff(staff_client, alice):
+    for url in _pages(alice):
+        response = staff_client.get(url)
+        assert response.status_code == 200, url
+        assert alice.key not in response.content.decode()
+    # filters and search work
+    for url in ("admin:accounts_dailyusage_changelist", "admin:embeddings_cachedembedding_changelist"):
+        assert staff_client.get(reverse(url), {"q": "all-MiniLM"}).status_code == 200
+    assert staff_client.get(reverse("admin:embeddings_cachedembedding_changelist"), {"q": alice.tenant.pk}).status_code == 200
+
+
+def test_the_admin_revoke_action(staff_client, alice):
+    response = staff_client.post(reverse("admin:accounts_apikey_changelist"),
+                                 {"action": "revoke", "_selected_action": [alice.api_key.pk]})
+    assert response.status_code == 302
+    assert ApiKey.objects.get(pk=alice.api_key.pk).revoked_at is not None
+
+
+def test_non_staff_users_are_refused(staff_client, alice):
+    client = Client()
+    assert client.get(reverse("admin:accounts_tenant_changelist")).status_code == 302  # to the login page
+    client.force_login(alice.tenant.users.first())
+    for url in _pages(alice):
+        response = client.get(url)
+        assert response.status_code == 302 and "/admin/login/" in response["Location"], url

@@ -1,0 +1,160 @@
+"""Tier limits on the data plane: quotas, requests per minute, batch size, headers, usage.
+
+Real PostgreSQL, real Redis and a real drain loop on the real model (the `drainer` fixture).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from accounts import quotas
+from accounts.models import DailyUsage
+from accounts.services import usage_flush
+
+MODEL = "all-MiniLM-L6-v2"
+
+
+def _embed(client, texts, **extra):
+    return client.post("/v1/embeddings", {"model": MODEL, "input": texts, **extra}, format="json")
+
+
+def _limit(world, **fields):
+    tier = world.tenant.tier
+    for name, value in fields.items():
+        setattr(tier, name, value)
+    tier.save()
+
+
+def test_a_daily_quota_is_hit_and_refused_whole(alice, client_for, drainer):
+    """GIVEN a daily quota of 5 texts WHEN 3 + 3 texts are sent THEN the second request is
+    refused whole (429, Retry-After to midnight UTC) and nothing of it is counted."""
+    _limit(alice, daily_limit=5)
+    client = client_for(alice)
+    first = _embed(client, ["one", "two", "three"])
+    assert first.status_code == 200
+    assert first["X-RateLimit-Limit"] == "5" and first["X-RateLimit-Remaining"] == "2"
+    midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0).timestamp() + 86400
+    assert int(first["X-RateLimit-Reset"]) == int(midnight)
+
+    refused = _embed(client, ["four", "five", "six"])
+    assert refused.status_code == 429
+    error = refused.json()["error"]
+    assert error["code"] == "quota_exceeded" and error["type"] == "rate_limit_error"
+    assert "daily quota of 5 texts" in error["message"]
+    assert 0 < int(refused["Retry-After"]) <= 86401
+    assert refused["X-RateLimit-Remaining"] == "2"
+    # the two that remain can still be used: the refused request counted nothing
+    assert _embed(client, ["four", "five"]).status_code == 200
+    assert _embed(client, "six").status_code == 429
+
+
+def test_cache_hits_count_too_and_failures_are_refunded(alice, client_for, drainer):
+    _limit(alice, daily_limit=4)
+    client = client_for(alice)
+    assert _embed(client, ["same", "same"]).status_code == 200  # 2 texts, even duplicates
+    hit = _embed(client, "same")
+    assert hit.status_code == 200 and hit.json()["data"][0]["cached"] is True
+    assert hit["X-RateLimit-Remaining"] == "1"
+    bad = _embed(client, ["x"], dimensions=9999)  # fails after counting: refunded
+    assert bad.status_code == 400
+    assert bad["X-RateLimit-Remaining"] == "1"
+
+
+def test_the_monthly_quota_and_the_reset_at_midnight(alice, client_for, drainer, monkeypatch):
+    _limit(alice, daily_limit=100, monthly_limit=3)
+    client = client_for(alice)
+    assert _embed(client, ["a", "b", "c"]).status_code == 200
+    refused = _embed(client, "d")
+    assert refused.status_code == 429 and "monthly quota of 3" in refused.json()["error"]["message"]
+
+    _limit(alice, daily_limit=2, monthly_limit=100)
+    tomorrow = datetime.now(UTC).replace(hour=0, minute=0, second=1, microsecond=0)
+    tomorrow = tomorrow.fromtimestamp(tomorrow.timestamp() + 86400, UTC)
+    monkeypatch.setattr(quotas, "time_now", lambda: tomorrow)
+    ok = _embed(client, ["a", "b"])  # a new day: the daily counter starts again
+    assert ok.status_code == 200 and ok["X-RateLimit-Remaining"] == "0"
+
+
+def test_requests_per_minute_per_key(alice, client_for, redis_db, tiers):
+    _limit(alice, requests_per_minute=3)
+    client = client_for(alice)
+    codes = []
+    for _ in range(4):
+        response = client.post("/v1/embeddings", {"model": MODEL, "input": []}, format="json")  # 400, still counted
+        codes.append(response.status_code)
+    assert codes == [400, 400, 400, 429]
+    assert response.json()["error"]["code"] == "rate_limit_exceeded"
+    assert 1 <= int(response["Retry-After"]) <= 60
+    assert response["X-RateLimit-Limit-Requests"] == "3" and response["X-RateLimit-Remaining-Requests"] == "0"
+    assert "X-RateLimit-Limit" in response  # the text quota headers ride along
+
+
+def test_rate_windows_are_per_key(alice, client_for, redis_db, tiers):
+    from accounts.services import api_key_create
+
+    _limit(alice, requests_per_minute=1)
+    _, second_key = api_key_create(tenant=alice.tenant, name="second")
+    assert client_for(alice).post("/v1/embed", {"text": ""}, format="json").status_code == 400
+    assert client_for(alice).post("/v1/embed", {"text": ""}, format="json").status_code == 429
+    assert client_for(key=second_key).post("/v1/embed", {"text": ""}, format="json").status_code == 400
+
+
+def test_a_request_over_max_batch_size_is_413_with_the_limit(alice, client_for, redis_db, tiers):
+    _limit(alice, max_batch_size=3)
+    response = _embed(client_for(alice), ["a", "b", "c", "d"])
+    assert response.status_code == 413
+    error = response.json()["error"]
+    assert error["code"] == "batch_too_large" and "at most 3 per request" in error["message"]
+    assert response["X-RateLimit-Remaining"] == str(alice.tenant.tier.daily_limit)  # nothing counted
+
+
+def test_usage_is_recorded_in_batches_and_shown(alice, bob, client_for, drainer):
+    client = client_for(alice)
+    _embed(client, ["u1", "u2", "u3"])
+    _embed(client, ["u1", "u4"])  # one hit, one miss
+    assert not DailyUsage.objects.exists()  # nothing written per request
+    usage = client.get("/v1/usage")
+    assert usage.status_code == 200, usage.content
+    body = usage.json()
+    assert (body["cache_hits"], body["cache_misses"]) == (1, 4)
+    assert body["today"]["texts"] == 5 and body["today"]["tokens"] > 0
+    assert body["today"]["compute_ms"] > 0  # the worker's forward-pass time, counted to alice
+    assert body["total_cached"] == 4
+    assert body["quota"]["used_today"] == 5 and body["quota"]["daily_limit"] == alice.tenant.tier.daily_limit
+    [row] = body["data"]
+    assert row["model"] == MODEL and row["cache_misses"] == 4
+    # bob sees none of it
+    bob_usage = client_for(bob).get("/v1/usage").json()
+    assert bob_usage["cache_misses"] == 0 and bob_usage["data"] == [] and bob_usage["total_cached"] == 0
+    # later requests add to the same row
+    _embed(client, "u5")
+    assert usage_flush() == 1
+    assert DailyUsage.objects.get(tenant=alice.tenant).cache_misses == 5
+
+
+def test_usage_rejects_bad_dates(alice, client_for, redis_db, tiers):
+    client = client_for(alice)
+    assert client.get("/v1/usage?from=yesterday").status_code == 400
+    response = client.get("/v1/usage?from=2026-02-02&to=2026-01-01")
+    assert response.status_code == 400 and response.json()["error"]["param"] == "from"
+    assert client.get("/v1/usage?from=2026-01-01&to=2026-01-31").json()["data"] == []
+
+
+@pytest.mark.django_db
+def test_usage_flush_loses_nothing_under_concurrent_increments(alice, redis_db):
+    from accounts.services import usage_record
+
+    for _ in range(3):
+        usage_record(tenant_id=alice.tenant.pk, model=MODEL, cache_hits=1, tokens=2)
+    usage_flush()
+    usage_record(tenant_id=alice.tenant.pk, model=MODEL, cache_hits=1, tokens=2)
+    # a flusher that died after renaming leaves a hash behind: the next flush picks it up
+    redis_db.rename(f"usage:{datetime.now(UTC).date().isoformat()}|{alice.tenant.pk}|{MODEL}",
+                    f"usage:flushing:dead:{datetime.now(UTC).date().isoformat()}|{alice.tenant.pk}|{MODEL}")
+    usage_record(tenant_id=alice.tenant.pk, model=MODEL, cache_misses=1)
+    usage_flush()
+    row = DailyUsage.objects.get(tenant=alice.tenant)
+    assert (row.cache_hits, row.cache_misses, row.tokens) == (4, 1, 8)
+    assert not list(redis_db.scan_iter(match="usage:*|*"))

@@ -1,0 +1,255 @@
+"""Jobs on real Postgres and Redis, run by the real drain loop on the real model (in-process).
+
+Durability with killed worker processes and a flushed broker is in tests/test_jobs_live.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+
+from embeddings import services, waiting
+from embeddings.cache import cache_upsert, text_key
+from embeddings.models import CachedEmbedding, Job, JobChunk
+from embeddings.services import EmbedOptions, job_chunk_claim, job_chunk_complete, job_create, job_sweep
+from workers.drain import Drainer
+from workers.jobfeed import JobFeed
+from workers.queues import job_signal_key
+
+MODEL = "all-MiniLM-L6-v2"
+
+
+def _wait_job(client, job_id, timeout=60.0) -> dict:
+    deadline = time.monotonic() + timeout
+    seen = []
+    while time.monotonic() < deadline:
+        body = client.get(f"/v1/jobs/{job_id}").json()
+        seen.append(body["done"])
+        if body["status"] in ("succeeded", "failed", "cancelled"):
+            body["_progress"] = seen
+            return body
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} did not finish: {body}")
+
+
+def test_a_job_runs_with_progress_and_its_results_page_and_stream(alice, client_for, drainer, minilm, settings):
+    settings.JOB_CHUNK_TEXTS = 16
+    texts = [f"job text {i} {uuid.uuid4().hex[:6]}" for i in range(70)] + ["job text 3 dup"] * 3
+    client = client_for(alice)
+    assert client.post("/v1/embeddings", {"model": MODEL, "input": texts[:5]}, format="json").status_code == 200
+    created = client.post("/v1/jobs", {"model": MODEL, "texts": texts}, format="json")
+    assert created.status_code == 202, created.content
+    job = created.json()
+    assert job["status"] in ("queued", "running") and job["total"] == 73
+    assert created["Location"] == job["status_url"] == f"/v1/jobs/{job['id']}"
+
+    final = _wait_job(client, job["id"])
+    assert final["status"] == "succeeded" and final["done"] == 73, final
+    assert final["cached"] >= 5 and final["started_at"] and final["finished_at"]
+    assert len(set(final["_progress"])) >= 2 or final["_progress"] == [73]  # done moves while it runs
+
+    page = client.get(f"/v1/jobs/{job['id']}/results?offset=10&limit=20").json()
+    assert [r["index"] for r in page["data"]] == list(range(10, 30)) and page["has_more"] is True
+    ref = minilm.model.encode(texts[10:30])
+    for row, want in zip(page["data"], ref, strict=True):
+        assert float(np.dot(row["embedding"], want)) > 0.999
+    first = client.get(f"/v1/jobs/{job['id']}/results?limit=5").json()["data"]
+    assert all(r["cached"] for r in first)  # embedded by the sync request before the job
+
+    stream = client.get(f"/v1/jobs/{job['id']}/results?format=jsonl")
+    assert stream.status_code == 200 and stream["Content-Type"] == "application/x-ndjson"
+    lines = [json.loads(line) for line in b"".join(stream.streaming_content).splitlines()]
+    assert [r["index"] for r in lines] == list(range(73))
+    assert lines[70]["embedding"] == lines[72]["embedding"]
+    # the quota counted every text once
+    assert client.get("/v1/usage").json()["quota"]["used_today"] == 78
+
+
+def test_results_are_409_until_the_job_succeeded(alice, client_for, redis_db):
+    client = client_for(alice)
+    job = client.post("/v1/jobs", {"texts": ["a", "b"]}, format="json").json()
+    response = client.get(f"/v1/jobs/{job['id']}/results")
+    assert response.status_code == 409 and response.json()["error"]["code"] == "job_not_ready"
+    assert client.get(f"/v1/jobs/{job['id']}/results?format=jsonl").status_code == 409
+
+
+def test_bob_cannot_see_or_touch_alices_job(alice, bob, client_for, redis_db):
+    job = client_for(alice).post("/v1/jobs", {"texts": ["secret"]}, format="json").json()
+    bob_client = client_for(bob)
+    for response in (bob_client.get(f"/v1/jobs/{job['id']}"), bob_client.get(f"/v1/jobs/{job['id']}/results"),
+                     bob_client.post(f"/v1/jobs/{job['id']}/cancel")):
+        assert response.status_code == 404
+    assert bob_client.get("/v1/jobs").json()["data"] == []
+    assert bob_client.get("/v1/jobs/not-a-uuid").status_code == 404
+    assert Job.objects.get(pk=job["id"]).status == "queued"
+
+
+def test_cancel_drops_queued_work(alice, client_for, redis_db):
+    client = client_for(alice)
+    job = client.post("/v1/jobs", {"texts": [f"c{i}" for i in range(200)]}, format="json").json()
+    cancelled = client.post(f"/v1/jobs/{job['id']}/cancel")
+    assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+    assert not JobChunk.objects.filter(job_id=job["id"], status="queued").exists()
+    assert job_chunk_claim(models=[(MODEL, "gt-0.1.0")], lease_seconds=10) is None
+    assert client.post(f"/v1/jobs/{job['id']}/cancel").json()["status"] == "cancelled"  # idempotent
+
+
+def test_list_pages_newest_first_with_a_cursor_and_status_filter(alice, client_for, redis_db):
+    client = client_for(alice)
+    ids = [client.post("/v1/jobs", {"texts": [f"l{i}"]}, format="json").json()["id"] for i in range(5)]
+    client.post(f"/v1/jobs/{ids[0]}/cancel")
+    page = client.get("/v1/jobs?limit=2").json()
+    assert [j["id"] for j in page["data"]] == ids[::-1][:2] and page["has_more"]
+    rest = client.get(f"/v1/jobs?limit=10&cursor={page['next_cursor']}").json()
+    assert [j["id"] for j in rest["data"]] == ids[::-1][2:] and rest["next_cursor"] is None
+    assert [j["id"] for j in client.get("/v1/jobs?status=cancelled").json()["data"]] == [ids[0]]
+    for query in ("status=done", "limit=0", "cursor=@@@"):
+        assert client.get(f"/v1/jobs?{query}").status_code == 400
+
+
+def test_job_admission_errors(alice, charlie, client_for, redis_db, settings):
+    client = client_for(alice)
+    tier = alice.tenant.tier
+    tier.max_job_texts = 3
+    tier.save()
+    too_many = client.post("/v1/jobs", {"texts": ["a", "b", "c", "d"]}, format="json")
+    assert too_many.status_code == 413 and "at most 3 per job" in too_many.json()["error"]["message"]
+    for body, param in (({"texts": []}, "texts"), ({"texts": ["a"], "dimensions": 999}, "dimensions"),
+                        ({"texts": ["a"], "webhook_url": "http://127.0.0.1:9/hook"}, "webhook_url"),
+                        ({"texts": ["a"], "webhook_url": "https://169.254.169.254/x"}, "webhook_url"),
+                        ({"texts": ["a"], "model": "nope"}, "model")):
+        response = client.post("/v1/jobs", body, format="json")
+        assert response.status_code in (400, 404), body
+        assert response.json()["error"]["param"] == param
+    assert client_for(charlie).post("/v1/jobs", {"texts": ["a"]}, format="json").status_code == 403
+    assert client.get("/v1/usage").json()["quota"]["used_today"] == 0  # refusals count nothing
+
+
+def test_embed_batch_falls_back_to_a_job_when_wait_runs_out(alice, client_for, redis_db, minilm, transactional_db):
+    redis_db.set(f"embed:alive:{MODEL}", "slow-worker", ex=30)  # a worker is alive, but busy
+    client = client_for(alice)
+    texts = [f"fallback {i} {uuid.uuid4().hex[:6]}" for i in range(3)]
+    response = client.post("/v1/embed/batch", {"texts": texts, "wait": 0.2}, format="json")
+    assert response.status_code == 202, response.content
+    job = response.json()
+    assert job["object"] == "job" and job["total"] == 3
+    single = client.post("/v1/embed", {"text": "one more", "wait": 0.2}, format="json")
+    assert single.status_code == 202
+    timeout = client.post("/v1/embeddings", {"model": MODEL, "input": "x", "wait": 0.2}, format="json")
+    assert timeout.status_code == 504  # the OpenAI shape has no 202
+    assert client.get("/v1/usage").json()["quota"]["used_today"] == 4  # jobs keep the count, 504 is refunded
+
+    loop = Drainer(runtimes={MODEL: minilm}, redis=redis_db, max_texts=64, max_tokens=16384, upsert=cache_upsert,
+                   name="late", jobs=JobFeed(lease_seconds=30, poll_seconds=0))
+    for _ in range(5):  # the expired sync items are dropped, then both jobs run
+        loop.run_once(block=0.1)
+    final = client.get(f"/v1/jobs/{job['id']}").json()
+    assert final["status"] == "succeeded"
+    rows = client.get(f"/v1/jobs/{job['id']}/results").json()["data"]
+    assert [r["index"] for r in rows] == [0, 1, 2]
+
+
+def test_interactive_requests_go_ahead_of_job_chunks(alice, redis_db, minilm, transactional_db, settings):
+    settings.JOB_CHUNK_TEXTS = 8
+    job_create(tenant=alice.tenant, texts=[f"bulk {i}" for i in range(32)], options=EmbedOptions(model=MODEL))
+    loop = Drainer(runtimes={MODEL: minilm}, redis=redis_db, max_texts=64, max_tokens=16384, upsert=cache_upsert,
+                   name="prio", jobs=JobFeed(lease_seconds=30, poll_seconds=0))
+    loop.heartbeat(force=True)
+    assert loop.run_once(block=0.1) == 8  # a chunk
+    item = waiting.work_submit(model=MODEL, texts=["interactive"], keys=[text_key("interactive")], scope=alice.tenant.pk,
+                               wait=10)
+    assert loop.run_once(block=0.1) == 1  # the waiting request, before the next chunk
+    waiting.work_wait(item, wait=1, dims=384)
+    assert loop.run_once(block=0.1) == 8
+
+
+def test_chunks_of_different_tenants_interleave(alice, bob, redis_db, transactional_db, settings):
+    settings.JOB_CHUNK_TEXTS = 4
+    big = job_create(tenant=alice.tenant, texts=[f"a{i}" for i in range(40)], options=EmbedOptions(model=MODEL))
+    small = job_create(tenant=bob.tenant, texts=[f"b{i}" for i in range(8)], options=EmbedOptions(model=MODEL))
+    order = []
+    for _ in range(6):
+        chunk = job_chunk_claim(models=[(MODEL, "gt-0.1.0")], lease_seconds=30)
+        order.append(chunk.job_id)
+        job_chunk_complete(chunk=chunk, cached=[False] * len(chunk.texts), tokens=1, compute_ms=1)
+    assert order[:4].count(str(small.pk)) == 2  # bob's small job is done within the first four turns
+    assert order[:4].count(str(big.pk)) == 2
+
+
+def test_a_dead_workers_chunk_is_swept_back_and_counted_once(alice, redis_db, minilm, transactional_db, settings):
+    settings.JOB_CHUNK_TEXTS = 4
+    job = job_create(tenant=alice.tenant, texts=[f"s{i}" for i in range(8)], options=EmbedOptions(model=MODEL))
+    dead = job_chunk_claim(models=[(MODEL, "gt-0.1.0")], lease_seconds=0.01)  # claimed, then its worker died
+    time.sleep(0.05)
+    assert job_sweep() == 1
+    assert redis_db.lrange(job_signal_key(MODEL), 0, -1)  # the workers are poked
+    loop = Drainer(runtimes={MODEL: minilm}, redis=redis_db, max_texts=64, max_tokens=16384, upsert=cache_upsert,
+                   name="alive", jobs=JobFeed(lease_seconds=30, poll_seconds=0))
+    while loop.run_once(block=0.1):
+        pass
+    # the presumed-dead worker wakes up late: its completion changes nothing
+    assert job_chunk_complete(chunk=dead, cached=[False] * 4, tokens=4, compute_ms=1) is False
+    job.refresh_from_db()
+    assert (job.status, job.done) == ("succeeded", 8)
+    assert JobChunk.objects.get(job=job, seq=dead.start // 4).attempts == 2
+    assert CachedEmbedding.objects.filter(scope=alice.tenant.pk).count() == 8
+
+
+def test_a_chunk_that_keeps_failing_fails_the_job(alice, redis_db, transactional_db, settings):
+    settings.JOB_MAX_ATTEMPTS = 2
+    job = job_create(tenant=alice.tenant, texts=["x"], options=EmbedOptions(model=MODEL))
+    for _ in range(2):
+        chunk = job_chunk_claim(models=[(MODEL, "gt-0.1.0")], lease_seconds=30)
+        services.job_chunk_release(chunk=chunk, error="CUDA out of memory")
+    job.refresh_from_db()
+    assert job.status == "failed" and "CUDA out of memory" in job.error
+
+
+class _Hook(BaseHTTPRequestHandler):
+    received: list = []
+    status = 200
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        _Hook.received.append((dict(self.headers), body))
+        self.send_response(_Hook.status)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def hook_server(settings):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Hook)
+    _Hook.received, _Hook.status = [], 200
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    settings.PROVIDER_ALLOWED_HOSTS = [f"127.0.0.1:{server.server_port}"]
+    yield f"http://127.0.0.1:{server.server_port}/hook"
+    server.shutdown()
+
+
+def test_the_webhook_is_signed_and_retried_on_5xx(alice, redis_db, hook_server, transactional_db):
+    from embeddings.webhooks import SIGNATURE_HEADER, WebhookTransient, job_webhook_deliver
+
+    job = job_create(tenant=alice.tenant, texts=["w"], options=EmbedOptions(model=MODEL), webhook_url=hook_server)
+    Job.objects.filter(pk=job.pk).update(status="succeeded", done=1)
+    _Hook.status = 503
+    with pytest.raises(WebhookTransient):
+        job_webhook_deliver(job_id=str(job.pk))
+    _Hook.status = 200
+    assert job_webhook_deliver(job_id=str(job.pk)) == "delivered"
+    headers, body = _Hook.received[-1]
+    secret = alice.tenant.webhook_secret.encode()
+    assert headers[SIGNATURE_HEADER] == "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+    assert json.loads(body)["id"] == str(job.pk) and json.loads(body)["status"] == "succeeded"
+    assert job_webhook_deliver(job_id=str(job.pk)) == "delivered"  # once: a repeat sends nothing
+    assert len(_Hook.received) == 2

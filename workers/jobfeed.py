@@ -1,0 +1,32 @@
+"""What the drain loop needs from Postgres to run job chunks (embeddings/services.py does the work).
+
+Kept apart from drain.py so the loop itself has no database code and tests can run it with
+or without jobs.
+"""
+
+from __future__ import annotations
+
+from django.db import close_old_connections
+
+from embeddings import cache
+from embeddings.services import ClaimedChunk, job_chunk_claim, job_chunk_complete, job_chunk_release
+
+
+class JobFeed:
+    def __init__(self, *, lease_seconds: float, poll_seconds: float):
+        self.lease_seconds = lease_seconds
+        self.poll_seconds = poll_seconds
+
+    def claim(self, models: list[tuple[str, str]]) -> ClaimedChunk | None:
+        close_old_connections()  # a long-lived thread: drop a connection the server closed
+        return job_chunk_claim(models=models, lease_seconds=self.lease_seconds)
+
+    def lookup(self, chunk: ClaimedChunk, keys: list[bytes]) -> dict[bytes, cache.Hit]:
+        scopes = [chunk.scope] if chunk.scope == cache.PUBLIC_SCOPE else [chunk.scope, cache.PUBLIC_SCOPE]
+        return cache.cache_lookup(model=chunk.model, version=chunk.version, keys=list(set(keys)), scopes=scopes)
+
+    def complete(self, chunk: ClaimedChunk, *, cached: list[bool], tokens: int, compute_ms: float) -> bool:
+        return job_chunk_complete(chunk=chunk, cached=cached, tokens=tokens, compute_ms=compute_ms)
+
+    def release(self, chunk: ClaimedChunk, *, error: str) -> None:
+        job_chunk_release(chunk=chunk, error=error)

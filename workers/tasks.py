@@ -1,0 +1,55 @@
+"""Thin Celery tasks: ids in, call a service. Periodic ones are scheduled in settings/celery.py."""
+
+from __future__ import annotations
+
+from celery import shared_task
+
+from embeddings.webhooks import WebhookTransient
+
+
+@shared_task(name="workers.usage_flush", ignore_result=True)
+def usage_flush() -> int:
+    """Moves the Redis usage counters into Postgres (accounts.services.usage_flush)."""
+    from accounts.services import usage_flush as flush
+
+    return flush()
+
+
+@shared_task(name="workers.provider_embed", ignore_result=True, acks_late=True)
+def provider_embed(provider_id: int, model: str, texts: list[str], keys: list[str], reply_id: str, deadline: float) -> None:
+    """One request's cache misses through the tenant's provider (routed to the provider queue).
+
+    Texts travel in the message (they are not stored anywhere); the provider is re-fetched by id.
+    """
+    from providers.services import provider_embed_run
+
+    provider_embed_run(provider_id=provider_id, model=model, texts=texts, keys=keys, reply_id=reply_id, deadline=deadline)
+
+
+@shared_task(name="workers.job_sweep", ignore_result=True)
+def job_sweep() -> int:
+    """Re-queues job chunks whose worker died (embeddings.services.job_sweep)."""
+    from embeddings.services import job_sweep as sweep
+
+    return sweep()
+
+
+WEBHOOK_MAX_RETRIES = 6
+
+
+def _job_webhook_failure(self, exc, task_id, args, kwargs, einfo) -> None:
+    from embeddings.webhooks import job_webhook_give_up
+
+    job_webhook_give_up(job_id=args[0] if args else kwargs["job_id"])
+
+
+@shared_task(
+    name="workers.job_webhook", ignore_result=True, autoretry_for=(WebhookTransient,), max_retries=WEBHOOK_MAX_RETRIES,
+    retry_backoff=5, retry_backoff_max=600, retry_jitter=True, on_failure=_job_webhook_failure,
+)
+def job_webhook(job_id: str) -> str:
+    """One signed POST of a finished job to its webhook_url; retried with backoff (5 s, 10 s, ... up to
+    10 min, jittered) on network errors, 429 and 5xx; marked failed after the last try."""
+    from embeddings.webhooks import job_webhook_deliver
+
+    return job_webhook_deliver(job_id=job_id)
