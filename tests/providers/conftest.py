@@ -42,17 +42,25 @@ def jwt_client():
     return make
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def provider_worker(django_db_setup):
-    """A real Celery worker consuming the provider queue in a thread of this process (not eager)."""
+    """A real Celery worker consuming the provider queue in a thread of this process (not eager).
+
+    Module-scoped: it stops before other test modules start their own in-process workers
+    (two in one process share Celery's global worker state)."""
     from celery.contrib.testing.worker import start_worker
 
     from embedplatform.celery import app
     from workers.queues import PROVIDER_QUEUE
 
-    with start_worker(app, pool="threads", concurrency=4, queues=[PROVIDER_QUEUE], perform_ping_check=False,
-                      loglevel="WARNING", shutdown_timeout=20) as worker:
-        yield worker
+    try:
+        with start_worker(app, pool="threads", concurrency=4, queues=[PROVIDER_QUEUE], perform_ping_check=False,
+                          loglevel="WARNING", shutdown_timeout=20) as worker:
+            yield worker
+    finally:
+        # `queues=` narrowed the app's own queue selection (app.amqp.queues.select): reset it, or
+        # the next in-process worker of the session would consume the provider queue only.
+        del app.amqp.queues
 
 
 def openai_body(fake: FakeProvider, name: str = "myopenai", **extra) -> dict:
