@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 DEVICE ?= cpu
 export VAR_DIR ?= $(CURDIR)/var
 
-.PHONY: install run services web worker provider-worker flower test lint fmt bench clean
+.PHONY: install run services web worker beat provider-worker flower test lint fmt bench clean
 
 # Create .venv and install the pinned requirements (re-runs when they change).
 $(VENV)/.installed: requirements.txt requirements-dev.txt
@@ -37,6 +37,10 @@ worker: install
 # The BYOK provider worker: queue `providers`, a threads pool (PROVIDER_CONCURRENCY, 16).
 provider-worker: install
 	$(PY) scripts/run.py provider-worker
+
+# celery beat: periodic usage flush and job sweep (run one per deployment).
+beat: install
+	$(PY) scripts/run.py beat
 
 # Flower on FLOWER_PORT (5555).
 flower: install

@@ -295,12 +295,23 @@ class ClaimedChunk:
 
 
 _CLAIM = """
-WITH next AS (
-  SELECT c.id FROM embeddings_jobchunk c JOIN embeddings_job j ON j.id = c.job_id
+WITH candidates AS (
+  -- Fair turns: higher tier priority first, then round-robin over jobs (the n-th queued chunk
+  -- of every job before the (n+1)-th of any), least recently served job first.
+  SELECT c.id, j.priority,
+         row_number() OVER (PARTITION BY c.job_id ORDER BY c.seq) AS turn, j.served_at, j.created_at, c.seq
+  FROM embeddings_jobchunk c JOIN embeddings_job j ON j.id = c.job_id
   WHERE c.status = 'queued' AND j.status IN ('queued', 'running')
     AND (j.model, j.model_version) IN (SELECT * FROM unnest(%s::text[], %s::text[]))
-  ORDER BY j.priority DESC, j.served_at ASC NULLS FIRST, j.created_at, c.seq
-  LIMIT 1 FOR UPDATE OF c SKIP LOCKED
+  ORDER BY j.priority DESC, turn, j.served_at ASC NULLS FIRST, j.created_at, c.seq
+  LIMIT %s
+), next AS (
+  -- Several workers may see the same candidates: each locks what the others have not.
+  SELECT c.id FROM embeddings_jobchunk c JOIN candidates USING (id)
+  WHERE c.status = 'queued'
+  ORDER BY candidates.priority DESC, candidates.turn, candidates.served_at ASC NULLS FIRST, candidates.created_at,
+           candidates.seq
+  LIMIT %s FOR UPDATE OF c SKIP LOCKED
 ), claimed AS (
   UPDATE embeddings_jobchunk c
   SET status = 'running', attempts = c.attempts + 1, lease = %s, lease_until = now() + make_interval(secs => %s)
@@ -310,30 +321,37 @@ WITH next AS (
   UPDATE embeddings_job j
   SET served_at = clock_timestamp(), status = CASE WHEN j.status = 'queued' THEN 'running' ELSE j.status END,
       started_at = COALESCE(j.started_at, now())
-  FROM claimed WHERE j.id = claimed.job_id
+  WHERE j.id IN (SELECT job_id FROM claimed)
   RETURNING j.id, j.tenant_id, j.model, j.model_version, j.scope
 )
 SELECT claimed.id, claimed.job_id, touched.tenant_id, touched.model, touched.model_version, touched.scope,
        claimed.start, claimed.texts, claimed.attempts
 FROM claimed JOIN touched ON touched.id = claimed.job_id
+ORDER BY claimed.job_id, claimed.start
 """
 
 
-def job_chunk_claim(*, models: list[tuple[str, str]], lease_seconds: float) -> ClaimedChunk | None:
-    """Claims the next queued chunk for one of `models` ((name, version) pairs), or None.
+def job_chunks_claim(*, models: list[tuple[str, str]], lease_seconds: float, limit: int = 1) -> list[ClaimedChunk]:
+    """Claims up to `limit` queued chunks for `models` ((name, version) pairs), possibly none.
 
-    Fair turns: higher tier priority first, then the job served longest ago, so the chunks
-    of concurrent jobs (and tenants) interleave instead of one job running to the end.
+    Fair turns: higher tier priority first, then the chunks of concurrent jobs (and tenants)
+    interleave instead of one job running to its end. Each claim has its own lease token.
     """
     lease = uuid.uuid4().hex
     with transaction.atomic(), connection.cursor() as cur:
-        cur.execute(_CLAIM, [[m for m, _ in models], [v for _, v in models], lease, lease_seconds])
-        row = cur.fetchone()
-    if row is None:
-        return None
-    texts = row[7] if isinstance(row[7], list) else json.loads(row[7])
-    return ClaimedChunk(id=row[0], job_id=str(row[1]), tenant_id=row[2], model=row[3], version=row[4], scope=row[5],
-                        start=row[6], texts=texts, lease=lease, attempts=row[8])
+        cur.execute(_CLAIM, [[m for m, _ in models], [v for _, v in models], limit * 4, limit, lease, lease_seconds])
+        rows = cur.fetchall()
+    return [
+        ClaimedChunk(id=r[0], job_id=str(r[1]), tenant_id=r[2], model=r[3], version=r[4], scope=r[5], start=r[6],
+                     texts=r[7] if isinstance(r[7], list) else json.loads(r[7]), lease=lease, attempts=r[8])
+        for r in rows
+    ]
+
+
+def job_chunk_claim(*, models: list[tuple[str, str]], lease_seconds: float) -> ClaimedChunk | None:
+    """One chunk (see job_chunks_claim), or None."""
+    chunks = job_chunks_claim(models=models, lease_seconds=lease_seconds, limit=1)
+    return chunks[0] if chunks else None
 
 
 _COMPLETE_JOB = """

@@ -1,11 +1,12 @@
-"""Starts the platform's processes: `python scripts/run.py [all|services|web|worker|provider-worker|flower]`.
+"""Starts the platform's processes: `python scripts/run.py [all|services|web|worker|provider-worker|beat|flower]`.
 
 all      embedded services (where no URL is set), migrate, web, one worker, the provider
-         worker, Flower; Ctrl-C stops everything it started.
+         worker, beat, Flower; Ctrl-C stops everything it started.
 services the embedded PostgreSQL and Redis under VAR_DIR, in the foreground.
 web      migrate (unless --no-migrate), then gunicorn in the foreground.
 worker   one embedding worker for every served model (DEVICE=cuda:1 pins it to GPU 1).
-provider-worker  the BYOK provider worker: queue `providers`, threads (upstream calls are I/O).
+provider-worker  the BYOK provider worker: queues `providers` and `default`, threads (I/O).
+beat     celery beat: the periodic usage flush and job sweep.
 flower   Flower in the foreground.
 """
 
@@ -24,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from embedplatform import embedded  # noqa: E402
 from workers.devices import pin_env  # noqa: E402
-from workers.queues import PROVIDER_QUEUE  # noqa: E402
+from workers.queues import DEFAULT_QUEUE, PROVIDER_QUEUE  # noqa: E402
 
 PY = sys.executable
 BIN = Path(PY).parent
@@ -101,7 +102,8 @@ def _model_queues(env) -> list[str]:
 def cmd_provider_worker(env) -> list[str]:
     # Threads, not processes: each task mostly waits on an upstream HTTP call.
     return [str(BIN / "celery"), "-A", "embedplatform", "worker", "-P", "threads",
-            "-c", env.get("PROVIDER_CONCURRENCY", "16"), "-Q", PROVIDER_QUEUE, "-n", "providers@%h",
+            # It also runs the small periodic tasks (usage flush, job sweep, webhooks) on `default`.
+            "-c", env.get("PROVIDER_CONCURRENCY", "16"), "-Q", f"{PROVIDER_QUEUE},{DEFAULT_QUEUE}", "-n", "providers@%h",
             "--loglevel", env.get("LOG_LEVEL", "INFO")]
 
 
@@ -109,6 +111,13 @@ def _metrics_port_next(env) -> dict[str, str]:
     """A second worker on this host serves its metrics on the next port (WORKER_METRICS_PORT + 1)."""
     port = int(env.get("WORKER_METRICS_PORT", "9808") or 0)
     return {**env, "WORKER_METRICS_PORT": str(port + 1 if port else 0)}
+
+
+def cmd_beat(env) -> list[str]:
+    """celery beat: the periodic usage flush and job sweep (one beat per deployment)."""
+    var = _var_dir(env)
+    return [str(BIN / "celery"), "-A", "embedplatform", "beat", "-s", str(var / "celerybeat-schedule"),
+            "--pidfile=", "--loglevel", env.get("LOG_LEVEL", "INFO")]
 
 
 def cmd_flower(env) -> list[str]:
@@ -164,7 +173,7 @@ def run_all(env, device: str) -> int:
         worker_cmd, worker_env = cmd_worker(env, device)
         for name, cmd, penv in (("web", cmd_web(env), env), ("worker", worker_cmd, worker_env),
                                 ("provider-worker", cmd_provider_worker(env), _metrics_port_next(env)),
-                                ("flower", cmd_flower(env), env)):
+                                ("beat", cmd_beat(env), env), ("flower", cmd_flower(env), env)):
             procs.append((name, subprocess.Popen(cmd, env=penv, cwd=ROOT, start_new_session=True)))
     except BaseException:
         stop_all()
@@ -199,7 +208,7 @@ def run_all(env, device: str) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", nargs="?", default="all", choices=["all", "services", "web", "worker", "provider-worker", "flower"])
+    parser.add_argument("what", nargs="?", default="all", choices=["all", "services", "web", "worker", "provider-worker", "beat", "flower"])
     parser.add_argument("--device", default=os.environ.get("DEVICE") or os.environ.get("EMBED_DEVICE") or "cpu")
     parser.add_argument("--no-migrate", action="store_true", help="web: skip migrate (a separate step ran it)")
     args = parser.parse_args()
@@ -221,6 +230,8 @@ def main() -> int:
         cmd, penv = cmd_web(env), env
     elif args.what == "worker":
         cmd, penv = cmd_worker(env, args.device)
+    elif args.what == "beat":
+        cmd, penv = cmd_beat(env), env
     elif args.what == "provider-worker":
         cmd, penv = cmd_provider_worker(env), env
     else:

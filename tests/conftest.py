@@ -181,13 +181,9 @@ class LiveStack:
     worker_name: str
 
 
-@pytest.fixture(scope="session")
-def live_stack(django_db_setup, django_db_blocker):
-    redis_url = _redis_url_db(settings.REDIS_URL, LIVE_REDIS_DB)
-    client = redis_lib.Redis.from_url(redis_url)
-    client.flushdb()
-    var_dir = tempfile.mkdtemp(prefix="ep-live-")
-    env = {
+def live_env(redis_url: str, var_dir: str) -> dict:
+    """The environment of a live subprocess (web or worker) on the tests' database."""
+    return {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "embedplatform.settings.base",
         "DATABASE_URL": _database_url(),
@@ -199,6 +195,15 @@ def live_stack(django_db_setup, django_db_blocker):
         "CONN_MAX_AGE": "0",
         "SYNC_WAIT_SECONDS": "20",
     }
+
+
+@pytest.fixture(scope="session")
+def live_stack(django_db_setup, django_db_blocker):
+    redis_url = _redis_url_db(settings.REDIS_URL, LIVE_REDIS_DB)
+    client = redis_lib.Redis.from_url(redis_url)
+    client.flushdb()
+    var_dir = tempfile.mkdtemp(prefix="ep-live-")
+    env = live_env(redis_url, var_dir)
     port = _free_port()
     bin_dir = Path(sys.executable).parent
     logs = Path(var_dir)
@@ -242,3 +247,34 @@ def live_stack(django_db_setup, django_db_blocker):
         except subprocess.TimeoutExpired:
             p.kill()
     client.flushdb()
+
+
+@pytest.fixture
+def worker_procs():
+    """Starts embedding worker subprocesses (real Celery workers, -P solo) on the live Redis DB;
+    kills whatever is left at the end. Returns start(name, **env) -> Popen."""
+    redis_url = _redis_url_db(settings.REDIS_URL, LIVE_REDIS_DB)
+    var_dir = tempfile.mkdtemp(prefix="ep-workers-")
+    procs: list[subprocess.Popen] = []
+
+    def start(name: str, **extra: str) -> subprocess.Popen:
+        env = {**live_env(redis_url, var_dir), "WORKER_METRICS_PORT": "0", **extra}
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "celery"), "-A", "embedplatform", "worker", "-P", "solo",
+             "-Q", "embed.all-MiniLM-L6-v2", "-n", f"{name}@%h", "--loglevel", "INFO"],
+            env=env, cwd=ROOT, stdout=(Path(var_dir) / f"{name}.log").open("wb"), stderr=subprocess.STDOUT,
+        )
+        proc.log_path = Path(var_dir) / f"{name}.log"
+        procs.append(proc)
+        return proc
+
+    start.redis = redis_lib.Redis.from_url(redis_url)
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()

@@ -77,7 +77,8 @@ class DrainStep(bootsteps.StartStopStep):
             max_tokens=settings.MAX_BATCH_TOKENS,
             upsert=_cache_upsert,
             name=hostname.replace(":", "_"),
-            jobs=JobFeed(lease_seconds=settings.JOB_LEASE_SECONDS, poll_seconds=settings.JOB_POLL_SECONDS),
+            jobs=JobFeed(lease_seconds=settings.JOB_LEASE_SECONDS, poll_seconds=settings.JOB_POLL_SECONDS,
+                         chunks_per_pass=max(1, settings.MAX_BATCH_TEXTS // settings.JOB_CHUNK_TEXTS)),
         )
         self.drainer.run()
 

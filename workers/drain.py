@@ -138,9 +138,9 @@ class Drainer:
 
     def run_once(self, block: float = 1.0) -> int:
         if self.jobs is not None and self._job_turn():
-            chunk = self.jobs.claim(self._served)
-            if chunk is not None:
-                return self._run_chunk(chunk)
+            chunks = self.jobs.claim(self._served)
+            if chunks:
+                return sum(self._run_chunks([c for c in chunks if c.model == m]) for m in {c.model for c in chunks})
             self._next_claim = time.monotonic() + self.jobs.poll_seconds
         model, items = self._take(block)
         if not items:
@@ -194,44 +194,57 @@ class Drainer:
             pipe.llen(name)
         return not any(pipe.execute())
 
-    def _run_chunk(self, chunk) -> int:
-        """Embeds one claimed job chunk: cache hits are reused, misses embedded in one pass and
-        stored, then the chunk is marked done (once, even if its lease was taken over)."""
-        runtime = self.runtimes[chunk.model]
-        keys = [text_key(t) for t in chunk.texts]
+    def _run_chunks(self, chunks: list) -> int:
+        """Embeds claimed job chunks of one model in one forward pass: cache hits are reused,
+        misses embedded and stored, then each chunk is marked done (once, even if its lease
+        was taken over). On a failure every chunk is given back for another try."""
+        model, version = chunks[0].model, chunks[0].version
+        runtime = self.runtimes[model]
         try:
-            hits = self.jobs.lookup(chunk, keys)
+            keys = [[text_key(t) for t in c.texts] for c in chunks]
+            hits = [self.jobs.lookup(c, k) for c, k in zip(chunks, keys, strict=True)]
             index: dict[bytes, int] = {}
             texts: list[str] = []
-            for key, text in zip(keys, chunk.texts, strict=True):
-                if key not in hits and key not in index:
-                    index[key] = len(texts)
-                    texts.append(text)
-            started = time.perf_counter()
+            for chunk, chunk_keys, chunk_hits in zip(chunks, keys, hits, strict=True):
+                for key, text in zip(chunk_keys, chunk.texts, strict=True):
+                    if key not in chunk_hits and key not in index:
+                        index[key] = len(texts)
+                        texts.append(text)
             compute_ms = 0.0
             if texts:
+                started = time.perf_counter()
                 tokens, vectors = runtime.encode(texts, max_texts=self.max_texts, max_tokens=self.max_tokens)
                 seconds = time.perf_counter() - started
                 compute_ms = seconds * 1000
-                metrics.batch_observe(model=chunk.model, texts=len(texts), tokens=int(tokens.sum()), seconds=seconds)
+                metrics.batch_observe(model=model, texts=len(texts), tokens=int(tokens.sum()), seconds=seconds)
                 if self.upsert is not None:  # not swallowed: a chunk is done only once its vectors are stored
-                    self.upsert(model=chunk.model, version=chunk.version, scope=chunk.scope,
-                                rows=[(k, tokens[i], vectors[i]) for k, i in index.items()])
-            total_tokens = sum(int(hits[k].tokens) if k in hits else int(tokens[index[k]]) for k in keys)
-            self.jobs.complete(chunk, cached=[k in hits for k in keys], tokens=total_tokens, compute_ms=compute_ms)
+                    by_scope: dict[int, dict[bytes, int]] = defaultdict(dict)
+                    for chunk, chunk_keys, chunk_hits in zip(chunks, keys, hits, strict=True):
+                        for key in chunk_keys:
+                            if key not in chunk_hits:
+                                by_scope[chunk.scope][key] = index[key]
+                    for scope, rows in by_scope.items():
+                        self.upsert(model=model, version=version, scope=scope,
+                                    rows=[(k, tokens[i], vectors[i]) for k, i in rows.items()])
+            total = sum(len(c.texts) for c in chunks)
+            for chunk, chunk_keys, chunk_hits in zip(chunks, keys, hits, strict=True):
+                n_tokens = sum(int(chunk_hits[k].tokens) if k in chunk_hits else int(tokens[index[k]]) for k in chunk_keys)
+                self.jobs.complete(chunk, cached=[k in chunk_hits for k in chunk_keys], tokens=n_tokens,
+                                   compute_ms=compute_ms * len(chunk.texts) / total)
         except Exception as exc:
-            logger.exception("job %s chunk at %d failed (attempt %d)", chunk.job_id, chunk.start, chunk.attempts)
-            self.jobs.release(chunk, error=f"{exc.__class__.__name__}: {exc}"[:500])
+            logger.exception("job chunks %s failed", ", ".join(f"{c.job_id}@{c.start}" for c in chunks))
+            for chunk in chunks:
+                self.jobs.release(chunk, error=f"{exc.__class__.__name__}: {exc}"[:500])
             return 0
-        self.stats.record(1, len(texts))
+        self.stats.record(len(chunks), len(texts))
         with contextlib.suppress(redis_lib.RedisError):
             pipe = self.redis.pipeline(transaction=False)
             stats = stats_key(self.name)
             pipe.hincrby(stats, "batches", 1)
-            pipe.hincrby(stats, "job_chunks", 1)
+            pipe.hincrby(stats, "job_chunks", len(chunks))
             pipe.hincrby(stats, "texts", len(texts))
             pipe.execute()
-        return len(chunk.texts)
+        return sum(len(c.texts) for c in chunks)
 
     def _one_by_one(self, runtime, items: list[WorkItem]) -> int:
         pipe = self.redis.pipeline(transaction=False)

@@ -9,17 +9,18 @@ from __future__ import annotations
 from django.db import close_old_connections
 
 from embeddings import cache
-from embeddings.services import ClaimedChunk, job_chunk_claim, job_chunk_complete, job_chunk_release
+from embeddings.services import ClaimedChunk, job_chunk_complete, job_chunk_release, job_chunks_claim
 
 
 class JobFeed:
-    def __init__(self, *, lease_seconds: float, poll_seconds: float):
+    def __init__(self, *, lease_seconds: float, poll_seconds: float, chunks_per_pass: int = 1):
         self.lease_seconds = lease_seconds
         self.poll_seconds = poll_seconds
+        self.chunks_per_pass = chunks_per_pass  # ~ MAX_BATCH_TEXTS / JOB_CHUNK_TEXTS: fill one forward pass
 
-    def claim(self, models: list[tuple[str, str]]) -> ClaimedChunk | None:
+    def claim(self, models: list[tuple[str, str]]) -> list[ClaimedChunk]:
         close_old_connections()  # a long-lived thread: drop a connection the server closed
-        return job_chunk_claim(models=models, lease_seconds=self.lease_seconds)
+        return job_chunks_claim(models=models, lease_seconds=self.lease_seconds, limit=self.chunks_per_pass)
 
     def lookup(self, chunk: ClaimedChunk, keys: list[bytes]) -> dict[bytes, cache.Hit]:
         scopes = [chunk.scope] if chunk.scope == cache.PUBLIC_SCOPE else [chunk.scope, cache.PUBLIC_SCOPE]

@@ -12,6 +12,8 @@ carries the worker itself (Flower, inspect, control) and bulk tasks.
 from __future__ import annotations
 
 PROVIDER_QUEUE = "providers"
+# Small periodic and I/O tasks (usage flush, job sweep, webhooks); the provider worker consumes it.
+DEFAULT_QUEUE = "default"
 
 
 def model_queue(model: str) -> str:

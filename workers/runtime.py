@@ -33,7 +33,8 @@ class ModelRuntime:
         self.model.max_seq_length = spec.max_tokens
         self.model.eval()
         self.tokenizer = self.model.tokenizer
-        dims = self.model.get_embedding_dimension()
+        dimension = getattr(self.model, "get_embedding_dimension", None)  # sentence-transformers >= 6.1
+        dims = dimension() if dimension else self.model.get_sentence_embedding_dimension()
         if dims != spec.dims:
             raise ValueError(f"model {spec.name} at {spec.path} gives {dims} dims; EMBED_MODELS says {spec.dims}")
         self.encode(["warm up"])

@@ -38,7 +38,7 @@ CELERY_TASK_SOFT_TIME_LIMIT = 540
 CELERY_WORKER_SEND_TASK_EVENTS = True
 CELERY_TASK_SEND_SENT_EVENT = True
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-CELERY_TASK_DEFAULT_QUEUE = "default"
+CELERY_TASK_DEFAULT_QUEUE = "default"  # workers/queues.py DEFAULT_QUEUE
 # Routes: every embedding task names its model queue at call time (workers/queues.py); BYOK
 # provider calls go to the provider queue, drained by an I/O-bound threads worker.
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#task-routes

@@ -253,3 +253,14 @@ def test_the_webhook_is_signed_and_retried_on_5xx(alice, redis_db, hook_server, 
     assert json.loads(body)["id"] == str(job.pk) and json.loads(body)["status"] == "succeeded"
     assert job_webhook_deliver(job_id=str(job.pk)) == "delivered"  # once: a repeat sends nothing
     assert len(_Hook.received) == 2
+
+
+def test_one_claim_fills_a_pass_with_chunks_of_every_job_in_turn(alice, bob, redis_db, transactional_db, settings):
+    settings.JOB_CHUNK_TEXTS = 4
+    big = job_create(tenant=alice.tenant, texts=[f"a{i}" for i in range(40)], options=EmbedOptions(model=MODEL))
+    small = job_create(tenant=bob.tenant, texts=[f"b{i}" for i in range(8)], options=EmbedOptions(model=MODEL))
+    chunks = services.job_chunks_claim(models=[(MODEL, "gt-0.1.0")], lease_seconds=30, limit=4)
+    assert sorted((c.job_id, c.start) for c in chunks) == sorted(
+        [(str(big.pk), 0), (str(big.pk), 4), (str(small.pk), 0), (str(small.pk), 4)]
+    )
+    assert len({c.lease for c in chunks}) == 1 and Job.objects.get(pk=small.pk).status == "running"

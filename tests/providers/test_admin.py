@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+import pytest
+from django.test import Client
+from django.urls import reverse
+
+from accounts.models import User
+from providers.models import ProviderConfig
+from providers.services import provider_create
+from tests.providers.conftest import SECRET
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def staff(alice):
+    client = Client()
+    client.force_login(User.objects.create_superuser(email="ops@example.com", password="x" * 12))
+    return client
+
+
+@pytest.fixture
+def provider(alice, fake):
+    return provider_create(tenant=alice.tenant, name="myopenai", preset="openai", endpoint=fake.url(), api_key=SECRET)
+
+
+def test_admin_pages_show_only_the_mask(staff, provider):
+    for url in (reverse("admin:providers_providerconfig_changelist"),
+                reverse("admin:providers_providerconfig_change", args=[provider.pk]),
+                reverse("admin:providers_providerconfig_add")):
+        response = staff.get(url)
+        assert response.status_code == 200
+        assert SECRET not in response.content.decode()
+    assert "sk-...WXYZ" in staff.get(reverse("admin:providers_providerconfig_changelist")).content.decode()
+
+
+def test_admin_test_action_reports_each_provider(staff, provider, fake):
+    response = staff.post(reverse("admin:providers_providerconfig_changelist"),
+                          {"action": "test_providers", "_selected_action": [provider.pk]}, follow=True)
+    assert "myopenai: ok, 8 dimensions" in response.content.decode()
+    assert len(fake.requests) == 1
+
+
+def test_admin_form_validates_like_the_api_and_keeps_the_key_when_blank(staff, provider, alice):
+    url = reverse("admin:providers_providerconfig_change", args=[provider.pk])
+    form = {"tenant": alice.tenant.pk, "name": "myopenai", "preset": "openai", "endpoint": "https://10.0.0.1/x",
+            "request_template": "null", "response_path": "", "headers": "null", "model": "m", "max_inputs": "",
+            "api_key": ""}
+    response = staff.post(url, form)
+    assert response.status_code == 200 and "a private address" in response.content.decode()
+    response = staff.post(url, {**form, "endpoint": provider.endpoint})
+    assert response.status_code == 302
+    provider.refresh_from_db()
+    assert provider.model == "m" and provider.secret_mask == "sk-...WXYZ"
+    assert ProviderConfig.objects.count() == 1

@@ -1,0 +1,87 @@
+"""Jobs survive what production does to them: real Celery worker subprocesses on one queue,
+SIGKILL in the middle of a job, and a flushed broker. Real PostgreSQL and Redis throughout."""
+
+from __future__ import annotations
+
+import signal
+import time
+import uuid
+
+import pytest
+
+from embeddings.models import CachedEmbedding, Job, JobChunk
+from embeddings.selectors import job_results_iter
+from embeddings.services import EmbedOptions, job_create, job_sweep
+
+MODEL = "all-MiniLM-L6-v2"
+pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True)]
+
+
+def _until(predicate, timeout: float, what: str, procs=()):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    logs = "\n".join(p.log_path.read_text()[-2000:] for p in procs)
+    raise AssertionError(f"timed out waiting for {what}\n{logs}")
+
+
+def redis_keys(redis, pattern: str) -> list[bytes]:
+    return list(redis.scan_iter(match=pattern))
+
+
+def _assert_complete(alice, job: Job, texts: list[str]) -> None:
+    job.refresh_from_db()
+    assert (job.status, job.done, job.total) == ("succeeded", len(texts), len(texts))
+    _, rows = job_results_iter(tenant=alice.tenant, job_id=job.pk)
+    assert [r.index for r in rows] == list(range(len(texts)))  # every index, once, in order
+    assert CachedEmbedding.objects.filter(scope=alice.tenant.pk).count() == len(set(texts))  # no duplicates
+
+
+def test_two_workers_share_a_job_and_a_killed_one_loses_nothing(alice, worker_procs, settings):
+    """GIVEN two worker processes on one model queue WHEN one is SIGKILLed in the middle of a
+    job THEN the sweeper re-queues the chunk it held and the other finishes the job."""
+    settings.JOB_CHUNK_TEXTS = 32
+    for key in redis_keys(worker_procs.redis, "embed:stats:[ab]@*"):
+        worker_procs.redis.delete(key)  # counters of an earlier run
+    texts = [f"durable {i} {uuid.uuid4().hex[:8]}" for i in range(1500)]
+    job = job_create(tenant=alice.tenant, texts=texts, options=EmbedOptions(model=MODEL))
+    a = worker_procs("a", JOB_LEASE_SECONDS="3")
+    b = worker_procs("b", JOB_LEASE_SECONDS="3")
+    redis = worker_procs.redis
+
+    def both_working() -> bool:
+        names = [k.decode() for w in ("a", "b") for k in redis.scan_iter(match=f"embed:stats:{w}@*")]
+        chunks = [int(redis.hget(n, "job_chunks") or 0) for n in names]
+        return len(names) == 2 and all(c > 0 for c in chunks)
+
+    _until(both_working, 120, "both workers to take job chunks", (a, b))
+    _until(lambda: JobChunk.objects.filter(job=job, status="running").count() == 2, 30, "a running chunk each", (a, b))
+    a.send_signal(signal.SIGKILL)
+    a.wait(timeout=10)
+    orphaned = set(JobChunk.objects.filter(job=job, status="running").values_list("id", flat=True))
+    assert Job.objects.get(pk=job.pk).status == "running"
+
+    def finished() -> bool:
+        job_sweep()  # what celery beat runs every JOB_SWEEP_SECONDS
+        return Job.objects.get(pk=job.pk).is_final
+
+    _until(finished, 240, "the job to finish", (b,))
+    _assert_complete(alice, job, texts)
+    # the killed worker's chunk was claimed again and done once
+    for chunk in JobChunk.objects.filter(pk__in=orphaned):
+        assert chunk.status == "done"
+    assert JobChunk.objects.filter(job=job, attempts__gte=2).count() >= 1
+
+
+def test_a_job_completes_after_the_broker_is_flushed(alice, worker_procs, settings):
+    """GIVEN a queued job and no worker WHEN the broker's Redis is flushed (signals and all)
+    THEN a worker started afterwards still finds the job in Postgres and finishes it."""
+    settings.JOB_CHUNK_TEXTS = 64
+    texts = [f"flushed {i} {uuid.uuid4().hex[:8]}" for i in range(200)]
+    job = job_create(tenant=alice.tenant, texts=texts, options=EmbedOptions(model=MODEL))
+    worker_procs.redis.flushdb()
+    worker = worker_procs("c")
+    _until(lambda: Job.objects.get(pk=job.pk).is_final, 120, "the job to finish", (worker,))
+    _assert_complete(alice, job, texts)
