@@ -81,3 +81,12 @@ def test_rotation_without_the_old_key_fails_clearly_and_changes_nothing(stored, 
         call_command("rotate_encryption_key", stdout=io.StringIO())
     stored.refresh_from_db()
     assert stored.secret_encrypted == before
+
+
+def test_the_system_check_names_a_bad_key(settings):
+    from providers.checks import encryption_key_check
+
+    assert encryption_key_check() == []
+    settings.ENCRYPTION_KEY = f"{KEY_A},oops"
+    (error,) = encryption_key_check()
+    assert error.id == "providers.E001" and "entry 2 is not a Fernet key" in error.msg

@@ -1,0 +1,19 @@
+"""A system check (run by migrate, runserver and `manage.py check`): ENCRYPTION_KEY must hold
+Fernet keys, so a typo stops start-up with a clear message instead of failing the first
+provider request."""
+
+from __future__ import annotations
+
+from django.core import checks
+from django.core.exceptions import ImproperlyConfigured
+
+
+@checks.register(checks.Tags.security)
+def encryption_key_check(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
+    from providers.crypto import fernet
+
+    try:
+        fernet()
+    except ImproperlyConfigured as exc:
+        return [checks.Error(str(exc), id="providers.E001")]
+    return []
