@@ -166,9 +166,13 @@ def test_the_formatters_mask_secret_shaped_text_anyway():
 
 # --- into Celery tasks -------------------------------------------------------------------
 
+TASK_SAW: dict[str, str | None] = {}
+
+
 @shared_task(name="tests.log_request_id")
 def log_request_id_task(marker: str) -> None:
-    logging.getLogger("tests.task").info("task ran %s", marker)
+    TASK_SAW[marker] = logs.request_id_get()
+    logging.getLogger("tests.task").warning("task ran %s", marker)
 
 
 @pytest.fixture
@@ -205,10 +209,11 @@ def test_the_request_id_follows_a_request_into_its_celery_task(celery_worker):
     try:
         response = logs.RequestIdMiddleware(view)(RequestFactory().get("/x", HTTP_X_REQUEST_ID="from-the-api-7"))
         assert response["X-Request-ID"] == "from-the-api-7"
-        assert arrived.wait(15), "the task never ran"
+        assert arrived.wait(30), f"the task never logged (ran: {marker in TASK_SAW})"
     finally:
         logging.getLogger().removeHandler(grab)
         logs.request_id_set(None)
+    assert TASK_SAW[marker] == "from-the-api-7"
     task_lines = [r for r in records if r.getMessage() == f"task ran {marker}"]
     assert task_lines[0].request_id == "from-the-api-7"
     assert task_lines[0].thread != threading.get_ident()  # logged by the worker, not by the test
