@@ -14,6 +14,8 @@ def provider_list(*, tenant: Tenant) -> QuerySet[ProviderConfig]:
 
 def provider_get(*, tenant: Tenant, provider_id: int) -> ProviderConfig:
     """The tenant's provider; NotFound for an unknown id or another tenant's (never 403)."""
+    if not 0 < int(provider_id) < 2**63:  # the URL takes any digits; the column is a bigint
+        raise NotFound(PROVIDER_NOT_FOUND.format(name=provider_id))
     provider = ProviderConfig.objects.filter(tenant=tenant, pk=provider_id).first()
     if provider is None:
         raise NotFound(PROVIDER_NOT_FOUND.format(name=provider_id))

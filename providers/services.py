@@ -43,6 +43,7 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 MAX_INPUTS_LIMIT = 2048
 PUBLIC_REFUSED = "public=true is not available for provider models: their vectors stay in your own cache scope."
 TEST_TEXT = "embedplatform provider test"
+MODEL_NAME_MAX = 200  # `<provider>/<model>` is the cache's model column (varchar 200)
 
 
 # --- management ---------------------------------------------------------------------------
@@ -204,6 +205,8 @@ def provider_cache_version(provider: ProviderConfig) -> str:
 def provider_model_resolve(*, tenant: Tenant, model: str) -> ProviderModelSpec:
     """The spec of `<provider name>/<upstream model>` for this tenant; NotFound otherwise
     (another tenant's provider is as unknown as a missing one)."""
+    if len(model) > MODEL_NAME_MAX:
+        raise InvalidInput(f"model: at most {MODEL_NAME_MAX} characters.", param="model")
     found = provider_for_model(tenant=tenant, model=model)
     if found is None:
         raise NotFound(MODEL_UNKNOWN.format(model=model), param="model", code="model_not_found")

@@ -100,3 +100,9 @@ def test_public_is_refused_for_provider_models(charlie, client_for, fake, charli
     assert response.status_code == 400
     assert response.json()["error"]["param"] == "public"
 
+
+def test_an_overlong_model_name_is_a_400(charlie, client_for, fake, charlie_provider):
+    response = _embed(client_for(charlie), ["x"], model="myopenai/" + "m" * 300)
+    assert response.status_code == 400 and response.json()["error"]["param"] == "model"
+    assert fake.requests == []
+

@@ -105,6 +105,7 @@ def test_bob_cannot_see_change_delete_or_test_alices_provider(bob, jwt_client, a
     assert client.patch(f"/v1/providers/{pid}", {"model": "x"}, format="json").status_code == 404
     assert client.delete(f"/v1/providers/{pid}").status_code == 404
     assert client.post(f"/v1/providers/{pid}/test").status_code == 404
+    assert client.get("/v1/providers/99999999999999999999999").status_code == 404
     assert ProviderConfig.objects.filter(pk=pid, model="text-embedding-3-small").exists()
 
 
