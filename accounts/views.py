@@ -12,6 +12,7 @@ from rest_framework_simplejwt.exceptions import TokenError
 from rest_framework_simplejwt.settings import api_settings as jwt_settings
 from rest_framework_simplejwt.tokens import RefreshToken
 
+from accounts import schemas
 from accounts.authentication import request_tenant
 from accounts.permissions import IsJwtAuthenticated
 from accounts.quotas import login_check
@@ -38,6 +39,7 @@ class SignupApi(APIView):
         password = serializers.CharField(max_length=128, trim_whitespace=False)
         tenant_name = serializers.CharField(max_length=200, required=False, default="")
 
+    @schemas.signup_schema(InputSerializer)
     def post(self, request: Request) -> Response:
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -55,6 +57,7 @@ class LoginApi(APIView):
         email = serializers.CharField(max_length=254)
         password = serializers.CharField(max_length=128, trim_whitespace=False)
 
+    @schemas.login_schema(InputSerializer)
     def post(self, request: Request) -> Response:
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -79,6 +82,7 @@ class RefreshApi(APIView):
     class InputSerializer(serializers.Serializer):
         refresh = serializers.CharField(max_length=4096)
 
+    @schemas.refresh_schema(InputSerializer)
     def post(self, request: Request) -> Response:
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -107,10 +111,12 @@ class KeyListCreateApi(APIView):
     class InputSerializer(serializers.Serializer):
         name = serializers.CharField(max_length=100, required=False, default="", allow_blank=True)
 
+    @schemas.key_list_schema
     def get(self, request: Request) -> Response:
         keys = api_key_list(tenant=request_tenant(request))
         return Response({"object": "list", "data": KeyOutputSerializer(keys, many=True).data})
 
+    @schemas.key_create_schema(InputSerializer)
     def post(self, request: Request) -> Response:
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -125,6 +131,7 @@ class KeyRevokeApi(APIView):
     permission_classes = [IsJwtAuthenticated]
     jwt_required_for = "API keys"
 
+    @schemas.key_revoke_schema
     def delete(self, request: Request, prefix: str) -> Response:
         key = api_key_revoke(tenant=request_tenant(request), prefix=prefix)
         return Response({"revoked": True, "prefix": key.prefix, "revoked_at": key.revoked_at})
@@ -139,6 +146,7 @@ class UsageApi(APIView):
         date_from = serializers.DateField(required=False)
         date_to = serializers.DateField(required=False)
 
+    @schemas.usage_schema
     def get(self, request: Request) -> Response:
         params = {"date_from": request.query_params.get("from"), "date_to": request.query_params.get("to")}
         serializer = self.FilterSerializer(data={k: v for k, v in params.items() if v})

@@ -189,6 +189,10 @@ def main() -> None:
     env.setdefault("VAR_DIR", tempfile.mkdtemp(prefix="ep-bench-"))
     env.setdefault("DEBUG", "0")
     env.setdefault("SECRET_KEY", "bench-" + os.urandom(16).hex())
+    if not env.get("ENCRYPTION_KEY"):
+        from cryptography.fernet import Fernet
+
+        env["ENCRYPTION_KEY"] = Fernet.generate_key().decode()
     raw = bench_raw()
     procs = start_stack(env, args.port)
     try:

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def _texts(n: int) -> list[str]:
-    words = "the quick brown fox jumps over a lazy dog while embeddings batch many short texts fast".split()
+    words = ["the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while", "embeddings", "batch", "many", "short", "texts", "fast"]
     return [" ".join(words[(i * 7 + j) % len(words)] for j in range(6 + i % 7)) + f" #{i}" for i in range(n)]
 
 
@@ -36,10 +36,8 @@ def main() -> int:
 
     from workers.devices import pin_env
 
-    if args.make_reference:
-        device_env = {"EMBED_DEVICE": "cpu"}
-    else:
-        device_env = pin_env(args.device)  # before torch is imported: CUDA sees only the pinned GPU
+    # Pinned before torch is imported: CUDA then sees only the chosen GPU.
+    device_env = {"EMBED_DEVICE": "cpu"} if args.make_reference else pin_env(args.device)
     os.environ.update(device_env)
     import numpy as np
     import torch

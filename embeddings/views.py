@@ -12,6 +12,7 @@ from rest_framework.views import APIView
 
 from accounts.authentication import request_principal_id, request_tenant
 from accounts.quotas import quota_state, rate_check
+from embeddings import schemas
 from embeddings.encoding import vector_encode
 from embeddings.models import Job
 from embeddings.registry import model_specs
@@ -81,6 +82,7 @@ def _accepted(job: Job) -> Response:
 class EmbeddingCreateApi(DataPlaneApi):
     """POST /v1/embeddings: OpenAI's embeddings API, with a `cached` flag per item."""
 
+    @schemas.embeddings_create_schema
     def post(self, request: Request) -> Response:
         serializer = EmbeddingsRequestSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -103,6 +105,7 @@ class EmbeddingCreateApi(DataPlaneApi):
 class EmbedApi(DataPlaneApi):
     """POST /v1/embed: one text, one vector."""
 
+    @schemas.embed_schema
     def post(self, request: Request) -> Response:
         started = time.perf_counter()
         serializer = EmbedRequestSerializer(data=request.data)
@@ -126,6 +129,7 @@ class EmbedApi(DataPlaneApi):
 class EmbedBatchApi(DataPlaneApi):
     """POST /v1/embed/batch: many texts, vectors in input order, per-text `cached` flags."""
 
+    @schemas.embed_batch_schema
     def post(self, request: Request) -> Response:
         serializer = EmbedBatchRequestSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -148,6 +152,7 @@ class EmbedBatchApi(DataPlaneApi):
 class ModelListApi(APIView):
     """GET /v1/models: the served models (provider models join in with BYOK)."""
 
+    @schemas.model_list_schema
     def get(self, request: Request) -> Response:
         return Response(
             {
@@ -171,6 +176,7 @@ class JobListCreateApi(DataPlaneApi):
         limit = serializers.IntegerField(min_value=1, max_value=100, required=False, default=20)
         cursor = serializers.CharField(required=False, max_length=200)
 
+    @schemas.job_create_schema
     def post(self, request: Request) -> Response:
         serializer = JobCreateRequestSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -179,6 +185,7 @@ class JobListCreateApi(DataPlaneApi):
                          webhook_url=data["webhook_url"])
         return _accepted(job)
 
+    @schemas.job_list_schema(FilterSerializer)
     def get(self, request: Request) -> Response:
         serializer = self.FilterSerializer(data=request.query_params)
         serializer.is_valid(raise_exception=True)
@@ -190,6 +197,7 @@ class JobListCreateApi(DataPlaneApi):
 class JobDetailApi(DataPlaneApi):
     """GET /v1/jobs/{id}: status and progress (`done` of `total`)."""
 
+    @schemas.job_detail_schema
     def get(self, request: Request, job_id: str) -> Response:
         return Response(job_payload(job_get(tenant=request_tenant(request), job_id=job_id)))
 
@@ -197,6 +205,7 @@ class JobDetailApi(DataPlaneApi):
 class JobCancelApi(DataPlaneApi):
     """POST /v1/jobs/{id}/cancel: queued work is dropped; the job ends as cancelled."""
 
+    @schemas.job_cancel_schema
     def post(self, request: Request, job_id: str) -> Response:
         return Response(job_payload(job_cancel(tenant=request_tenant(request), job_id=job_id)))
 
@@ -211,6 +220,7 @@ class JobResultsApi(DataPlaneApi):
         format = serializers.ChoiceField(choices=("json", "jsonl"), required=False, default="json")
         encoding_format = serializers.ChoiceField(choices=("float", "base64"), required=False, default="float")
 
+    @schemas.job_results_schema(FilterSerializer)
     def get(self, request: Request, job_id: str):
         serializer = self.FilterSerializer(data=request.query_params)
         serializer.is_valid(raise_exception=True)

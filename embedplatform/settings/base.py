@@ -66,6 +66,8 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework_simplejwt",
     "django_prometheus",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI assets served from here: /api/docs works offline
     "accounts",
     "embeddings",
     "providers",
@@ -173,6 +175,33 @@ REST_FRAMEWORK = {
     "UNAUTHENTICATED_USER": None,
     # ?format= belongs to our API (jobs results: ?format=jsonl), not to DRF's renderer switch.
     "URL_FORMAT_OVERRIDE": None,
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+}
+
+# --- OpenAPI (drf-spectacular): GET /api/schema, Swagger UI at GET /api/docs ----------------
+# https://drf-spectacular.readthedocs.io/en/latest/settings.html
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Embedding platform API",
+    "DESCRIPTION": (
+        "Multi-tenant embeddings with a durable cache: OpenAI-compatible `POST /v1/embeddings`, "
+        "single and batch endpoints, async jobs, BYOK providers, API keys and usage.\n\n"
+        "Authenticate with `Authorization: Bearer <api key>` (from sign-up or `POST /v1/keys`) or "
+        "`Bearer <JWT access token>` (from `POST /v1/auth/login`). Managing keys and providers needs "
+        "the JWT. Every error is OpenAI's envelope: "
+        '`{"error": {"message", "type", "param", "code"}}`.'
+    ),
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+    "SERVE_AUTHENTICATION": [],  # the schema and docs are public; a stale token must not 401 them
+    "COMPONENT_SPLIT_REQUEST": True,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "SWAGGER_UI_SETTINGS": {"persistAuthorization": True, "displayOperationId": False},
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "embedplatform.schemas.postprocess_schema",
+    ],
 }
 
 # --- Accounts, JWT, limits -----------------------------------------------------------------

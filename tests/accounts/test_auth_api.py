@@ -126,7 +126,7 @@ def test_keys_are_created_listed_and_revoked_at_once(alice, jwt_for, client_for,
     new = created.json()
     assert new["name"] == "ci" and new["api_key"].startswith(f"ep_{new['prefix']}_")
     listed = session.get("/v1/keys").json()["data"]
-    assert [k["prefix"] for k in listed][0] == new["prefix"]
+    assert listed[0]["prefix"] == new["prefix"]
     assert all("api_key" not in k and "key_hash" not in k for k in listed)
 
     data_client = client_for(key=new["api_key"])

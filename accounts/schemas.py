@@ -1,0 +1,333 @@
+"""OpenAPI declarations of the accounts endpoints (the views answer with dicts of these shapes)."""
+
+from __future__ import annotations
+
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
+from rest_framework import serializers
+
+from embedplatform.schemas import JWT_ONLY, MANAGEMENT_ERRORS, PUBLIC_ERRORS, error_responses, named
+
+EXAMPLE_KEY = "ep_3kQ9xZ1a.Jb7p2Yw0cVnT4sRk8dLq6mHf5gUe1iOa"
+EXAMPLE_TIME = "2026-01-15T09:30:00Z"
+
+
+class SignupResponseSerializer(serializers.Serializer):
+    user_id = serializers.IntegerField()
+    tenant_id = serializers.IntegerField()
+    tier = serializers.CharField()
+    api_key = serializers.CharField(help_text="The clear API key, shown this once.")
+
+
+class LoginResponseSerializer(serializers.Serializer):
+    access = serializers.CharField(help_text="JWT access token: `Authorization: Bearer <access>`.")
+    refresh = serializers.CharField(help_text="Refresh token for POST /v1/auth/refresh.")
+    token_type = serializers.CharField(default="Bearer")
+    expires_in = serializers.IntegerField(help_text="Seconds until the access token expires.")
+
+
+class RefreshResponseSerializer(serializers.Serializer):
+    access = serializers.CharField()
+    expires_in = serializers.IntegerField()
+
+
+class ApiKeySerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    name = serializers.CharField()
+    prefix = serializers.CharField(help_text="The key's public id (DELETE /v1/keys/{prefix}).")
+    created_at = serializers.DateTimeField()
+    last_used_at = serializers.DateTimeField(allow_null=True)
+    revoked_at = serializers.DateTimeField(allow_null=True)
+
+
+class ApiKeyListSerializer(serializers.Serializer):
+    object = serializers.CharField(default="list")
+    data = ApiKeySerializer(many=True)
+
+
+class ApiKeyCreatedSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    name = serializers.CharField()
+    prefix = serializers.CharField()
+    created_at = serializers.DateTimeField()
+    api_key = serializers.CharField(help_text="The clear API key, shown this once.")
+
+
+class ApiKeyRevokedSerializer(serializers.Serializer):
+    revoked = serializers.BooleanField()
+    prefix = serializers.CharField()
+    revoked_at = serializers.DateTimeField()
+
+
+def _totals(name: str):
+    return inline_serializer(
+        name,
+        fields={
+            "texts": serializers.IntegerField(),
+            "cache_hits": serializers.IntegerField(),
+            "cache_misses": serializers.IntegerField(),
+            "tokens": serializers.IntegerField(),
+            "compute_ms": serializers.FloatField(),
+        },
+    )
+
+
+UsageResponseSerializer = inline_serializer(
+    "Usage",
+    fields={
+        "object": serializers.CharField(default="usage"),
+        "from": serializers.DateField(),
+        "to": serializers.DateField(),
+        "cache_hits": serializers.IntegerField(),
+        "cache_misses": serializers.IntegerField(),
+        "total_cached": serializers.IntegerField(help_text="Vectors stored in the tenant's cache scope."),
+        "today": _totals("UsageTotalsToday"),
+        "month": _totals("UsageTotalsMonth"),
+        "quota": inline_serializer(
+            "Quota",
+            fields={
+                "daily_limit": serializers.IntegerField(),
+                "used_today": serializers.IntegerField(),
+                "monthly_limit": serializers.IntegerField(),
+                "used_month": serializers.IntegerField(),
+                "resets_at": serializers.DateTimeField(help_text="Next daily reset (midnight UTC)."),
+            },
+        ),
+        "data": inline_serializer(
+            "UsageRow",
+            many=True,
+            fields={
+                "day": serializers.DateField(),
+                "model": serializers.CharField(),
+                "cache_hits": serializers.IntegerField(),
+                "cache_misses": serializers.IntegerField(),
+                "tokens": serializers.IntegerField(),
+                "compute_ms": serializers.FloatField(),
+            },
+        ),
+    },
+)
+
+
+def signup_schema(input_serializer):
+    return extend_schema(
+        request=named(input_serializer, "Signup"),
+        operation_id="auth_signup",
+        tags=["auth"],
+        summary="Sign up: a free-tier tenant, its user and a first API key",
+        responses={
+            201: OpenApiResponse(
+                SignupResponseSerializer,
+                examples=[
+                    OpenApiExample(
+                        "signed up", value={"user_id": 7, "tenant_id": 5, "tier": "free", "api_key": EXAMPLE_KEY}
+                    )
+                ],
+            ),
+            **error_responses(*PUBLIC_ERRORS),
+        },
+        examples=[
+            OpenApiExample(
+                "sign up",
+                request_only=True,
+                value={"email": "ada@example.com", "password": "correct horse battery", "tenant_name": "Ada's lab"},
+            )
+        ],
+    )
+
+
+def login_schema(input_serializer):
+    return extend_schema(
+        request=named(input_serializer, "Login"),
+        operation_id="auth_login",
+        tags=["auth"],
+        summary="Log in: email + password -> JWT access and refresh tokens",
+        responses={
+            200: OpenApiResponse(
+                LoginResponseSerializer,
+                examples=[
+                    OpenApiExample(
+                        "tokens",
+                        value={
+                            "access": "eyJhbGciOiJIUzI1NiJ9.eyJ1c2VyX2lkIjo3fQ.sig",
+                            "refresh": "eyJhbGciOiJIUzI1NiJ9.eyJ0IjoxfQ.sig",
+                            "token_type": "Bearer",
+                            "expires_in": 900,
+                        },
+                    )
+                ],
+            ),
+            **error_responses(400, 401, 413, 429),
+        },
+        examples=[
+            OpenApiExample(
+                "log in", request_only=True, value={"email": "ada@example.com", "password": "correct horse battery"}
+            )
+        ],
+    )
+
+
+def refresh_schema(input_serializer):
+    return extend_schema(
+        request=named(input_serializer, "Refresh"),
+        operation_id="auth_refresh",
+        tags=["auth"],
+        summary="A new access token from a refresh token",
+        responses={
+            200: OpenApiResponse(
+                RefreshResponseSerializer,
+                examples=[
+                    OpenApiExample(
+                        "new access token",
+                        value={"access": "eyJhbGciOiJIUzI1NiJ9.eyJ1c2VyX2lkIjo3fQ.sig", "expires_in": 900},
+                    )
+                ],
+            ),
+            **error_responses(400, 401, 413),
+        },
+    )
+
+
+key_list_schema = extend_schema(
+    operation_id="keys_list",
+    tags=["keys"],
+    summary="List the tenant's API keys (prefixes only)",
+    auth=JWT_ONLY,
+    responses={
+        200: OpenApiResponse(
+            ApiKeyListSerializer,
+            examples=[
+                OpenApiExample(
+                    "keys",
+                    value={
+                        "object": "list",
+                        "data": [
+                            {
+                                "id": 3,
+                                "name": "prod",
+                                "prefix": "ep_3kQ9xZ1a",
+                                "created_at": EXAMPLE_TIME,
+                                "last_used_at": EXAMPLE_TIME,
+                                "revoked_at": None,
+                            }
+                        ],
+                    },
+                )
+            ],
+        ),
+        **error_responses(*MANAGEMENT_ERRORS),
+    },
+)
+
+
+def key_create_schema(input_serializer):
+    return extend_schema(
+        request=named(input_serializer, "ApiKeyCreate"),
+        operation_id="keys_create",
+        tags=["keys"],
+        summary="Create an API key (the clear key is in this answer only)",
+        auth=JWT_ONLY,
+        responses={
+            201: OpenApiResponse(
+                ApiKeyCreatedSerializer,
+                examples=[
+                    OpenApiExample(
+                        "new key",
+                        value={
+                            "id": 4,
+                            "name": "ci",
+                            "prefix": "ep_3kQ9xZ1a",
+                            "created_at": EXAMPLE_TIME,
+                            "api_key": EXAMPLE_KEY,
+                        },
+                    )
+                ],
+            ),
+            **error_responses(400, *MANAGEMENT_ERRORS, 413),
+        },
+        examples=[OpenApiExample("named key", request_only=True, value={"name": "ci"})],
+    )
+
+
+key_revoke_schema = extend_schema(
+    operation_id="keys_revoke",
+    tags=["keys"],
+    summary="Revoke an API key; it fails on its very next request",
+    auth=JWT_ONLY,
+    parameters=[OpenApiParameter("prefix", str, OpenApiParameter.PATH, description="The key's prefix.")],
+    responses={
+        200: OpenApiResponse(
+            ApiKeyRevokedSerializer,
+            examples=[
+                OpenApiExample("revoked", value={"revoked": True, "prefix": "ep_3kQ9xZ1a", "revoked_at": EXAMPLE_TIME})
+            ],
+        ),
+        **error_responses(*MANAGEMENT_ERRORS, 404),
+    },
+)
+
+usage_schema = extend_schema(
+    operation_id="usage_retrieve",
+    tags=["usage"],
+    summary="Usage per day and model, totals and quota",
+    parameters=[
+        OpenApiParameter(
+            "from",
+            OpenApiTypes.DATE,
+            OpenApiParameter.QUERY,
+            required=False,
+            description="First day, YYYY-MM-DD (default: the 1st of this UTC month).",
+        ),
+        OpenApiParameter(
+            "to",
+            OpenApiTypes.DATE,
+            OpenApiParameter.QUERY,
+            required=False,
+            description="Last day, YYYY-MM-DD (default: today, UTC).",
+        ),
+    ],
+    responses={
+        200: OpenApiResponse(
+            UsageResponseSerializer,
+            examples=[
+                OpenApiExample(
+                    "usage",
+                    value={
+                        "object": "usage",
+                        "from": "2026-01-01",
+                        "to": "2026-01-15",
+                        "cache_hits": 120,
+                        "cache_misses": 30,
+                        "total_cached": 30,
+                        "today": {"texts": 10, "cache_hits": 8, "cache_misses": 2, "tokens": 64, "compute_ms": 12.5},
+                        "month": {
+                            "texts": 150,
+                            "cache_hits": 120,
+                            "cache_misses": 30,
+                            "tokens": 980,
+                            "compute_ms": 180.25,
+                        },
+                        "quota": {
+                            "daily_limit": 50000,
+                            "used_today": 10,
+                            "monthly_limit": 1500000,
+                            "used_month": 150,
+                            "resets_at": "2026-01-16T00:00:00Z",
+                        },
+                        "data": [
+                            {
+                                "day": "2026-01-15",
+                                "model": "all-MiniLM-L6-v2",
+                                "cache_hits": 8,
+                                "cache_misses": 2,
+                                "tokens": 64,
+                                "compute_ms": 12.5,
+                            }
+                        ],
+                    },
+                )
+            ],
+        ),
+        **error_responses(400, 401, 403),
+    },
+)

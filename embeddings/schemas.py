@@ -1,0 +1,290 @@
+"""OpenAPI declarations of the embedding, job and model endpoints.
+
+The request serializers are the real ones (embeddings/serializers.py); the answers are built
+as dicts by the views, so their shapes are declared here.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from drf_spectacular.extensions import OpenApiSerializerFieldExtension
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import (
+    OpenApiExample,
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    extend_schema_field,
+    inline_serializer,
+)
+from rest_framework import serializers
+
+from embeddings.models import Job
+from embeddings.serializers import (
+    EmbedBatchRequestSerializer,
+    EmbeddingsRequestSerializer,
+    EmbedRequestSerializer,
+    JobCreateRequestSerializer,
+)
+from embedplatform.schemas import DATA_PLANE_ERRORS, error_responses
+
+EXAMPLE_JOB_ID = "5b0e8f3c-2f4e-4a51-9c57-2b1f0b7d9e41"
+EXAMPLE_TIME = "2026-01-15T09:30:00+00:00"
+EXAMPLE_VECTOR = [0.0123, -0.0456, 0.0789]
+
+
+def _text_schema() -> dict:
+    return {"type": "string", "minLength": 1, "maxLength": settings.MAX_INPUT_CHARS}
+
+
+class TextsFieldExtension(OpenApiSerializerFieldExtension):
+    """`input` / `texts`: a string or a non-empty array of strings."""
+
+    target_class = "embeddings.serializers.TextsField"
+
+    def map_serializer_field(self, auto_schema, direction):
+        limit = getattr(settings, self.target.max_items_setting)
+        return {
+            "oneOf": [
+                _text_schema(),
+                {"type": "array", "items": _text_schema(), "minItems": 1, "maxItems": limit},
+            ],
+            "description": f"A non-empty string, or an array of 1 to {limit} of them.",
+        }
+
+
+class TextFieldExtension(OpenApiSerializerFieldExtension):
+    target_class = "embeddings.serializers.TextField"
+
+    def map_serializer_field(self, auto_schema, direction):
+        return _text_schema()
+
+
+@extend_schema_field(
+    {
+        "oneOf": [
+            {"type": "array", "items": {"type": "number", "format": "float"}},
+            {"type": "string", "format": "byte", "description": "base64 of little-endian float32"},
+        ],
+        "description": "The vector: floats, or base64 of float32 with encoding_format=base64.",
+    }
+)
+class VectorField(serializers.Field):
+    pass
+
+
+USAGE = inline_serializer(
+    "EmbeddingUsage", fields={"prompt_tokens": serializers.IntegerField(), "total_tokens": serializers.IntegerField()}
+)
+
+
+class EmbeddingItemSerializer(serializers.Serializer):
+    object = serializers.CharField(default="embedding")
+    index = serializers.IntegerField()
+    embedding = VectorField()
+    cached = serializers.BooleanField(help_text="True where the vector came from the cache.")
+
+
+class EmbeddingsResponseSerializer(serializers.Serializer):
+    object = serializers.CharField(default="list")
+    data = EmbeddingItemSerializer(many=True)
+    model = serializers.CharField()
+    usage = USAGE
+
+
+class EmbedResponseSerializer(serializers.Serializer):
+    embedding = VectorField()
+    model = serializers.CharField()
+    dimensions = serializers.IntegerField()
+    tokens = serializers.IntegerField()
+    cached = serializers.BooleanField()
+    latency_ms = serializers.FloatField()
+
+
+class EmbedBatchResponseSerializer(serializers.Serializer):
+    embeddings = serializers.ListField(child=VectorField())
+    cached = serializers.ListField(child=serializers.BooleanField())
+    model = serializers.CharField()
+    dimensions = serializers.IntegerField()
+    usage = USAGE
+
+
+class JobSerializer(serializers.Serializer):
+    id = serializers.UUIDField()
+    object = serializers.CharField(default="job")
+    status = serializers.ChoiceField(choices=Job.Status.values)
+    model = serializers.CharField()
+    total = serializers.IntegerField()
+    done = serializers.IntegerField(help_text="Texts done so far (progress).")
+    cached = serializers.IntegerField(help_text="Texts served from the cache.")
+    created_at = serializers.DateTimeField()
+    started_at = serializers.DateTimeField(allow_null=True)
+    finished_at = serializers.DateTimeField(allow_null=True)
+    error = serializers.CharField(allow_null=True)
+    webhook_url = serializers.CharField(allow_null=True)
+    status_url = serializers.CharField()
+    results_url = serializers.CharField()
+
+
+class JobListSerializer(serializers.Serializer):
+    object = serializers.CharField(default="list")
+    data = JobSerializer(many=True)
+    next_cursor = serializers.CharField(allow_null=True, help_text="Pass as ?cursor= for the next page.")
+    has_more = serializers.BooleanField()
+
+
+class JobResultItemSerializer(serializers.Serializer):
+    index = serializers.IntegerField()
+    embedding = VectorField()
+    cached = serializers.BooleanField()
+
+
+class JobResultsSerializer(serializers.Serializer):
+    object = serializers.CharField(default="list")
+    job_id = serializers.UUIDField()
+    model = serializers.CharField()
+    total = serializers.IntegerField()
+    offset = serializers.IntegerField()
+    limit = serializers.IntegerField()
+    has_more = serializers.BooleanField()
+    data = JobResultItemSerializer(many=True)
+
+
+class ModelSerializer(serializers.Serializer):
+    id = serializers.CharField()
+    object = serializers.CharField(default="model")
+    dimensions = serializers.IntegerField()
+    max_tokens = serializers.IntegerField()
+    compute = serializers.ChoiceField(choices=("local", "byok"))
+    owned_by = serializers.CharField()
+    version = serializers.CharField()
+
+
+class ModelListSerializer(serializers.Serializer):
+    object = serializers.CharField(default="list")
+    data = ModelSerializer(many=True)
+
+
+JOB_EXAMPLE = {
+    "id": EXAMPLE_JOB_ID, "object": "job", "status": "queued", "model": "all-MiniLM-L6-v2", "total": 3,
+    "done": 0, "cached": 0, "created_at": EXAMPLE_TIME, "started_at": None, "finished_at": None, "error": None,
+    "webhook_url": None, "status_url": f"/v1/jobs/{EXAMPLE_JOB_ID}", "results_url": f"/v1/jobs/{EXAMPLE_JOB_ID}/results",
+}
+JOB_ACCEPTED = OpenApiResponse(
+    JobSerializer, description="Accepted as a job: poll `status_url` (also the Location header).",
+    examples=[OpenApiExample("job", value=JOB_EXAMPLE, status_codes=["202"], response_only=True)],
+)
+JOB_ID = OpenApiParameter("job_id", OpenApiTypes.UUID, OpenApiParameter.PATH, description="The job's id.")
+# Sync endpoints: the data-plane errors, 404 for an unknown model, 502 from a BYOK provider, 504 on a timeout.
+EMBED_ERRORS = error_responses(*DATA_PLANE_ERRORS, 404, 502, 504)
+
+
+def _ok(serializer, name: str, value: dict) -> OpenApiResponse:
+    return OpenApiResponse(serializer, examples=[OpenApiExample(name, value=value, status_codes=["200"],
+                                                                response_only=True)])
+
+
+embeddings_create_schema = extend_schema(
+    operation_id="embeddings_create", tags=["embeddings"], summary="Create embeddings (OpenAI-compatible)",
+    request=EmbeddingsRequestSerializer,
+    responses={
+        200: _ok(EmbeddingsResponseSerializer, "embeddings", {
+            "object": "list", "model": "all-MiniLM-L6-v2", "usage": {"prompt_tokens": 5, "total_tokens": 5},
+            "data": [{"object": "embedding", "index": 0, "embedding": EXAMPLE_VECTOR, "cached": False}]}),
+        **EMBED_ERRORS,
+    },
+    examples=[
+        OpenApiExample("one text", request_only=True, value={"input": "hello world", "model": "all-MiniLM-L6-v2"}),
+        OpenApiExample("several texts, base64", request_only=True, value={
+            "input": ["first text", "second text"], "model": "all-MiniLM-L6-v2", "encoding_format": "base64"}),
+    ],
+)
+
+embed_schema = extend_schema(
+    operation_id="embed", tags=["embeddings"], summary="Embed one text",
+    request=EmbedRequestSerializer,
+    responses={
+        200: _ok(EmbedResponseSerializer, "vector", {
+            "embedding": EXAMPLE_VECTOR, "model": "all-MiniLM-L6-v2", "dimensions": 384, "tokens": 4,
+            "cached": True, "latency_ms": 1.84}),
+        202: JOB_ACCEPTED,
+        **EMBED_ERRORS,
+    },
+    examples=[OpenApiExample("text", request_only=True, value={"text": "hello world", "normalize": True})],
+)
+
+embed_batch_schema = extend_schema(
+    operation_id="embed_batch", tags=["embeddings"], summary="Embed many texts (202 job when `wait` runs out)",
+    request=EmbedBatchRequestSerializer,
+    responses={
+        200: _ok(EmbedBatchResponseSerializer, "vectors", {
+            "embeddings": [EXAMPLE_VECTOR, EXAMPLE_VECTOR], "cached": [True, False], "model": "all-MiniLM-L6-v2",
+            "dimensions": 384, "usage": {"prompt_tokens": 9, "total_tokens": 9}}),
+        202: JOB_ACCEPTED,
+        **EMBED_ERRORS,
+    },
+    examples=[OpenApiExample("texts", request_only=True, value={"texts": ["first text", "second text"], "wait": 5})],
+)
+
+
+def job_list_schema(filter_serializer):
+    return extend_schema(
+        operation_id="jobs_list", tags=["jobs"], summary="The tenant's jobs, newest first",
+        parameters=[filter_serializer],
+        responses={
+            200: _ok(JobListSerializer, "jobs", {"object": "list", "data": [JOB_EXAMPLE], "next_cursor": None,
+                                                 "has_more": False}),
+            **error_responses(400, 401, 403, 429),
+        },
+    )
+
+
+job_create_schema = extend_schema(
+    operation_id="jobs_create", tags=["jobs"], summary="Queue texts as a job",
+    request=JobCreateRequestSerializer,
+    responses={202: JOB_ACCEPTED, **error_responses(*DATA_PLANE_ERRORS, 404)},
+    examples=[OpenApiExample("job", request_only=True, value={
+        "texts": ["first text", "second text", "third text"], "model": "all-MiniLM-L6-v2",
+        "webhook_url": "https://example.com/hooks/embeddings"})],
+)
+
+job_detail_schema = extend_schema(
+    operation_id="jobs_retrieve", tags=["jobs"], summary="A job's status and progress", parameters=[JOB_ID],
+    responses={200: _ok(JobSerializer, "job", JOB_EXAMPLE | {"status": "running", "done": 2}),
+               **error_responses(401, 403, 404, 429)},
+)
+
+job_cancel_schema = extend_schema(
+    operation_id="jobs_cancel", tags=["jobs"], summary="Cancel a job; queued work is dropped", parameters=[JOB_ID],
+    request=None,
+    responses={200: _ok(JobSerializer, "cancelled", JOB_EXAMPLE | {"status": "cancelled"}),
+               **error_responses(401, 403, 404, 429)},
+)
+
+
+def job_results_schema(filter_serializer):
+    return extend_schema(
+        operation_id="jobs_results", tags=["jobs"],
+        summary="A job's vectors: a page (JSON) or all of them streamed (?format=jsonl)",
+        parameters=[JOB_ID, filter_serializer],
+        responses={
+            (200, "application/json"): _ok(JobResultsSerializer, "page", {
+                "object": "list", "job_id": EXAMPLE_JOB_ID, "model": "all-MiniLM-L6-v2", "total": 3, "offset": 0,
+                "limit": 100, "has_more": False,
+                "data": [{"index": 0, "embedding": EXAMPLE_VECTOR, "cached": False}]}),
+            (200, "application/x-ndjson"): OpenApiResponse(
+                OpenApiTypes.STR, description='With ?format=jsonl: one `{"index", "embedding", "cached"}` per line.'),
+            **error_responses(400, 401, 403, 404, 409, 429),
+        },
+    )
+
+
+model_list_schema = extend_schema(
+    operation_id="models_list", tags=["models"], summary="The models you can use",
+    responses={
+        200: _ok(ModelListSerializer, "models", {"object": "list", "data": [{
+            "id": "all-MiniLM-L6-v2", "object": "model", "dimensions": 384, "max_tokens": 256, "compute": "local",
+            "owned_by": "sentence-transformers", "version": "1"}]}),
+        **error_responses(401, 403),
+    },
+)
