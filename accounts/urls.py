@@ -1,6 +1,14 @@
 from django.urls import path
 
-from accounts.views import KeyListCreateApi, KeyRevokeApi, LoginApi, RefreshApi, SignupApi, UsageApi
+from accounts.views import (
+    KeyListCreateApi,
+    KeyRevokeApi,
+    LoginApi,
+    RefreshApi,
+    SignupApi,
+    UsageApi,
+    WebhookSecretApi,
+)
 
 urlpatterns = [
     path("auth/signup", SignupApi.as_view(), name="signup"),
@@ -9,4 +17,5 @@ urlpatterns = [
     path("keys", KeyListCreateApi.as_view(), name="keys"),
     path("keys/<str:prefix>", KeyRevokeApi.as_view(), name="key-revoke"),
     path("usage", UsageApi.as_view(), name="usage"),
+    path("webhook-secret", WebhookSecretApi.as_view(), name="webhook-secret"),
 ]

@@ -174,3 +174,15 @@ class UsageApi(APIView):
                 ],
             }
         )
+
+
+class WebhookSecretApi(APIView):
+    """GET /v1/webhook-secret (JWT): the secret that signs this tenant's job webhooks."""
+
+    permission_classes = [IsJwtAuthenticated]
+    jwt_required_for = "the webhook secret"
+
+    def get(self, request: Request) -> Response:
+        tenant = request_tenant(request)
+        return Response({"webhook_secret": tenant.webhook_secret, "header": "X-Embedplatform-Signature",
+                         "algorithm": "sha256=HMAC-SHA256(secret, raw body), hex"})

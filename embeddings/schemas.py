@@ -26,7 +26,7 @@ from embeddings.serializers import (
     EmbedRequestSerializer,
     JobCreateRequestSerializer,
 )
-from embedplatform.schemas import DATA_PLANE_ERRORS, error_responses
+from embedplatform.schemas import DATA_PLANE_ERRORS, error_responses, named
 
 EXAMPLE_JOB_ID = "5b0e8f3c-2f4e-4a51-9c57-2b1f0b7d9e41"
 EXAMPLE_TIME = "2026-01-15T09:30:00+00:00"
@@ -166,12 +166,24 @@ class ModelListSerializer(serializers.Serializer):
 
 
 JOB_EXAMPLE = {
-    "id": EXAMPLE_JOB_ID, "object": "job", "status": "queued", "model": "all-MiniLM-L6-v2", "total": 3,
-    "done": 0, "cached": 0, "created_at": EXAMPLE_TIME, "started_at": None, "finished_at": None, "error": None,
-    "webhook_url": None, "status_url": f"/v1/jobs/{EXAMPLE_JOB_ID}", "results_url": f"/v1/jobs/{EXAMPLE_JOB_ID}/results",
+    "id": EXAMPLE_JOB_ID,
+    "object": "job",
+    "status": "queued",
+    "model": "all-MiniLM-L6-v2",
+    "total": 3,
+    "done": 0,
+    "cached": 0,
+    "created_at": EXAMPLE_TIME,
+    "started_at": None,
+    "finished_at": None,
+    "error": None,
+    "webhook_url": None,
+    "status_url": f"/v1/jobs/{EXAMPLE_JOB_ID}",
+    "results_url": f"/v1/jobs/{EXAMPLE_JOB_ID}/results",
 }
 JOB_ACCEPTED = OpenApiResponse(
-    JobSerializer, description="Accepted as a job: poll `status_url` (also the Location header).",
+    JobSerializer,
+    description="Accepted as a job: poll `status_url` (also the Location header).",
     examples=[OpenApiExample("job", value=JOB_EXAMPLE, status_codes=["202"], response_only=True)],
 )
 JOB_ID = OpenApiParameter("job_id", OpenApiTypes.UUID, OpenApiParameter.PATH, description="The job's id.")
@@ -180,33 +192,57 @@ EMBED_ERRORS = error_responses(*DATA_PLANE_ERRORS, 404, 502, 504)
 
 
 def _ok(serializer, name: str, value: dict) -> OpenApiResponse:
-    return OpenApiResponse(serializer, examples=[OpenApiExample(name, value=value, status_codes=["200"],
-                                                                response_only=True)])
+    return OpenApiResponse(
+        serializer, examples=[OpenApiExample(name, value=value, status_codes=["200"], response_only=True)]
+    )
 
 
 embeddings_create_schema = extend_schema(
-    operation_id="embeddings_create", tags=["embeddings"], summary="Create embeddings (OpenAI-compatible)",
-    request=EmbeddingsRequestSerializer,
+    operation_id="embeddings_create",
+    tags=["embeddings"],
+    summary="Create embeddings (OpenAI-compatible)",
+    request=named(EmbeddingsRequestSerializer, "Embeddings"),
     responses={
-        200: _ok(EmbeddingsResponseSerializer, "embeddings", {
-            "object": "list", "model": "all-MiniLM-L6-v2", "usage": {"prompt_tokens": 5, "total_tokens": 5},
-            "data": [{"object": "embedding", "index": 0, "embedding": EXAMPLE_VECTOR, "cached": False}]}),
+        200: _ok(
+            EmbeddingsResponseSerializer,
+            "embeddings",
+            {
+                "object": "list",
+                "model": "all-MiniLM-L6-v2",
+                "usage": {"prompt_tokens": 5, "total_tokens": 5},
+                "data": [{"object": "embedding", "index": 0, "embedding": EXAMPLE_VECTOR, "cached": False}],
+            },
+        ),
         **EMBED_ERRORS,
     },
     examples=[
         OpenApiExample("one text", request_only=True, value={"input": "hello world", "model": "all-MiniLM-L6-v2"}),
-        OpenApiExample("several texts, base64", request_only=True, value={
-            "input": ["first text", "second text"], "model": "all-MiniLM-L6-v2", "encoding_format": "base64"}),
+        OpenApiExample(
+            "several texts, base64",
+            request_only=True,
+            value={"input": ["first text", "second text"], "model": "all-MiniLM-L6-v2", "encoding_format": "base64"},
+        ),
     ],
 )
 
 embed_schema = extend_schema(
-    operation_id="embed", tags=["embeddings"], summary="Embed one text",
-    request=EmbedRequestSerializer,
+    operation_id="embed",
+    tags=["embeddings"],
+    summary="Embed one text",
+    request=named(EmbedRequestSerializer, "Embed"),
     responses={
-        200: _ok(EmbedResponseSerializer, "vector", {
-            "embedding": EXAMPLE_VECTOR, "model": "all-MiniLM-L6-v2", "dimensions": 384, "tokens": 4,
-            "cached": True, "latency_ms": 1.84}),
+        200: _ok(
+            EmbedResponseSerializer,
+            "vector",
+            {
+                "embedding": EXAMPLE_VECTOR,
+                "model": "all-MiniLM-L6-v2",
+                "dimensions": 384,
+                "tokens": 4,
+                "cached": True,
+                "latency_ms": 1.84,
+            },
+        ),
         202: JOB_ACCEPTED,
         **EMBED_ERRORS,
     },
@@ -214,12 +250,22 @@ embed_schema = extend_schema(
 )
 
 embed_batch_schema = extend_schema(
-    operation_id="embed_batch", tags=["embeddings"], summary="Embed many texts (202 job when `wait` runs out)",
-    request=EmbedBatchRequestSerializer,
+    operation_id="embed_batch",
+    tags=["embeddings"],
+    summary="Embed many texts (202 job when `wait` runs out)",
+    request=named(EmbedBatchRequestSerializer, "EmbedBatch"),
     responses={
-        200: _ok(EmbedBatchResponseSerializer, "vectors", {
-            "embeddings": [EXAMPLE_VECTOR, EXAMPLE_VECTOR], "cached": [True, False], "model": "all-MiniLM-L6-v2",
-            "dimensions": 384, "usage": {"prompt_tokens": 9, "total_tokens": 9}}),
+        200: _ok(
+            EmbedBatchResponseSerializer,
+            "vectors",
+            {
+                "embeddings": [EXAMPLE_VECTOR, EXAMPLE_VECTOR],
+                "cached": [True, False],
+                "model": "all-MiniLM-L6-v2",
+                "dimensions": 384,
+                "usage": {"prompt_tokens": 9, "total_tokens": 9},
+            },
+        ),
         202: JOB_ACCEPTED,
         **EMBED_ERRORS,
     },
@@ -229,62 +275,116 @@ embed_batch_schema = extend_schema(
 
 def job_list_schema(filter_serializer):
     return extend_schema(
-        operation_id="jobs_list", tags=["jobs"], summary="The tenant's jobs, newest first",
+        operation_id="jobs_list",
+        tags=["jobs"],
+        summary="The tenant's jobs, newest first",
         parameters=[filter_serializer],
         responses={
-            200: _ok(JobListSerializer, "jobs", {"object": "list", "data": [JOB_EXAMPLE], "next_cursor": None,
-                                                 "has_more": False}),
+            200: _ok(
+                JobListSerializer,
+                "jobs",
+                {"object": "list", "data": [JOB_EXAMPLE], "next_cursor": None, "has_more": False},
+            ),
             **error_responses(400, 401, 403, 429),
         },
     )
 
 
 job_create_schema = extend_schema(
-    operation_id="jobs_create", tags=["jobs"], summary="Queue texts as a job",
-    request=JobCreateRequestSerializer,
+    operation_id="jobs_create",
+    tags=["jobs"],
+    summary="Queue texts as a job",
+    request=named(JobCreateRequestSerializer, "JobCreate"),
     responses={202: JOB_ACCEPTED, **error_responses(*DATA_PLANE_ERRORS, 404)},
-    examples=[OpenApiExample("job", request_only=True, value={
-        "texts": ["first text", "second text", "third text"], "model": "all-MiniLM-L6-v2",
-        "webhook_url": "https://example.com/hooks/embeddings"})],
+    examples=[
+        OpenApiExample(
+            "job",
+            request_only=True,
+            value={
+                "texts": ["first text", "second text", "third text"],
+                "model": "all-MiniLM-L6-v2",
+                "webhook_url": "https://example.com/hooks/embeddings",
+            },
+        )
+    ],
 )
 
 job_detail_schema = extend_schema(
-    operation_id="jobs_retrieve", tags=["jobs"], summary="A job's status and progress", parameters=[JOB_ID],
-    responses={200: _ok(JobSerializer, "job", JOB_EXAMPLE | {"status": "running", "done": 2}),
-               **error_responses(401, 403, 404, 429)},
+    operation_id="jobs_retrieve",
+    tags=["jobs"],
+    summary="A job's status and progress",
+    parameters=[JOB_ID],
+    responses={
+        200: _ok(JobSerializer, "job", JOB_EXAMPLE | {"status": "running", "done": 2}),
+        **error_responses(401, 403, 404, 429),
+    },
 )
 
 job_cancel_schema = extend_schema(
-    operation_id="jobs_cancel", tags=["jobs"], summary="Cancel a job; queued work is dropped", parameters=[JOB_ID],
+    operation_id="jobs_cancel",
+    tags=["jobs"],
+    summary="Cancel a job; queued work is dropped",
+    parameters=[JOB_ID],
     request=None,
-    responses={200: _ok(JobSerializer, "cancelled", JOB_EXAMPLE | {"status": "cancelled"}),
-               **error_responses(401, 403, 404, 429)},
+    responses={
+        200: _ok(JobSerializer, "cancelled", JOB_EXAMPLE | {"status": "cancelled"}),
+        **error_responses(401, 403, 404, 429),
+    },
 )
 
 
 def job_results_schema(filter_serializer):
     return extend_schema(
-        operation_id="jobs_results", tags=["jobs"],
+        operation_id="jobs_results",
+        tags=["jobs"],
         summary="A job's vectors: a page (JSON) or all of them streamed (?format=jsonl)",
         parameters=[JOB_ID, filter_serializer],
         responses={
-            (200, "application/json"): _ok(JobResultsSerializer, "page", {
-                "object": "list", "job_id": EXAMPLE_JOB_ID, "model": "all-MiniLM-L6-v2", "total": 3, "offset": 0,
-                "limit": 100, "has_more": False,
-                "data": [{"index": 0, "embedding": EXAMPLE_VECTOR, "cached": False}]}),
+            (200, "application/json"): _ok(
+                JobResultsSerializer,
+                "page",
+                {
+                    "object": "list",
+                    "job_id": EXAMPLE_JOB_ID,
+                    "model": "all-MiniLM-L6-v2",
+                    "total": 3,
+                    "offset": 0,
+                    "limit": 100,
+                    "has_more": False,
+                    "data": [{"index": 0, "embedding": EXAMPLE_VECTOR, "cached": False}],
+                },
+            ),
             (200, "application/x-ndjson"): OpenApiResponse(
-                OpenApiTypes.STR, description='With ?format=jsonl: one `{"index", "embedding", "cached"}` per line.'),
+                OpenApiTypes.STR, description='With ?format=jsonl: one `{"index", "embedding", "cached"}` per line.'
+            ),
             **error_responses(400, 401, 403, 404, 409, 429),
         },
     )
 
 
 model_list_schema = extend_schema(
-    operation_id="models_list", tags=["models"], summary="The models you can use",
+    operation_id="models_list",
+    tags=["models"],
+    summary="The models you can use",
     responses={
-        200: _ok(ModelListSerializer, "models", {"object": "list", "data": [{
-            "id": "all-MiniLM-L6-v2", "object": "model", "dimensions": 384, "max_tokens": 256, "compute": "local",
-            "owned_by": "sentence-transformers", "version": "1"}]}),
+        200: _ok(
+            ModelListSerializer,
+            "models",
+            {
+                "object": "list",
+                "data": [
+                    {
+                        "id": "all-MiniLM-L6-v2",
+                        "object": "model",
+                        "dimensions": 384,
+                        "max_tokens": 256,
+                        "compute": "local",
+                        "owned_by": "sentence-transformers",
+                        "version": "1",
+                    }
+                ],
+            },
+        ),
         **error_responses(401, 403),
     },
 )

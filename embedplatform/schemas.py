@@ -149,11 +149,73 @@ _RATE_HEADERS = {
 _JSON_ONLY_BODIES = ("application/x-www-form-urlencoded", "multipart/form-data")
 
 
+def _json(schema: dict, description: str, example: dict) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": schema, "example": example}}}
+
+
+_READY_SCHEMA = {
+    "type": "object",
+    "required": ["status", "failing", "workers"],
+    "properties": {
+        "status": {"type": "string", "enum": ["ok", "fail"]},
+        "failing": {
+            "type": "object",
+            "additionalProperties": {"type": "string"},
+            "description": "Each failing part (db, broker, workers:<model>) and why.",
+        },
+        "workers": {
+            "type": "object",
+            "additionalProperties": {"type": "array", "items": {"type": "string"}},
+            "description": "Model -> the workers serving it now.",
+        },
+    },
+}
+# /health/* are plain Django views (no DRF), so drf-spectacular does not see them.
+HEALTH_PATHS = {
+    "/health/live": {
+        "get": {
+            "operationId": "health_live",
+            "tags": ["health"],
+            "summary": "The process is up",
+            "security": [],
+            "responses": {
+                "200": _json({"type": "object", "properties": {"status": {"type": "string"}}}, "Up.", {"status": "ok"})
+            },
+        }
+    },
+    "/health/ready": {
+        "get": {
+            "operationId": "health_ready",
+            "tags": ["health"],
+            "security": [],
+            "summary": "Database, broker and a worker for every served model",
+            "responses": {
+                "200": _json(
+                    _READY_SCHEMA,
+                    "Ready.",
+                    {"status": "ok", "failing": {}, "workers": {"all-MiniLM-L6-v2": ["gpu0@host"]}},
+                ),
+                "503": _json(
+                    _READY_SCHEMA,
+                    "Not ready: `failing` names what fails.",
+                    {
+                        "status": "fail",
+                        "failing": {"workers:all-MiniLM-L6-v2": "no live worker"},
+                        "workers": {"all-MiniLM-L6-v2": []},
+                    },
+                ),
+            },
+        }
+    },
+}
+
+
 def postprocess_schema(result, generator, request, public):
-    """Response headers drf-spectacular has no decorator for, and JSON-only request bodies.
+    """The health paths, response headers drf-spectacular has no decorator for, JSON-only bodies.
 
     The API parses `curl -d` bodies (form content type) as JSON too, but documents JSON only.
     """
+    result.setdefault("paths", {}).update(HEALTH_PATHS)
     int_schema = {"type": "integer"}
     for path_item in result.get("paths", {}).values():
         for operation in path_item.values():

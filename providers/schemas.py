@@ -8,28 +8,47 @@ from rest_framework import serializers
 from embedplatform.schemas import JWT_ONLY, MANAGEMENT_ERRORS, error_responses, named
 
 PROVIDER_EXAMPLE = {
-    "id": 2, "name": "openai", "preset": "openai", "endpoint": "https://api.openai.com/v1/embeddings",
-    "request_template": {"input": "{{texts}}", "model": "{{model}}"}, "response_path": "$.data[*].embedding",
-    "headers": {"Authorization": "Bearer {{api_key}}"}, "model": "text-embedding-3-small", "max_inputs": 256,
-    "api_key_mask": "sk-...wxyz", "models": ["openai/text-embedding-3-small"],
-    "created_at": "2026-01-15T09:30:00Z", "updated_at": "2026-01-15T09:30:00Z",
+    "id": 2,
+    "name": "openai",
+    "preset": "openai",
+    "endpoint": "https://api.openai.com/v1/embeddings",
+    "request_template": {"input": "{{texts}}", "model": "{{model}}"},
+    "response_path": "$.data[*].embedding",
+    "headers": {"Authorization": "Bearer {{api_key}}"},
+    "model": "text-embedding-3-small",
+    "max_inputs": 256,
+    "api_key_mask": "sk-...wxyz",
+    "models": ["openai/text-embedding-3-small"],
+    "created_at": "2026-01-15T09:30:00Z",
+    "updated_at": "2026-01-15T09:30:00Z",
 }
 PROVIDER_ID = OpenApiParameter("provider_id", int, OpenApiParameter.PATH, description="The provider's id.")
 
 
 def _ok(serializer, name: str, value, status: int = 200) -> OpenApiResponse:
-    return OpenApiResponse(serializer, examples=[
-        OpenApiExample(name, value=value, status_codes=[str(status)], response_only=True)])
+    return OpenApiResponse(
+        serializer, examples=[OpenApiExample(name, value=value, status_codes=[str(status)], response_only=True)]
+    )
 
 
 def provider_list_schema(output_serializer):
     return extend_schema(
-        operation_id="providers_list", tags=["providers"], summary="The tenant's providers (secrets masked)",
+        operation_id="providers_list",
+        tags=["providers"],
+        summary="The tenant's providers (secrets masked)",
         auth=JWT_ONLY,
         responses={
-            200: _ok(inline_serializer("ProviderList", fields={
-                "object": serializers.CharField(default="list"), "data": output_serializer(many=True)}),
-                "providers", {"object": "list", "data": [PROVIDER_EXAMPLE]}),
+            200: _ok(
+                inline_serializer(
+                    "ProviderList",
+                    fields={
+                        "object": serializers.CharField(default="list"),
+                        "data": named(output_serializer, "Provider")(many=True),
+                    },
+                ),
+                "providers",
+                {"object": "list", "data": [PROVIDER_EXAMPLE]},
+            ),
             **error_responses(*MANAGEMENT_ERRORS),
         },
     )
@@ -37,63 +56,118 @@ def provider_list_schema(output_serializer):
 
 def provider_create_schema(input_serializer, output_serializer):
     return extend_schema(
-        operation_id="providers_create", tags=["providers"], summary="Add a BYOK provider (preset or custom)",
-        auth=JWT_ONLY, request=input_serializer,
-        responses={201: _ok(output_serializer, "created", PROVIDER_EXAMPLE, 201),
-                   **error_responses(400, *MANAGEMENT_ERRORS, 413)},
+        operation_id="providers_create",
+        tags=["providers"],
+        summary="Add a BYOK provider (preset or custom)",
+        auth=JWT_ONLY,
+        request=named(input_serializer, "Provider"),
+        responses={
+            201: _ok(named(output_serializer, "Provider"), "created", PROVIDER_EXAMPLE, 201),
+            **error_responses(400, *MANAGEMENT_ERRORS, 413),
+        },
         examples=[
-            OpenApiExample("preset", request_only=True, value={
-                "name": "openai", "preset": "openai", "api_key": "sk-...", "model": "text-embedding-3-small"}),
-            OpenApiExample("custom", request_only=True, value={
-                "name": "mine", "preset": "custom", "endpoint": "https://embed.example.com/v1/embed",
-                "request_template": {"texts": "{{texts}}", "model": "{{model}}"}, "response_path": "$.vectors[*]",
-                "api_key": "secret", "model": "e5-large"}),
+            OpenApiExample(
+                "preset",
+                request_only=True,
+                value={"name": "openai", "preset": "openai", "api_key": "sk-...", "model": "text-embedding-3-small"},
+            ),
+            OpenApiExample(
+                "custom",
+                request_only=True,
+                value={
+                    "name": "mine",
+                    "preset": "custom",
+                    "endpoint": "https://embed.example.com/v1/embed",
+                    "request_template": {"texts": "{{texts}}", "model": "{{model}}"},
+                    "response_path": "$.vectors[*]",
+                    "api_key": "secret",
+                    "model": "e5-large",
+                },
+            ),
         ],
     )
 
 
 def provider_detail_schema(output_serializer):
     return extend_schema(
-        operation_id="providers_retrieve", tags=["providers"], summary="One provider (secret masked)",
-        auth=JWT_ONLY, parameters=[PROVIDER_ID],
-        responses={200: _ok(output_serializer, "provider", PROVIDER_EXAMPLE),
-                   **error_responses(*MANAGEMENT_ERRORS, 404)},
+        operation_id="providers_retrieve",
+        tags=["providers"],
+        summary="One provider (secret masked)",
+        auth=JWT_ONLY,
+        parameters=[PROVIDER_ID],
+        responses={
+            200: _ok(named(output_serializer, "Provider"), "provider", PROVIDER_EXAMPLE),
+            **error_responses(*MANAGEMENT_ERRORS, 404),
+        },
     )
 
 
 def provider_update_schema(input_serializer, output_serializer):
     return extend_schema(
-        operation_id="providers_update", tags=["providers"], summary="Change some fields of a provider",
-        auth=JWT_ONLY, parameters=[PROVIDER_ID], request=input_serializer,
-        responses={200: _ok(output_serializer, "updated", PROVIDER_EXAMPLE),
-                   **error_responses(400, *MANAGEMENT_ERRORS, 404, 413)},
+        operation_id="providers_update",
+        tags=["providers"],
+        summary="Change some fields of a provider",
+        auth=JWT_ONLY,
+        parameters=[PROVIDER_ID],
+        request=named(input_serializer, "Provider"),
+        responses={
+            200: _ok(named(output_serializer, "Provider"), "updated", PROVIDER_EXAMPLE),
+            **error_responses(400, *MANAGEMENT_ERRORS, 404, 413),
+        },
         examples=[OpenApiExample("new key", request_only=True, value={"api_key": "sk-new..."})],
     )
 
 
 provider_delete_schema = extend_schema(
-    operation_id="providers_delete", tags=["providers"], summary="Delete a provider", auth=JWT_ONLY,
+    operation_id="providers_delete",
+    tags=["providers"],
+    summary="Delete a provider",
+    auth=JWT_ONLY,
     parameters=[PROVIDER_ID],
-    responses={200: _ok(inline_serializer("ProviderDeleted", fields={
-        "id": serializers.IntegerField(), "deleted": serializers.BooleanField()}), "deleted", {"id": 2, "deleted": True}),
-        **error_responses(*MANAGEMENT_ERRORS, 404)},
+    responses={
+        200: _ok(
+            inline_serializer(
+                "ProviderDeleted", fields={"id": serializers.IntegerField(), "deleted": serializers.BooleanField()}
+            ),
+            "deleted",
+            {"id": 2, "deleted": True},
+        ),
+        **error_responses(*MANAGEMENT_ERRORS, 404),
+    },
 )
 
 
 def provider_test_schema(input_serializer):
     return extend_schema(
-        operation_id="providers_test", tags=["providers"],
+        operation_id="providers_test",
+        tags=["providers"],
         summary="One tiny real upstream call; 200 either way, with `ok` and what failed",
-        auth=JWT_ONLY, parameters=[PROVIDER_ID], request=named(input_serializer, "ProviderTest"),
+        auth=JWT_ONLY,
+        parameters=[PROVIDER_ID],
+        request=named(input_serializer, "ProviderTest"),
         responses={
-            200: _ok(inline_serializer("ProviderTestResult", fields={
-                "ok": serializers.BooleanField(), "model": serializers.CharField(),
-                "dimensions": serializers.IntegerField(allow_null=True),
-                "latency_ms": serializers.FloatField(allow_null=True),
-                "status": serializers.IntegerField(allow_null=True, help_text="The upstream's HTTP status."),
-                "error": serializers.CharField(allow_null=True)}),
-                "works", {"ok": True, "model": "text-embedding-3-small", "dimensions": 1536, "latency_ms": 212.4,
-                          "status": 200, "error": None}),
+            200: _ok(
+                inline_serializer(
+                    "ProviderTestResult",
+                    fields={
+                        "ok": serializers.BooleanField(),
+                        "model": serializers.CharField(),
+                        "dimensions": serializers.IntegerField(allow_null=True),
+                        "latency_ms": serializers.FloatField(allow_null=True),
+                        "status": serializers.IntegerField(allow_null=True, help_text="The upstream's HTTP status."),
+                        "error": serializers.CharField(allow_null=True),
+                    },
+                ),
+                "works",
+                {
+                    "ok": True,
+                    "model": "text-embedding-3-small",
+                    "dimensions": 1536,
+                    "latency_ms": 212.4,
+                    "status": 200,
+                    "error": None,
+                },
+            ),
             **error_responses(400, *MANAGEMENT_ERRORS, 404, 413, 503),
         },
     )

@@ -14,6 +14,7 @@ from rest_framework.views import APIView
 
 from accounts.authentication import request_tenant
 from accounts.permissions import IsJwtAuthenticated
+from providers import schemas
 from providers.crypto import secret_mask
 from providers.models import ProviderConfig
 from providers.presets import CUSTOM, PRESET_CHOICES
@@ -60,10 +61,12 @@ class ProviderListCreateApi(APIView):
     permission_classes = [IsJwtAuthenticated]
     jwt_required_for = "providers"
 
+    @schemas.provider_list_schema(ProviderOutputSerializer)
     def get(self, request: Request) -> Response:
         providers = provider_list(tenant=request_tenant(request))
         return Response({"object": "list", "data": ProviderOutputSerializer(providers, many=True).data})
 
+    @schemas.provider_create_schema(ProviderInputSerializer, ProviderOutputSerializer)
     def post(self, request: Request) -> Response:
         serializer = ProviderInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -75,10 +78,12 @@ class ProviderDetailApi(APIView):
     permission_classes = [IsJwtAuthenticated]
     jwt_required_for = "providers"
 
+    @schemas.provider_detail_schema(ProviderOutputSerializer)
     def get(self, request: Request, provider_id: int) -> Response:
         provider = provider_get(tenant=request_tenant(request), provider_id=provider_id)
         return Response(ProviderOutputSerializer(provider).data)
 
+    @schemas.provider_update_schema(ProviderInputSerializer, ProviderOutputSerializer)
     def patch(self, request: Request, provider_id: int) -> Response:
         serializer = ProviderInputSerializer(data=request.data, partial=True)
         serializer.is_valid(raise_exception=True)
@@ -86,6 +91,7 @@ class ProviderDetailApi(APIView):
         provider = provider_update(tenant=request_tenant(request), provider_id=provider_id, **changes)
         return Response(ProviderOutputSerializer(provider).data)
 
+    @schemas.provider_delete_schema
     def delete(self, request: Request, provider_id: int) -> Response:
         provider_delete(tenant=request_tenant(request), provider_id=provider_id)
         return Response({"id": provider_id, "deleted": True})
@@ -100,6 +106,7 @@ class ProviderTestApi(APIView):
     class InputSerializer(serializers.Serializer):
         model = serializers.CharField(max_length=200, required=False, allow_blank=True)
 
+    @schemas.provider_test_schema(InputSerializer)
     def post(self, request: Request, provider_id: int) -> Response:
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)

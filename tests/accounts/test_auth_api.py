@@ -159,3 +159,10 @@ def test_last_used_at_is_kept_without_a_write_per_request(alice, client_for, red
         client.get("/v1/models")
     alice.api_key.refresh_from_db()
     assert alice.api_key.last_used_at == first
+
+
+def test_the_webhook_secret_needs_a_jwt_and_is_per_tenant(alice, bob, jwt_for, client_for, redis_db):
+    secret = jwt_for(alice).get("/v1/webhook-secret").json()["webhook_secret"]
+    assert secret == alice.tenant.webhook_secret and len(secret) == 64
+    assert secret != jwt_for(bob).get("/v1/webhook-secret").json()["webhook_secret"]
+    assert client_for(alice).get("/v1/webhook-secret").status_code == 403
