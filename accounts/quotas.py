@@ -180,9 +180,14 @@ def rate_check(request, *, principal_id: str, tier: Tier) -> RateState:
 
 
 def login_check(request, *, email: str) -> None:
-    """Throttles login attempts per client IP and per email; raises RateLimited when either is spent."""
+    """Throttles login attempts per client IP and per email; raises RateLimited when either is spent.
+
+    A request without REMOTE_ADDR (a unix socket behind a proxy, some WSGI hosts) shares one IP
+    bucket instead of failing: django-ratelimit's "ip" key raises for it.
+    """
+    ip_key = "ip" if request.META.get("REMOTE_ADDR") else (lambda _g, _r: "no-remote-addr")
     for group, key, rate in (
-        ("login-ip", "ip", settings.LOGIN_RATE_IP),
+        ("login-ip", ip_key, settings.LOGIN_RATE_IP),
         ("login-email", lambda _g, _r: email.strip().lower(), settings.LOGIN_RATE_EMAIL),
     ):
         usage = get_usage(request, group=group, key=key, rate=rate, increment=True)

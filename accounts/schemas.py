@@ -331,3 +331,33 @@ usage_schema = extend_schema(
         **error_responses(400, 401, 403),
     },
 )
+
+webhook_secret_schema = extend_schema(
+    operation_id="webhook_secret_retrieve",
+    tags=["jobs"],
+    summary="The secret that signs this tenant's job webhooks",
+    auth=JWT_ONLY,
+    responses={
+        200: OpenApiResponse(
+            inline_serializer(
+                "WebhookSecret",
+                fields={
+                    "webhook_secret": serializers.CharField(),
+                    "header": serializers.CharField(help_text="The request header that carries the signature."),
+                    "algorithm": serializers.CharField(),
+                },
+            ),
+            examples=[
+                OpenApiExample(
+                    "secret",
+                    value={
+                        "webhook_secret": "whsec_9f2c4e7a1b3d5f60",
+                        "header": "X-Embedplatform-Signature",
+                        "algorithm": "sha256=HMAC-SHA256(secret, raw body), hex",
+                    },
+                )
+            ],
+        ),
+        **error_responses(*MANAGEMENT_ERRORS),
+    },
+)

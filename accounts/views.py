@@ -182,6 +182,7 @@ class WebhookSecretApi(APIView):
     permission_classes = [IsJwtAuthenticated]
     jwt_required_for = "the webhook secret"
 
+    @schemas.webhook_secret_schema
     def get(self, request: Request) -> Response:
         tenant = request_tenant(request)
         return Response({"webhook_secret": tenant.webhook_secret, "header": "X-Embedplatform-Signature",
