@@ -124,7 +124,7 @@ def signup_schema(input_serializer):
                     )
                 ],
             ),
-            **error_responses(*PUBLIC_ERRORS),
+            **error_responses(*PUBLIC_ERRORS, 409),
         },
         examples=[
             OpenApiExample(

@@ -58,7 +58,7 @@ ERROR_DOCS: dict[int, tuple[str, dict]] = {
         _err("Not found.", "invalid_request_error", "not_found", "id"),
     ),
     409: (
-        "The job has not succeeded (yet).",
+        "Conflict: the email is taken (sign-up), or the job has not succeeded yet (results).",
         _err("The job is running; results are available once it succeeded.", "invalid_request_error", "conflict"),
     ),
     413: (

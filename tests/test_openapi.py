@@ -140,6 +140,16 @@ def test_swagger_ui_is_served_with_no_cdn(client):
         assert b"".join(answer.streaming_content), asset
 
 
+@pytest.mark.django_db
+def test_login_without_remote_addr_is_answered_not_a_500(client, redis_db, alice):
+    """Found by the sweep below: django-ratelimit's "ip" key raised KeyError (500) when the WSGI
+    host sets no REMOTE_ADDR (a unix socket behind a proxy)."""
+    body = {"email": "alice@example.com", "password": "correct horse battery"}
+    for remote_addr in ("", None):  # the test client always sets one; a real host may not
+        answer = client.post("/v1/auth/login", body, content_type="application/json", REMOTE_ADDR=remote_addr)
+        assert answer.status_code == 200, answer.content
+
+
 # --- schemathesis: every operation, bounded, deterministic --------------------------------------
 # schemathesis.pytest's lazy `from_fixture(...).parametrize()` reads pytest internals that pytest 9
 # removed (Function._nodeid), so each operation runs its own Hypothesis test here instead.
