@@ -341,6 +341,7 @@ def job_chunks_claim(*, models: list[tuple[str, str]], lease_seconds: float, lim
     """
     lease = uuid.uuid4().hex
     with transaction.atomic(), connection.cursor() as cur:
+        cur.execute("SET LOCAL synchronous_commit TO OFF")  # a claim lost to a crash leaves the chunk queued
         cur.execute(_CLAIM, [[m for m, _ in models], [v for _, v in models], limit * 4, limit, lease, lease_seconds])
         rows = cur.fetchall()
     return [
@@ -360,7 +361,7 @@ _COMPLETE_JOB = """
 UPDATE embeddings_job SET done = done + %s, cached = cached + %s,
   status = CASE WHEN status = 'running' AND done + %s >= total THEN 'succeeded' ELSE status END,
   finished_at = CASE WHEN status = 'running' AND done + %s >= total THEN now() ELSE finished_at END
-WHERE id = %s RETURNING status, finished_at IS NOT NULL AND status = 'succeeded'
+WHERE id = %s RETURNING status, done >= total AND done - %s < total
 """
 
 
@@ -378,12 +379,10 @@ def job_chunk_complete(*, chunk: ClaimedChunk, cached: list[bool], tokens: int, 
         if not updated:
             return False
         with connection.cursor() as cur:
-            cur.execute(_COMPLETE_JOB, [n, hits, n, n, chunk.job_id])
-            status, _ = cur.fetchone()
-        if status == Job.Status.SUCCEEDED:
-            job = Job.objects.get(pk=chunk.job_id)
-            if job.webhook_url and job.finished_at is not None:
-                job_webhook_enqueue(job)
+            cur.execute(_COMPLETE_JOB, [n, hits, n, n, chunk.job_id, n])
+            status, finished_now = cur.fetchone()
+        if status == Job.Status.SUCCEEDED and finished_now:  # this chunk finished it: one webhook
+            job_webhook_enqueue(Job.objects.get(pk=chunk.job_id))
     usage_record(tenant_id=chunk.tenant_id, model=chunk.model, cache_hits=hits, cache_misses=n - hits, tokens=tokens,
                  compute_ms=compute_ms)
     return True

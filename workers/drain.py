@@ -18,6 +18,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -80,9 +81,20 @@ class Drainer:
         self._signals = [job_signal_key(m) for m in runtimes] if jobs is not None else []
         self._served = [(m, rt.spec.version) for m, rt in runtimes.items()]
         self._next_claim = 0.0
+        # A job pass's store + mark-done runs on this one thread while the next pass claims and
+        # embeds: the database work overlaps the model instead of adding to it. At most one
+        # pass is in flight, so memory stays flat and chunks finish in order.
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="job-writer") if jobs is not None else None
+        self._pending: Future | None = None
 
     def stop(self) -> None:
         self._stop.set()
+
+    def flush(self) -> None:
+        """Waits for the job pass being written, if any (run() does this when idle and at the end)."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
 
     def heartbeat(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -107,6 +119,11 @@ class Drainer:
             except Exception:
                 logger.exception("drain step failed")
                 time.sleep(0.1)
+        if self._writer is not None:
+            with contextlib.suppress(Exception):
+                self.flush()
+            self._writer.submit(self.jobs.close)  # the writer thread's own DB connection
+            self._writer.shutdown(wait=True)
         self._clear_heartbeat()
 
     def _clear_heartbeat(self) -> None:
@@ -142,6 +159,7 @@ class Drainer:
             if chunks:
                 return sum(self._run_chunks([c for c in chunks if c.model == m]) for m in {c.model for c in chunks})
             self._next_claim = time.monotonic() + self.jobs.poll_seconds
+            self.flush()  # no more chunks: let the last pass finish before idling
         model, items = self._take(block)
         if not items:
             return 0
@@ -195,10 +213,9 @@ class Drainer:
         return not any(pipe.execute())
 
     def _run_chunks(self, chunks: list) -> int:
-        """Embeds claimed job chunks of one model in one forward pass: cache hits are reused,
-        misses embedded and stored, then each chunk is marked done (once, even if its lease
-        was taken over). On a failure every chunk is given back for another try."""
-        model, version = chunks[0].model, chunks[0].version
+        """Embeds claimed job chunks of one model in one forward pass (cache hits are reused),
+        then hands the store and mark-done to the writer thread (_finish_chunks)."""
+        model = chunks[0].model
         runtime = self.runtimes[model]
         try:
             keys = [[text_key(t) for t in c.texts] for c in chunks]
@@ -210,6 +227,7 @@ class Drainer:
                     if key not in chunk_hits and key not in index:
                         index[key] = len(texts)
                         texts.append(text)
+            tokens = vectors = None
             compute_ms = 0.0
             if texts:
                 started = time.perf_counter()
@@ -217,25 +235,11 @@ class Drainer:
                 seconds = time.perf_counter() - started
                 compute_ms = seconds * 1000
                 metrics.batch_observe(model=model, texts=len(texts), tokens=int(tokens.sum()), seconds=seconds)
-                if self.upsert is not None:  # not swallowed: a chunk is done only once its vectors are stored
-                    by_scope: dict[int, dict[bytes, int]] = defaultdict(dict)
-                    for chunk, chunk_keys, chunk_hits in zip(chunks, keys, hits, strict=True):
-                        for key in chunk_keys:
-                            if key not in chunk_hits:
-                                by_scope[chunk.scope][key] = index[key]
-                    for scope, rows in by_scope.items():
-                        self.upsert(model=model, version=version, scope=scope,
-                                    rows=[(k, tokens[i], vectors[i]) for k, i in rows.items()])
-            total = sum(len(c.texts) for c in chunks)
-            for chunk, chunk_keys, chunk_hits in zip(chunks, keys, hits, strict=True):
-                n_tokens = sum(int(chunk_hits[k].tokens) if k in chunk_hits else int(tokens[index[k]]) for k in chunk_keys)
-                self.jobs.complete(chunk, cached=[k in chunk_hits for k in chunk_keys], tokens=n_tokens,
-                                   compute_ms=compute_ms * len(chunk.texts) / total)
         except Exception as exc:
-            logger.exception("job chunks %s failed", ", ".join(f"{c.job_id}@{c.start}" for c in chunks))
-            for chunk in chunks:
-                self.jobs.release(chunk, error=f"{exc.__class__.__name__}: {exc}"[:500])
+            self._release(chunks, exc)
             return 0
+        self.flush()  # the previous pass is stored before this one is handed over
+        self._pending = self._writer.submit(self._finish_chunks, chunks, keys, hits, index, tokens, vectors, compute_ms)
         self.stats.record(len(chunks), len(texts))
         with contextlib.suppress(redis_lib.RedisError):
             pipe = self.redis.pipeline(transaction=False)
@@ -245,6 +249,36 @@ class Drainer:
             pipe.hincrby(stats, "texts", len(texts))
             pipe.execute()
         return sum(len(c.texts) for c in chunks)
+
+    def _finish_chunks(self, chunks, keys, hits, index, tokens, vectors, compute_ms) -> None:
+        """On the writer thread: store the new vectors (not swallowed: a chunk is done only once
+        its vectors are stored), then mark each chunk done, once, even if its lease was taken over."""
+        model, version = chunks[0].model, chunks[0].version
+        try:
+            if index and self.upsert is not None:
+                by_scope: dict[int, dict[bytes, int]] = defaultdict(dict)
+                for chunk, chunk_keys, chunk_hits in zip(chunks, keys, hits, strict=True):
+                    for key in chunk_keys:
+                        if key not in chunk_hits:
+                            by_scope[chunk.scope][key] = index[key]
+                for scope, rows in by_scope.items():
+                    self.upsert(model=model, version=version, scope=scope,
+                                rows=[(k, tokens[i], vectors[i]) for k, i in rows.items()])
+            total = sum(len(c.texts) for c in chunks)
+            for chunk, chunk_keys, chunk_hits in zip(chunks, keys, hits, strict=True):
+                n_tokens = sum(int(chunk_hits[k].tokens) if k in chunk_hits else int(tokens[index[k]]) for k in chunk_keys)
+                self.jobs.complete(chunk, cached=[k in chunk_hits for k in chunk_keys], tokens=n_tokens,
+                                   compute_ms=compute_ms * len(chunk.texts) / total)
+        except Exception as exc:
+            self._release(chunks, exc)
+
+    def _release(self, chunks, exc: Exception) -> None:
+        logger.error("job chunks %s failed: %s", ", ".join(f"{c.job_id}@{c.start}" for c in chunks), exc, exc_info=exc)
+        for chunk in chunks:
+            try:
+                self.jobs.release(chunk, error=f"{exc.__class__.__name__}: {exc}"[:500])
+            except Exception:
+                logger.exception("could not give back chunk %s@%d; the sweeper will", chunk.job_id, chunk.start)
 
     def _one_by_one(self, runtime, items: list[WorkItem]) -> int:
         pipe = self.redis.pipeline(transaction=False)

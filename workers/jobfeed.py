@@ -6,7 +6,7 @@ or without jobs.
 
 from __future__ import annotations
 
-from django.db import close_old_connections
+from django.db import close_old_connections, connection
 
 from embeddings import cache
 from embeddings.services import ClaimedChunk, job_chunk_complete, job_chunk_release, job_chunks_claim
@@ -31,3 +31,7 @@ class JobFeed:
 
     def release(self, chunk: ClaimedChunk, *, error: str) -> None:
         job_chunk_release(chunk=chunk, error=error)
+
+    def close(self) -> None:
+        """Closes this thread's database connection (the drain loop's writer thread calls it last)."""
+        connection.close()
