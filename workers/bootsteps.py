@@ -78,7 +78,7 @@ class DrainStep(bootsteps.StartStopStep):
             upsert=_cache_upsert,
             name=hostname.replace(":", "_"),
             jobs=JobFeed(lease_seconds=settings.JOB_LEASE_SECONDS, poll_seconds=settings.JOB_POLL_SECONDS,
-                         chunks_per_pass=max(1, settings.MAX_BATCH_TEXTS // settings.JOB_CHUNK_TEXTS)),
+                         chunks_per_pass=max(1, settings.JOB_PASS_TEXTS // settings.JOB_CHUNK_TEXTS)),
         )
         self.drainer.run()
 

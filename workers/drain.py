@@ -160,7 +160,10 @@ class Drainer:
                 return sum(self._run_chunks([c for c in chunks if c.model == m]) for m in {c.model for c in chunks})
             self._next_claim = time.monotonic() + self.jobs.poll_seconds
             self.flush()  # no more chunks: let the last pass finish before idling
-        model, items = self._take(block)
+        return self._serve(*self._take(block))
+
+    def _serve(self, model: str, items: list[WorkItem]) -> int:
+        """One forward pass for interactive work items of `model`; stores, then wakes each."""
         if not items:
             return 0
         now = time.time()
@@ -202,15 +205,37 @@ class Drainer:
         pipe.execute()
         return len(texts)
 
+    def _interactive_waiting(self) -> bool:
+        pipe = self.redis.pipeline(transaction=False)
+        for name in self._lists:
+            pipe.llen(name)
+        return any(pipe.execute())
+
+    def _encode_yielding(self, runtime, texts: list[str]) -> tuple[np.ndarray, np.ndarray, float]:
+        """runtime.encode for a job pass, one forward pass at a time (shortest texts first), serving
+        any interactive request that arrived in between: a sync request waits for one forward
+        pass, not for a whole job pass. Returns (tokens, vectors, seconds spent in the model)."""
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        tokens = np.empty(len(texts), dtype=np.int32)
+        vectors = np.empty((len(texts), runtime.spec.dims), dtype=np.float32)
+        seconds = 0.0
+        for start in range(0, len(order), self.max_texts):
+            if start and self._interactive_waiting():
+                self._serve(*self._take(0.01))
+            part = order[start:start + self.max_texts]
+            began = time.perf_counter()
+            tokens[part], vectors[part] = runtime.encode(
+                [texts[i] for i in part], max_texts=self.max_texts, max_tokens=self.max_tokens
+            )
+            seconds += time.perf_counter() - began
+        return tokens, vectors, seconds
+
     def _job_turn(self) -> bool:
         """Job chunks run only when no interactive request waits (they go first) and, after an
         empty claim, once per poll interval or when a job signal arrives."""
         if time.monotonic() < self._next_claim:
             return False
-        pipe = self.redis.pipeline(transaction=False)
-        for name in self._lists:
-            pipe.llen(name)
-        return not any(pipe.execute())
+        return not self._interactive_waiting()
 
     def _run_chunks(self, chunks: list) -> int:
         """Embeds claimed job chunks of one model in one forward pass (cache hits are reused),
@@ -230,9 +255,7 @@ class Drainer:
             tokens = vectors = None
             compute_ms = 0.0
             if texts:
-                started = time.perf_counter()
-                tokens, vectors = runtime.encode(texts, max_texts=self.max_texts, max_tokens=self.max_tokens)
-                seconds = time.perf_counter() - started
+                tokens, vectors, seconds = self._encode_yielding(runtime, texts)
                 compute_ms = seconds * 1000
                 metrics.batch_observe(model=model, texts=len(texts), tokens=int(tokens.sum()), seconds=seconds)
         except Exception as exc:

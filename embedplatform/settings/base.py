@@ -257,7 +257,10 @@ from embedplatform.settings.celery import *  # noqa: E402,F403
 # --- Jobs --------------------------------------------------------------------------------
 JOB_MAX_TEXTS: int = env.int("JOB_MAX_TEXTS", default=100_000)  # hard cap; tiers set their own max_job_texts
 JOB_MAX_REQUEST_BYTES: int = env.int("JOB_MAX_REQUEST_BYTES", default=64 * 1024 * 1024)
-JOB_CHUNK_TEXTS: int = env.int("JOB_CHUNK_TEXTS", default=64)  # texts per claim: one forward pass
+JOB_CHUNK_TEXTS: int = env.int("JOB_CHUNK_TEXTS", default=64)  # texts per JobChunk row
+# Texts a worker claims per job pass (whole chunks; forward passes inside stay MAX_BATCH_TEXTS).
+# Bigger passes spread the per-pass database work; a sync request may wait one pass.
+JOB_PASS_TEXTS: int = env.int("JOB_PASS_TEXTS", default=max(128, MAX_BATCH_TEXTS))
 JOB_LEASE_SECONDS: int = env.int("JOB_LEASE_SECONDS", default=120)  # a claimed chunk not done by then is re-queued
 JOB_MAX_ATTEMPTS: int = env.int("JOB_MAX_ATTEMPTS", default=5)  # claims of one chunk before the job fails
 JOB_POLL_SECONDS: float = env.float("JOB_POLL_SECONDS", default=1.0)  # idle workers look for chunks this often

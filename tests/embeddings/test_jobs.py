@@ -264,3 +264,38 @@ def test_one_claim_fills_a_pass_with_chunks_of_every_job_in_turn(alice, bob, red
         [(str(big.pk), 0), (str(big.pk), 4), (str(small.pk), 0), (str(small.pk), 4)]
     )
     assert len({c.lease for c in chunks}) == 1 and Job.objects.get(pk=small.pk).status == "running"
+
+
+def test_a_sync_request_is_served_between_the_forward_passes_of_a_job_pass(alice, redis_db, minilm, transactional_db,
+                                                                          settings):
+    """GIVEN a job pass of 4 forward passes WHEN a request arrives during the first THEN it is
+    answered before the job pass ends, not after it."""
+    settings.JOB_CHUNK_TEXTS = 8
+    job_create(tenant=alice.tenant, texts=[f"long pass {i}" for i in range(32)], options=EmbedOptions(model=MODEL))
+    answered_during_pass = []
+
+    class Arriving:  # the real runtime; a request arrives while its first forward pass runs
+        spec = minilm.spec
+
+        def __init__(self):
+            self.calls = 0
+            self.item = None
+
+        def encode(self, texts, **kwargs):
+            self.calls += 1
+            if self.calls == 1:
+                self.item = waiting.work_submit(model=MODEL, texts=["urgent"], keys=[text_key("urgent")],
+                                                scope=alice.tenant.pk, wait=10)
+            elif self.item is not None and redis_db.llen(f"embed:r:{self.item.id}"):
+                answered_during_pass.append(self.calls)
+            return minilm.encode(texts, **kwargs)
+
+    runtime = Arriving()
+    loop = Drainer(runtimes={MODEL: runtime}, redis=redis_db, max_texts=8, max_tokens=16384, upsert=cache_upsert,
+                   name="yield", jobs=JobFeed(lease_seconds=30, poll_seconds=0, chunks_per_pass=4))
+    loop.heartbeat(force=True)
+    assert loop.run_once(block=0.1) == 32  # one job pass: 4 chunks, 4 forward passes of 8
+    loop.flush()
+    assert answered_during_pass and answered_during_pass[0] <= 3  # the 1-text pass ran between job passes
+    tokens, vectors = waiting.work_wait(runtime.item, wait=1, dims=384)
+    assert float(np.dot(vectors[0], minilm.encode(["urgent"])[1][0])) > 0.999
