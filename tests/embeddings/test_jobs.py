@@ -297,5 +297,5 @@ def test_a_sync_request_is_served_between_the_forward_passes_of_a_job_pass(alice
     assert loop.run_once(block=0.1) == 32  # one job pass: 4 chunks, 4 forward passes of 8
     loop.flush()
     assert answered_during_pass and answered_during_pass[0] <= 3  # the 1-text pass ran between job passes
-    tokens, vectors = waiting.work_wait(runtime.item, wait=1, dims=384)
+    _, vectors = waiting.work_wait(runtime.item, wait=1, dims=384)
     assert float(np.dot(vectors[0], minilm.encode(["urgent"])[1][0])) > 0.999
