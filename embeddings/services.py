@@ -333,13 +333,15 @@ ORDER BY claimed.job_id, claimed.start
 """
 
 
-def job_chunks_claim(*, models: list[tuple[str, str]], lease_seconds: float, limit: int = 1) -> list[ClaimedChunk]:
+def job_chunks_claim(*, models: list[tuple[str, str]], lease_seconds: float, limit: int = 1,
+                     owner: str = "") -> list[ClaimedChunk]:
     """Claims up to `limit` queued chunks for `models` ((name, version) pairs), possibly none.
 
     Fair turns: higher tier priority first, then the chunks of concurrent jobs (and tenants)
-    interleave instead of one job running to its end. Each claim has its own lease token.
+    interleave instead of one job running to its end. Each claim has its own lease token,
+    which names `owner` (the worker) for operators.
     """
-    lease = uuid.uuid4().hex
+    lease = f"{uuid.uuid4().hex[:12]}@{owner}"[:32] if owner else uuid.uuid4().hex
     with transaction.atomic(), connection.cursor() as cur:
         cur.execute("SET LOCAL synchronous_commit TO OFF")  # a claim lost to a crash leaves the chunk queued
         cur.execute(_CLAIM, [[m for m, _ in models], [v for _, v in models], limit * 4, limit, lease, lease_seconds])

@@ -155,7 +155,7 @@ class Drainer:
 
     def run_once(self, block: float = 1.0) -> int:
         if self.jobs is not None and self._job_turn():
-            chunks = self.jobs.claim(self._served)
+            chunks = self.jobs.claim(self._served, owner=self.name)
             if chunks:
                 return sum(self._run_chunks([c for c in chunks if c.model == m]) for m in {c.model for c in chunks})
             self._next_claim = time.monotonic() + self.jobs.poll_seconds

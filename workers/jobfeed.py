@@ -18,9 +18,10 @@ class JobFeed:
         self.poll_seconds = poll_seconds
         self.chunks_per_pass = chunks_per_pass  # ~ MAX_BATCH_TEXTS / JOB_CHUNK_TEXTS: fill one forward pass
 
-    def claim(self, models: list[tuple[str, str]]) -> list[ClaimedChunk]:
+    def claim(self, models: list[tuple[str, str]], *, owner: str = "") -> list[ClaimedChunk]:
         close_old_connections()  # a long-lived thread: drop a connection the server closed
-        return job_chunks_claim(models=models, lease_seconds=self.lease_seconds, limit=self.chunks_per_pass)
+        return job_chunks_claim(models=models, lease_seconds=self.lease_seconds, limit=self.chunks_per_pass,
+                                owner=owner)
 
     def lookup(self, chunk: ClaimedChunk, keys: list[bytes]) -> dict[bytes, cache.Hit]:
         scopes = [chunk.scope] if chunk.scope == cache.PUBLIC_SCOPE else [chunk.scope, cache.PUBLIC_SCOPE]
