@@ -30,8 +30,8 @@ INPUT_TOO_LONG = (
 )
 WAIT_TIMED_OUT = "The embedding was not ready within {seconds:g} s; retry the request."
 QUOTA_EXCEEDED = (
-    "Your {period} quota of {limit} texts is used up ({used} used, this request has {texts}); "
-    "it resets at {reset} UTC. Upgrade your tier for more."
+    "This request's {texts} texts would exceed your {period} quota of {limit} texts ({used} used); "
+    "it resets at {reset} UTC. Send fewer texts, or upgrade your tier for more."
 )
 RATE_LIMITED = "Too many requests: your key may send {limit} requests per minute; retry in {retry_after} s."
 BATCH_TOO_LARGE = "This request has {texts} texts; your tier ({tier}) allows at most {limit} per request."

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -63,6 +64,18 @@ class Services:
         if self.pg is not None:
             embedded.stop_postgres(self.pg)
             self.pg = None
+
+
+def web_env(env) -> dict[str, str]:
+    """The web's environment: gunicorn runs several processes, so /metrics sums them through
+    prometheus_client's multiprocess files in a directory emptied at each start (unless the
+    operator set PROMETHEUS_MULTIPROC_DIR)."""
+    if env.get("PROMETHEUS_MULTIPROC_DIR"):
+        return env
+    directory = _var_dir(env) / "prometheus-web"
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    return {**env, "PROMETHEUS_MULTIPROC_DIR": str(directory)}
 
 
 def cmd_web(env) -> list[str]:
@@ -171,7 +184,7 @@ def run_all(env, device: str) -> int:
     try:
         migrate(env)
         worker_cmd, worker_env = cmd_worker(env, device)
-        for name, cmd, penv in (("web", cmd_web(env), env), ("worker", worker_cmd, worker_env),
+        for name, cmd, penv in (("web", cmd_web(env), web_env(env)), ("worker", worker_cmd, worker_env),
                                 ("provider-worker", cmd_provider_worker(env), _metrics_port_next(env)),
                                 ("beat", cmd_beat(env), env), ("flower", cmd_flower(env), env)):
             procs.append((name, subprocess.Popen(cmd, env=penv, cwd=ROOT, start_new_session=True)))
@@ -227,7 +240,7 @@ def main() -> int:
     if args.what == "web":
         if not args.no_migrate:
             migrate(env)
-        cmd, penv = cmd_web(env), env
+        cmd, penv = cmd_web(env), web_env(env)
     elif args.what == "worker":
         cmd, penv = cmd_worker(env, args.device)
     elif args.what == "beat":
