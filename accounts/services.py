@@ -90,7 +90,7 @@ def usage_record(*, tenant_id: int, model: str, cache_hits: int = 0, cache_misse
     member = f"{(day or timezone.now().date()).isoformat()}|{tenant_id}|{model}"
     own = pipe is None
     if own:
-        pipe = redis_client().pipeline(transaction=True)
+        pipe = redis_client().pipeline(transaction=False)  # no MULTI/EXEC: usage_flush RENAMEs, so no torn reads
     key = _USAGE + member
     for field, value in (("cache_hits", cache_hits), ("cache_misses", cache_misses), ("tokens", tokens)):
         if value:

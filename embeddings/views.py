@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import contextlib
 import time
 
 import orjson
 from django.conf import settings
 from django.http import StreamingHttpResponse
+from redis.exceptions import RedisError
 from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -53,8 +55,11 @@ class DataPlaneApi(APIView):
         response = super().finalize_response(request, response, *args, **kwargs)
         tenant = getattr(request, "limit_tenant", None)
         if tenant is not None:
-            quota = getattr(request, "quota_state", None) or quota_state(tenant=tenant)
-            for name, value in quota.headers().items():
+            quota = getattr(request, "quota_state", None)
+            if quota is None:
+                with contextlib.suppress(RedisError):  # headers are best effort: Redis may be what failed
+                    quota = quota_state(tenant=tenant)
+            for name, value in (quota.headers() if quota else {}).items():
                 response[name] = value
             rate = getattr(request, "rate_state", None)
             if rate is not None:

@@ -11,7 +11,9 @@ from __future__ import annotations
 import logging
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.db import DatabaseError, IntegrityError
 from django.http import Http404, JsonResponse
+from redis.exceptions import RedisError
 from rest_framework import exceptions as drf
 from rest_framework.response import Response
 
@@ -38,6 +40,7 @@ BATCH_TOO_LARGE = "This request has {texts} texts; your tier ({tier}) allows at 
 LOGIN_THROTTLED = "Too many login attempts; retry in {retry_after} s."
 NO_TENANT = "This user belongs to no tenant; sign up or use an API key."
 JWT_REQUIRED = "Managing {what} needs a user session: send `Authorization: Bearer <access token>` from POST /v1/auth/login (an API key cannot)."
+DEPENDENCY_DOWN = "The database or Redis is unavailable right now; retry shortly."
 WORKERS_UNAVAILABLE = "No worker is serving `{model}` right now; retry shortly."
 
 
@@ -176,6 +179,12 @@ def exception_handler(exc, context):
         if getattr(exc, "wait", None):
             headers["Retry-After"] = str(int(exc.wait))
         return Response(error_body(str(exc.detail), type=type_, code=code), status=exc.status_code, headers=headers)
+    if isinstance(exc, (DatabaseError, RedisError)) and not isinstance(exc, IntegrityError):
+        # A dependency went away (restart, failover, network): the request may be retried.
+        # The broken database connection is dropped at the end of this request.
+        logger.warning("dependency error in %s: %s", context.get("view"), exc.__class__.__name__)
+        return Response(error_body(DEPENDENCY_DOWN, type="server_error", code="dependency_unavailable"), status=503,
+                        headers={"Retry-After": "2"})
     # Anything else is a bug: log it with its traceback and answer with the envelope, no details.
     logger.exception("unhandled error in %s", context.get("view"))
     return Response(error_body("Internal server error.", type="server_error", code="internal_error"), status=500)
