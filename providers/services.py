@@ -43,6 +43,7 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 MAX_INPUTS_LIMIT = 2048
 PUBLIC_REFUSED = "public=true is not available for provider models: their vectors stay in your own cache scope."
 TEST_TEXT = "embedplatform provider test"
+NO_PROVIDER_WORKER = "No provider worker is running (make provider-worker); retry shortly."
 MODEL_NAME_MAX = 200  # `<provider>/<model>` is the cache's model column (varchar 200)
 
 
@@ -224,12 +225,14 @@ def provider_submit(*, spec: ProviderModelSpec, texts: list[str], keys: list[byt
     Raises InvalidInput for public=true (provider vectors stay in the tenant's scope) and
     Overloaded when the broker cannot take the message.
     """
-    from embeddings.waiting import WorkItem
-    from workers.queues import PROVIDER_QUEUE
+    from embeddings.waiting import WorkItem, redis_client
+    from workers.queues import PROVIDER_QUEUE, provider_alive_key
     from workers.tasks import provider_embed as provider_embed_task
 
     if scope != spec.tenant_id:
         raise InvalidInput(PUBLIC_REFUSED, param="public")
+    if not redis_client().exists(provider_alive_key()):
+        raise Overloaded(NO_PROVIDER_WORKER, retry_after=5, code="no_worker")
     item = WorkItem(id=uuid.uuid4().hex, model=spec.name, texts=texts, keys=keys, scope=scope,
                     deadline=time.time() + wait)
     try:

@@ -47,12 +47,31 @@ class DrainStep(bootsteps.StartStopStep):
         return [name for name, spec in model_specs().items() if spec.queue in consumed]
 
     def start(self, worker):
+        from workers.queues import PROVIDER_QUEUE
+
+        if PROVIDER_QUEUE in set((worker.app.amqp.queues.consume_from or {}).keys()):
+            self.beat = threading.Thread(target=self._provider_heartbeat, args=(worker.hostname,),
+                                         name="provider-heartbeat", daemon=True)
+            self.beat.start()
         models = self._models(worker)
         if not models:
             logger.info("this worker consumes no model queue; no drain loop")
             return
         self.thread = threading.Thread(target=self._run, args=(models, worker.hostname), name="drain", daemon=True)
         self.thread.start()
+
+    def _provider_heartbeat(self, hostname: str) -> None:
+        """Tells the API a provider worker is alive (so BYOK misses get a fast 503 when none is)."""
+        from embeddings.waiting import redis_client
+        from workers.queues import provider_alive_key
+
+        while True:
+            try:
+                redis_client().set(provider_alive_key(), hostname, ex=10)
+            except Exception as exc:  # Redis away: keep trying, the API refuses meanwhile
+                logger.warning("provider heartbeat failed: %s", exc)
+            if self._stopping.wait(2.0):
+                return
 
     def _run(self, models: list[str], hostname: str) -> None:
         from embeddings.registry import model_get

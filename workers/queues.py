@@ -53,3 +53,8 @@ def job_signal_key(model: str) -> str:
     themselves wait in Postgres, and idle workers poll Postgres anyway, so a lost signal
     (broker flushed or restarted) delays a job by at most a poll interval."""
     return f"embed:jobs:{model}"
+
+
+def provider_alive_key() -> str:
+    """Set with a short TTL by every worker consuming the provider queue (workers/bootsteps.py)."""
+    return "embed:providers-alive"

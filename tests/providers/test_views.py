@@ -126,3 +126,15 @@ def test_the_test_endpoint_says_what_failed(alice, jwt_client, fake, alice_provi
     body = jwt_client(alice).post(f"/v1/providers/{alice_provider['id']}/test").json()
     assert "answered 401: Incorrect API key provided: sk-...WXYZ" in body["error"]
     assert SECRET not in str(body)
+
+
+def test_with_no_provider_worker_a_miss_is_a_fast_503(charlie, client_for, fake, redis_db):
+    """No worker consumes the provider queue (none started, heartbeat key absent): the request
+    is refused at once with 503 + Retry-After instead of waiting out SYNC_WAIT_SECONDS."""
+    from providers.services import provider_create
+
+    provider_create(tenant=charlie.tenant, name="lonely", preset="openai", endpoint=fake.url(), api_key="sk-test-1234")
+    response = client_for(charlie).post("/v1/embeddings", {"model": "lonely/text-embedding-3-small", "input": "x"},
+                                        format="json")
+    assert response.status_code == 503 and response["Retry-After"] == "5"
+    assert response.json()["error"]["code"] == "no_worker"
