@@ -65,11 +65,15 @@ class DrainStep(bootsteps.StartStopStep):
         from embeddings.waiting import redis_client
         from workers.queues import provider_alive_key
 
+        failing = False
         while True:
             try:
                 redis_client().set(provider_alive_key(), hostname, ex=10)
-            except Exception as exc:  # Redis away: keep trying, the API refuses meanwhile
-                logger.warning("provider heartbeat failed: %s", exc)
+                failing = False
+            except Exception as exc:  # Redis away: keep trying (the API refuses meanwhile), log once
+                if not failing and not self._stopping.is_set():
+                    logger.warning("provider heartbeat failed: %s", exc.__class__.__name__)
+                failing = True
             if self._stopping.wait(2.0):
                 return
 
