@@ -1,8 +1,9 @@
-"""Read-only view of the embedding cache (vectors are shown by size, never dumped)."""
+"""Read-only views of the embedding cache (vectors are never dumped) and of jobs (with a cancel action)."""
 
-from django.contrib import admin
+from django.contrib import admin, messages
 
-from embeddings.models import CachedEmbedding
+from embeddings.models import CachedEmbedding, Job
+from embeddings.services import job_cancel
 
 
 @admin.register(CachedEmbedding)
@@ -26,3 +27,35 @@ class CachedEmbeddingAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None) -> bool:
         return False
+
+
+@admin.register(Job)
+class JobAdmin(admin.ModelAdmin):
+    """Jobs, read-only, with their progress; operators may cancel them."""
+
+    list_display = ("id", "tenant", "model", "status", "progress", "cached", "created_at", "finished_at")
+    list_filter = ("status", "model")
+    search_fields = ("=id", "tenant__name")
+    readonly_fields = ("id", "tenant", "model", "model_version", "scope", "options", "status", "total", "done",
+                       "cached", "priority", "served_at", "error", "webhook_url", "webhook_status", "created_at",
+                       "started_at", "finished_at")
+    fields = readonly_fields
+    list_select_related = ("tenant",)
+    actions = ["cancel"]
+
+    @admin.display(description="done")
+    def progress(self, obj: Job) -> str:
+        return f"{obj.done}/{obj.total}"
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+    @admin.action(description="Cancel the selected jobs (queued work is dropped)")
+    def cancel(self, request, queryset):
+        cancelled = 0
+        for job in queryset.select_related("tenant"):
+            cancelled += job_cancel(tenant=job.tenant, job_id=job.pk).status == Job.Status.CANCELLED
+        self.message_user(request, f"{cancelled} job(s) cancelled.", messages.SUCCESS)

@@ -9,7 +9,8 @@ from django.urls import reverse
 
 from accounts.models import ApiKey, DailyUsage, User
 from embeddings.cache import cache_upsert, text_key
-from embeddings.models import CachedEmbedding
+from embeddings.models import CachedEmbedding, Job
+from embeddings.services import EmbedOptions, job_create
 
 pytestmark = pytest.mark.django_db
 
@@ -20,6 +21,7 @@ def staff_client(alice):
     DailyUsage.objects.create(tenant=alice.tenant, day="2026-11-20", model="all-MiniLM-L6-v2", cache_hits=3)
     cache_upsert(model="all-MiniLM-L6-v2", version="v", scope=alice.tenant.pk,
                  rows=[(text_key("hello"), 2, np.ones(4, dtype=np.float32))])
+    job_create(tenant=alice.tenant, texts=["queued a", "queued b"], options=EmbedOptions(model="all-MiniLM-L6-v2"))
     client = Client()
     client.force_login(staff)
     return client
@@ -36,6 +38,8 @@ def _pages(alice):
         pages += [reverse(f"admin:accounts_{model}_changelist"), reverse(f"admin:accounts_{model}_change", args=[obj.pk])]
     pages += [reverse("admin:embeddings_cachedembedding_changelist"),
               reverse("admin:embeddings_cachedembedding_change", args=[cached.pk])]
+    job = Job.objects.first()
+    pages += [reverse("admin:embeddings_job_changelist"), reverse("admin:embeddings_job_change", args=[job.pk])]
     return pages
 
 
@@ -64,3 +68,12 @@ def test_non_staff_users_are_refused(staff_client, alice):
     for url in _pages(alice):
         response = client.get(url)
         assert response.status_code == 302 and "/admin/login/" in response["Location"], url
+
+
+def test_the_admin_cancels_jobs(staff_client, alice):
+    job = Job.objects.get(tenant=alice.tenant)
+    response = staff_client.post(reverse("admin:embeddings_job_changelist"),
+                                 {"action": "cancel", "_selected_action": [str(job.pk)]})
+    assert response.status_code == 302
+    job.refresh_from_db()
+    assert job.status == "cancelled" and not job.chunks.filter(status="queued").exists()
