@@ -45,18 +45,25 @@ def test_two_workers_share_a_job_and_a_killed_one_loses_nothing(alice, worker_pr
     settings.JOB_CHUNK_TEXTS = 32
     for key in redis_keys(worker_procs.redis, "embed:stats:[ab]@*"):
         worker_procs.redis.delete(key)  # counters of an earlier run
-    texts = [f"durable {i} {uuid.uuid4().hex[:8]}" for i in range(1500)]
-    job = job_create(tenant=alice.tenant, texts=texts, options=EmbedOptions(model=MODEL))
     a = worker_procs("a", JOB_LEASE_SECONDS="3")
     b = worker_procs("b", JOB_LEASE_SECONDS="3")
     redis = worker_procs.redis
+
+    def both_alive() -> bool:  # models loaded, drain loops beating: the job starts for both at once
+        beats = {k.decode().rsplit(":", 1)[1][:2] for k in redis.scan_iter(match=f"embed:hb:{MODEL}:*")}
+        return {"a@", "b@"} <= beats
+
+    _until(both_alive, 120, "both workers to load the model", (a, b))
+    texts = [f"durable {i} {uuid.uuid4().hex[:8]}" for i in range(3000)]
+    job = job_create(tenant=alice.tenant, texts=texts, options=EmbedOptions(model=MODEL))
 
     def both_working() -> bool:
         names = [k.decode() for w in ("a", "b") for k in redis.scan_iter(match=f"embed:stats:{w}@*")]
         chunks = [int(redis.hget(n, "job_chunks") or 0) for n in names]
         return len(names) == 2 and all(c > 0 for c in chunks)
 
-    _until(both_working, 120, "both workers to take job chunks", (a, b))
+    _until(both_working, 60, "both workers to take job chunks", (a, b))
+
     def a_holds_a_claim() -> bool:  # leases name their worker: "<token>@a@<host>"
         return JobChunk.objects.filter(job=job, status="running", lease__contains="@a@").exists()
 
