@@ -78,6 +78,8 @@ MIDDLEWARE = [
     "embedplatform.logs.RequestIdMiddleware",  # first: every later line of a request carries its id
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # The admin's CSS/JS under gunicorn with DEBUG off, straight from the apps (no collectstatic).
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -94,7 +96,11 @@ USE_TZ = True
 TIME_ZONE = "UTC"
 LANGUAGE_CODE = "en-us"
 STATIC_URL = "static/"
-STATIC_ROOT = VAR_DIR / "static"
+# Unset: WhiteNoise serves the apps' files directly (finders); set it to serve a collectstatic tree.
+STATIC_ROOT = env.str("STATIC_ROOT", default="") or None
+# https://whitenoise.readthedocs.io/en/stable/django.html#WHITENOISE_USE_FINDERS
+WHITENOISE_USE_FINDERS = True
+WHITENOISE_AUTOREFRESH = False
 APPEND_SLASH = False
 
 TEMPLATES = [

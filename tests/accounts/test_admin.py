@@ -77,3 +77,9 @@ def test_the_admin_cancels_jobs(staff_client, alice):
     assert response.status_code == 302
     job.refresh_from_db()
     assert job.status == "cancelled" and not job.chunks.filter(status="queued").exists()
+
+
+def test_the_admin_static_files_are_served_with_debug_off(client, settings):
+    settings.DEBUG = False
+    response = client.get("/static/admin/css/base.css")
+    assert response.status_code == 200 and b"body" in b"".join(response.streaming_content)
