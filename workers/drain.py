@@ -90,6 +90,17 @@ class Drainer:
     def stop(self) -> None:
         self._stop.set()
 
+    def close(self) -> None:
+        """Lets the job pass being written finish, then stops the writer thread and closes its
+        database connection. run() calls it on the way out; a caller of run_once() calls it last."""
+        writer, self._writer = self._writer, None
+        if writer is None:
+            return
+        with contextlib.suppress(Exception):
+            self.flush()
+        writer.submit(self.jobs.close)
+        writer.shutdown(wait=True)
+
     def flush(self) -> None:
         """Waits for the job pass being written, if any (run() does this when idle and at the end)."""
         pending, self._pending = self._pending, None
@@ -119,11 +130,7 @@ class Drainer:
             except Exception:
                 logger.exception("drain step failed")
                 time.sleep(0.1)
-        if self._writer is not None:
-            with contextlib.suppress(Exception):
-                self.flush()
-            self._writer.submit(self.jobs.close)  # the writer thread's own DB connection
-            self._writer.shutdown(wait=True)
+        self.close()
         self._clear_heartbeat()
 
     def _clear_heartbeat(self) -> None:

@@ -27,6 +27,21 @@ from workers.queues import job_signal_key
 MODEL = "all-MiniLM-L6-v2"
 
 
+@pytest.fixture
+def job_loop(transactional_db):
+    """Makes drain loops with jobs, driven step by step; closes them (their writer thread) at the end."""
+    loops = []
+
+    def make(**kwargs) -> Drainer:
+        loop = Drainer(**kwargs)
+        loops.append(loop)
+        return loop
+
+    yield make
+    for loop in loops:
+        loop.close()
+
+
 def _wait_job(client, job_id, timeout=60.0) -> dict:
     deadline = time.monotonic() + timeout
     seen = []
@@ -133,7 +148,7 @@ def test_job_admission_errors(alice, charlie, client_for, redis_db, settings):
     assert client.get("/v1/usage").json()["quota"]["used_today"] == 0  # refusals count nothing
 
 
-def test_embed_batch_falls_back_to_a_job_when_wait_runs_out(alice, client_for, redis_db, minilm, transactional_db):
+def test_embed_batch_falls_back_to_a_job_when_wait_runs_out(job_loop, alice, client_for, redis_db, minilm, transactional_db):
     redis_db.set(f"embed:alive:{MODEL}", "slow-worker", ex=30)  # a worker is alive, but busy
     client = client_for(alice)
     texts = [f"fallback {i} {uuid.uuid4().hex[:6]}" for i in range(3)]
@@ -147,7 +162,7 @@ def test_embed_batch_falls_back_to_a_job_when_wait_runs_out(alice, client_for, r
     assert timeout.status_code == 504  # the OpenAI shape has no 202
     assert client.get("/v1/usage").json()["quota"]["used_today"] == 4  # jobs keep the count, 504 is refunded
 
-    loop = Drainer(runtimes={MODEL: minilm}, redis=redis_db, max_texts=64, max_tokens=16384, upsert=cache_upsert,
+    loop = job_loop(runtimes={MODEL: minilm}, redis=redis_db, max_texts=64, max_tokens=16384, upsert=cache_upsert,
                    name="late", jobs=JobFeed(lease_seconds=30, poll_seconds=0))
     for _ in range(5):  # the expired sync items are dropped, then both jobs run
         loop.run_once(block=0.1)
@@ -157,10 +172,10 @@ def test_embed_batch_falls_back_to_a_job_when_wait_runs_out(alice, client_for, r
     assert [r["index"] for r in rows] == [0, 1, 2]
 
 
-def test_interactive_requests_go_ahead_of_job_chunks(alice, redis_db, minilm, transactional_db, settings):
+def test_interactive_requests_go_ahead_of_job_chunks(job_loop, alice, redis_db, minilm, transactional_db, settings):
     settings.JOB_CHUNK_TEXTS = 8
     job_create(tenant=alice.tenant, texts=[f"bulk {i}" for i in range(32)], options=EmbedOptions(model=MODEL))
-    loop = Drainer(runtimes={MODEL: minilm}, redis=redis_db, max_texts=64, max_tokens=16384, upsert=cache_upsert,
+    loop = job_loop(runtimes={MODEL: minilm}, redis=redis_db, max_texts=64, max_tokens=16384, upsert=cache_upsert,
                    name="prio", jobs=JobFeed(lease_seconds=30, poll_seconds=0))
     loop.heartbeat(force=True)
     assert loop.run_once(block=0.1) == 8  # a chunk
@@ -184,14 +199,14 @@ def test_chunks_of_different_tenants_interleave(alice, bob, redis_db, transactio
     assert order[:4].count(str(big.pk)) == 2
 
 
-def test_a_dead_workers_chunk_is_swept_back_and_counted_once(alice, redis_db, minilm, transactional_db, settings):
+def test_a_dead_workers_chunk_is_swept_back_and_counted_once(job_loop, alice, redis_db, minilm, transactional_db, settings):
     settings.JOB_CHUNK_TEXTS = 4
     job = job_create(tenant=alice.tenant, texts=[f"s{i}" for i in range(8)], options=EmbedOptions(model=MODEL))
     dead = job_chunk_claim(models=[(MODEL, "gt-0.1.0")], lease_seconds=0.01)  # claimed, then its worker died
     time.sleep(0.05)
     assert job_sweep() == 1
     assert redis_db.lrange(job_signal_key(MODEL), 0, -1)  # the workers are poked
-    loop = Drainer(runtimes={MODEL: minilm}, redis=redis_db, max_texts=64, max_tokens=16384, upsert=cache_upsert,
+    loop = job_loop(runtimes={MODEL: minilm}, redis=redis_db, max_texts=64, max_tokens=16384, upsert=cache_upsert,
                    name="alive", jobs=JobFeed(lease_seconds=30, poll_seconds=0))
     while loop.run_once(block=0.1):
         pass
@@ -266,7 +281,7 @@ def test_one_claim_fills_a_pass_with_chunks_of_every_job_in_turn(alice, bob, red
     assert len({c.lease for c in chunks}) == 1 and Job.objects.get(pk=small.pk).status == "running"
 
 
-def test_a_sync_request_is_served_between_the_forward_passes_of_a_job_pass(alice, redis_db, minilm, transactional_db,
+def test_a_sync_request_is_served_between_the_forward_passes_of_a_job_pass(job_loop, alice, redis_db, minilm, transactional_db,
                                                                           settings):
     """GIVEN a job pass of 4 forward passes WHEN a request arrives during the first THEN it is
     answered before the job pass ends, not after it."""
@@ -291,7 +306,7 @@ def test_a_sync_request_is_served_between_the_forward_passes_of_a_job_pass(alice
             return minilm.encode(texts, **kwargs)
 
     runtime = Arriving()
-    loop = Drainer(runtimes={MODEL: runtime}, redis=redis_db, max_texts=8, max_tokens=16384, upsert=cache_upsert,
+    loop = job_loop(runtimes={MODEL: runtime}, redis=redis_db, max_texts=8, max_tokens=16384, upsert=cache_upsert,
                    name="yield", jobs=JobFeed(lease_seconds=30, poll_seconds=0, chunks_per_pass=4))
     loop.heartbeat(force=True)
     assert loop.run_once(block=0.1) == 32  # one job pass: 4 chunks, 4 forward passes of 8
