@@ -56,6 +56,7 @@ lint: install
 fmt: install
 	$(PY) -m ruff check --fix . && $(PY) -m ruff format .
 
-# End-to-end benchmark against a running stack; see docs/BENCHMARKS.md.
+# Benchmarks (they start their own web and worker); see docs/BENCHMARKS.md.
 bench: install
 	$(PY) bench/e2e.py
+	$(PY) bench/jobs.py

@@ -10,10 +10,8 @@ counters (requests per forward pass).
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -27,8 +25,7 @@ ROOT = e2e.ROOT
 
 
 def main() -> None:
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "embedplatform.settings.base", "LOG_LEVEL": "WARNING",
-           "DEBUG": "0", "SECRET_KEY": "bench-" + os.urandom(16).hex(), "VAR_DIR": tempfile.mkdtemp()}
+    env = e2e.bench_env("ep-cpu-split-")
     env.update(dict(a.split("=", 1) for a in sys.argv[1:]))
     port = 8766
     procs = e2e.start_stack(env, port)

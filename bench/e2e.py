@@ -155,6 +155,20 @@ def bench_path(url: str, key: str, scale: float) -> dict:
 
 # --- the stack -------------------------------------------------------------------------------
 
+def bench_env(prefix: str) -> dict[str, str]:
+    """The environment of a benchmark's web and worker: production mode (DEBUG off) on the servers
+    the caller's environment names, with throwaway secrets and VAR_DIR where none are given."""
+    from cryptography.fernet import Fernet
+
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "embedplatform.settings.base", "LOG_LEVEL": "WARNING"}
+    env.setdefault("VAR_DIR", tempfile.mkdtemp(prefix=prefix))
+    env.setdefault("DEBUG", "0")
+    env.setdefault("SECRET_KEY", "bench-" + os.urandom(16).hex())
+    if not env.get("ENCRYPTION_KEY"):
+        env["ENCRYPTION_KEY"] = Fernet.generate_key().decode()
+    return env
+
+
 def start_stack(env: dict, port: int) -> list[subprocess.Popen]:
     import httpx
 
@@ -185,14 +199,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--scale", type=float, default=1.0, help="multiply request counts")
     args = parser.parse_args()
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "embedplatform.settings.base", "LOG_LEVEL": "WARNING"}
-    env.setdefault("VAR_DIR", tempfile.mkdtemp(prefix="ep-bench-"))
-    env.setdefault("DEBUG", "0")
-    env.setdefault("SECRET_KEY", "bench-" + os.urandom(16).hex())
-    if not env.get("ENCRYPTION_KEY"):
-        from cryptography.fernet import Fernet
-
-        env["ENCRYPTION_KEY"] = Fernet.generate_key().decode()
+    env = bench_env("ep-bench-")
     raw = bench_raw()
     procs = start_stack(env, args.port)
     try:

@@ -16,7 +16,6 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench.e2e import short_texts, start_stack  # noqa: E402
+from bench.e2e import bench_env, short_texts, start_stack  # noqa: E402
 
 MODEL = "all-MiniLM-L6-v2"
 
@@ -95,14 +94,7 @@ def main() -> None:
     ap.add_argument("--port", type=int, default=8766)
     ap.add_argument("--scale", type=float, default=1.0, help="multiply the job sizes (1.0: 20k and 100k texts)")
     args = ap.parse_args()
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "embedplatform.settings.base", "LOG_LEVEL": "WARNING"}
-    env.setdefault("VAR_DIR", tempfile.mkdtemp(prefix="ep-bench-jobs-"))
-    env.setdefault("DEBUG", "0")
-    env.setdefault("SECRET_KEY", "bench-" + os.urandom(16).hex())
-    if not env.get("ENCRYPTION_KEY"):
-        from cryptography.fernet import Fernet
-
-        env["ENCRYPTION_KEY"] = Fernet.generate_key().decode()
+    env = bench_env("ep-bench-jobs-")
     n_job, n_big = int(20_000 * args.scale), int(100_000 * args.scale)
 
     raw = raw_batch32(min(n_job, 4000))  # measured first, on an idle machine

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from django.conf import settings
 from django.db import connection, transaction
+from django.db.models.functions import Now
 from django.utils import timezone
 
 from accounts.models import Tenant
@@ -38,7 +39,6 @@ from embedplatform.errors import (
     WaitTimeout,
 )
 from providers.ssrf import EndpointRefused, endpoint_check
-from workers.queues import job_signal_key
 
 
 @dataclass(frozen=True)
@@ -247,7 +247,7 @@ def job_create(*, tenant: Tenant, texts: list[str], options: EmbedOptions, webho
                  for i, start in enumerate(range(0, len(inputs), size))),
                 batch_size=500,
             )
-            transaction.on_commit(lambda: waiting.redis_client().rpush(job_signal_key(spec.name), job.pk.hex))
+            transaction.on_commit(lambda: waiting.jobs_signal([spec.name]))
     except BaseException:
         if quota is not None:
             quota_refund(tenant=tenant, texts=len(texts), state=quota)
@@ -392,63 +392,50 @@ def job_chunk_complete(*, chunk: ClaimedChunk, cached: list[bool], tokens: int, 
 
 def job_chunk_release(*, chunk: ClaimedChunk, error: str) -> None:
     """Gives a chunk back after a failure: re-queued, or (after JOB_MAX_ATTEMPTS claims) the job fails."""
-
-
     with transaction.atomic():
         owned = JobChunk.objects.filter(pk=chunk.id, status=JobChunk.Status.RUNNING, lease=chunk.lease)
         if chunk.attempts < settings.JOB_MAX_ATTEMPTS:
             owned.update(status=JobChunk.Status.QUEUED, lease="", lease_until=None)
-            return
-        if owned.update(status=JobChunk.Status.CANCELLED, lease_until=None):
-            failed = Job.objects.filter(pk=chunk.job_id, status__in=[Job.Status.QUEUED, Job.Status.RUNNING]).update(
-                status=Job.Status.FAILED, finished_at=timezone.now(),
-                error=f"texts {chunk.start}..{chunk.start + len(chunk.texts) - 1} failed {chunk.attempts} times: {error}"[:2000],
-            )
-            JobChunk.objects.filter(job_id=chunk.job_id, status=JobChunk.Status.QUEUED).update(
-                status=JobChunk.Status.CANCELLED
-            )
-            if failed:
-                job_webhook_enqueue(Job.objects.get(pk=chunk.job_id))
+        elif owned.update(status=JobChunk.Status.CANCELLED, lease_until=None):
+            last = chunk.start + len(chunk.texts) - 1
+            _job_fail(job_id=chunk.job_id, error=f"texts {chunk.start}..{last} failed {chunk.attempts} times: {error}")
+
+
+def _job_fail(*, job_id, error: str) -> None:
+    """Fails a queued or running job (inside the caller's transaction): its queued chunks are dropped
+    and its webhook, if any, goes out once."""
+    failed = Job.objects.filter(pk=job_id, status__in=[Job.Status.QUEUED, Job.Status.RUNNING]).update(
+        status=Job.Status.FAILED, finished_at=timezone.now(), error=error[:2000]
+    )
+    JobChunk.objects.filter(job_id=job_id, status=JobChunk.Status.QUEUED).update(status=JobChunk.Status.CANCELLED)
+    if failed:
+        job_webhook_enqueue(Job.objects.get(pk=job_id))
 
 
 def job_sweep() -> int:
-    """Re-queues chunks whose lease ran out (their worker died or hung) and fails chunks that
-    used up JOB_MAX_ATTEMPTS; pokes the workers of every model with queued chunks. Returns
-    the number of chunks re-queued. Run periodically by celery beat (workers.job_sweep).
+    """Re-queues chunks whose lease ran out (their worker died or hung), fails the jobs of chunks
+    that used up JOB_MAX_ATTEMPTS, and pokes the workers of every model with unfinished jobs.
+    Returns the number of chunks re-queued. Run periodically by celery beat (workers.job_sweep).
     """
     with transaction.atomic():
         stale = list(
             JobChunk.objects.select_for_update(skip_locked=True)
-            .filter(status=JobChunk.Status.RUNNING, lease_until__lt=_db_now(connection))
-            .values_list("id", "attempts", "job_id", "start", "texts")
+            .filter(status=JobChunk.Status.RUNNING, lease_until__lt=Now())
+            .values_list("id", "attempts", "job_id", "start")
         )
-        requeue = [cid for cid, attempts, *_ in stale if attempts < settings.JOB_MAX_ATTEMPTS]
+        requeue = [cid for cid, attempts, _, _ in stale if attempts < settings.JOB_MAX_ATTEMPTS]
         JobChunk.objects.filter(pk__in=requeue).update(status=JobChunk.Status.QUEUED, lease="", lease_until=None)
-    for cid, attempts, job_id, start, texts in stale:
-        if attempts >= settings.JOB_MAX_ATTEMPTS:
-            job_chunk_release(
-                chunk=ClaimedChunk(id=cid, job_id=str(job_id), tenant_id=0, model="", version="", scope=0, start=start,
-                                   texts=texts, lease=JobChunk.objects.get(pk=cid).lease, attempts=attempts),
-                error="its worker stopped answering",
-            )
-    models = set(
-        Job.objects.filter(status__in=[Job.Status.QUEUED, Job.Status.RUNNING]).values_list("model", flat=True)
-    )
+        spent = [row for row in stale if row[1] >= settings.JOB_MAX_ATTEMPTS]
+        JobChunk.objects.filter(pk__in=[cid for cid, *_ in spent]).update(
+            status=JobChunk.Status.CANCELLED, lease_until=None
+        )
+        for _, attempts, job_id, start in spent:
+            _job_fail(job_id=job_id, error=f"the chunk at text {start} was claimed {attempts} times and its "
+                                           "worker stopped answering each time")
+    models = set(Job.objects.filter(status__in=[Job.Status.QUEUED, Job.Status.RUNNING]).values_list("model", flat=True))
     if models:
-        with waiting.redis_client().pipeline(transaction=False) as pipe:
-            for model in models:
-                pipe.rpush(job_signal_key(model), "sweep")
-                pipe.ltrim(job_signal_key(model), -100, -1)
-            pipe.execute()
+        waiting.jobs_signal(models)
     return len(requeue)
-
-
-def _db_now(connection):
-    with connection.cursor() as cur:
-        cur.execute("SELECT now()")
-        return cur.fetchone()[0]
-
-
 # --- Seeding ---------------------------------------------------------------------------------
 
 @dataclass

@@ -81,7 +81,8 @@ def _embed(request: Request, data: dict, texts: list[str], *, job_fallback: bool
 
 def _accepted(job: Job) -> Response:
     """202: the work goes on as a job; poll its status_url."""
-    return Response(job_payload(job), status=202, headers={"Location": job_payload(job)["status_url"]})
+    payload = job_payload(job)
+    return Response(payload, status=202, headers={"Location": payload["status_url"]})
 
 
 class EmbeddingCreateApi(DataPlaneApi):

@@ -10,7 +10,6 @@ or b"E" + a UTF-8 message for an item the worker could not embed.
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -21,11 +20,10 @@ from django.conf import settings
 
 from embedplatform.errors import WAIT_TIMED_OUT, WORKERS_UNAVAILABLE, ApiError, InvalidInput, Overloaded, WaitTimeout
 from embedplatform.logs import request_id_get
-from embedplatform.redisconn import redis_client
-from workers.queues import alive_key, reply_key, work_list
+from embedplatform.redisconn import redis_client, script
+from workers.queues import alive_key, job_signal_key, reply_key, work_list
 
 REPLY_TTL_SECONDS = 120
-_local = threading.local()
 
 
 @dataclass(frozen=True)
@@ -110,12 +108,8 @@ def work_submit(*, model: str, texts: list[str], keys: list[bytes], scope: int, 
     """Queues the texts for the model's workers. Raises Overloaded when none is alive or the queue is full."""
     item = WorkItem(id=uuid.uuid4().hex, model=model, texts=texts, keys=keys, scope=scope, deadline=time.time() + wait,
                     rid=request_id_get(), tenant=tenant)
-    client = redis_client()
-    script = getattr(_local, "submit", None)
-    if script is None:
-        script = _local.submit = client.register_script(_SUBMIT)
-    result = script(keys=[work_list(model, item.priority), alive_key(model)],
-                    args=[item.dumps(), settings.MAX_QUEUE_DEPTH], client=client)
+    result = script(_SUBMIT)(keys=[work_list(model, item.priority), alive_key(model)],
+                             args=[item.dumps(), settings.MAX_QUEUE_DEPTH], client=redis_client())
     if result == -1:
         raise Overloaded(WORKERS_UNAVAILABLE.format(model=model), retry_after=5, code="no_worker")
     if result <= -2:
@@ -129,3 +123,13 @@ def work_wait(item: WorkItem, *, wait: float, dims: int | None) -> tuple[np.ndar
     if popped is None:
         raise WaitTimeout(WAIT_TIMED_OUT.format(seconds=wait))
     return reply_parse(popped[1], n=len(item.texts), dims=dims)
+
+
+def jobs_signal(models) -> None:
+    """Pokes the workers of `models`: job chunks wait for them in Postgres. A signal only, kept
+    short (a worker that is down does not let it grow); a lost one costs a poll interval."""
+    with redis_client().pipeline(transaction=False) as pipe:
+        for model in models:
+            pipe.rpush(job_signal_key(model), "job")
+            pipe.ltrim(job_signal_key(model), -100, -1)
+        pipe.execute()

@@ -51,10 +51,10 @@ def job_webhook_deliver(*, job_id: str) -> str:
         SIGNATURE_HEADER: webhook_sign(job.tenant.webhook_secret, body),
         "User-Agent": "embedplatform-webhook/1",
     }
-    extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
     try:
         with httpx.Client(timeout=settings.WEBHOOK_TIMEOUT_SECONDS, follow_redirects=False, trust_env=False) as client:
-            response = client.post(target.pinned_url(), content=body, headers=headers, extensions=extensions)
+            response = client.post(target.pinned_url(), content=body, headers=headers,
+                                   extensions=target.extensions)
     except httpx.HTTPError as exc:
         raise WebhookTransient(f"{exc.__class__.__name__}: {exc}") from None
     if response.status_code == 429 or response.status_code >= 500:

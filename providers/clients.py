@@ -284,14 +284,11 @@ def _send(up: Upstream, body: bytes, *, timeout: float) -> tuple[int, httpx.Head
         "Content-Type": "application/json",
         "Accept": "application/json",
     }
-    extensions = {}
-    if target.scheme == "https" and not _is_ip(target.host):
-        extensions["sni_hostname"] = target.host  # TLS name and certificate check stay the hostname
     limit = settings.PROVIDER_MAX_RESPONSE_BYTES
     ends = time.monotonic() + timeout
     with (
         httpx.Client(timeout=httpx.Timeout(timeout), follow_redirects=False, trust_env=False) as client,
-        client.stream("POST", target.pinned_url(), content=body, headers=headers, extensions=extensions) as resp,
+        client.stream("POST", target.pinned_url(), content=body, headers=headers, extensions=target.extensions) as resp,
     ):
         chunks, size = [], 0
         for chunk in resp.iter_bytes():
@@ -303,16 +300,6 @@ def _send(up: Upstream, body: bytes, *, timeout: float) -> tuple[int, httpx.Head
                 raise httpx.ReadTimeout("response too slow")
             chunks.append(chunk)
         return resp.status_code, resp.headers, b"".join(chunks)
-
-
-def _is_ip(host: str) -> bool:
-    import ipaddress
-
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 def _attempt(up: Upstream, body: bytes, *, timeout: float):

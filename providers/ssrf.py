@@ -50,6 +50,18 @@ class Target:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return host if self.port == default else f"{host}:{self.port}"
 
+    @property
+    def extensions(self) -> dict[str, str]:
+        """httpx request extensions for the pinned call: over https the TLS name (SNI) and the
+        certificate check stay the hostname while the connection goes to `address`."""
+        if self.scheme != "https":
+            return {}
+        try:
+            ipaddress.ip_address(self.host)
+        except ValueError:
+            return {"sni_hostname": self.host}
+        return {}  # an IP literal has no name to send
+
 
 def _allowlisted(host: str, port: int) -> bool:
     for entry in settings.PROVIDER_ALLOWED_HOSTS:

@@ -5,8 +5,10 @@ same queue, and operators can add consumers for one model without touching code.
 
 Interactive work does not travel as Celery messages (a message per text caps batches at
 a few texts, see docs/DECISIONS.md): it goes through a plain Redis list per model,
-`embed:q:<model>:hi`, that the worker drains in bulk. The Celery queue `embed.<model>`
-carries the worker itself (Flower, inspect, control) and bulk tasks.
+`embed:q:<model>:hi`, that the worker drains in bulk; job chunks wait in Postgres and are
+claimed by the same loop (a Redis list per model only signals them). The Celery queue
+`embed.<model>` carries the worker itself (Flower, inspect, control); the small periodic and
+webhook tasks go to DEFAULT_QUEUE, provider calls to PROVIDER_QUEUE.
 """
 
 from __future__ import annotations
