@@ -7,6 +7,7 @@ action, not edited. Usage rows are read-only.
 from django.contrib import admin, messages
 from django.utils import timezone
 
+from accounts.authcache import auth_epoch_bump
 from accounts.models import ApiKey, DailyUsage, Tenant, Tier, User
 
 
@@ -69,6 +70,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
     @admin.action(description="Revoke the selected keys (they fail at once)")
     def revoke(self, request, queryset):
         count = queryset.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
+        auth_epoch_bump()
         self.message_user(request, f"Revoked {count} key(s).", messages.SUCCESS)
 
 

@@ -11,6 +11,7 @@ from rest_framework_simplejwt.authentication import JWTAuthentication
 from rest_framework_simplejwt.exceptions import AuthenticationFailed as JwtAuthenticationFailed
 from rest_framework_simplejwt.tokens import Token
 
+from accounts.authcache import auth_epoch_get, key_cached, key_forget, key_remember
 from accounts.keys import key_parse_prefix, key_verify
 from accounts.models import ApiKey, Tenant, User
 from accounts.selectors import api_key_for_auth
@@ -27,6 +28,7 @@ class KeyPrincipal:
 
     tenant: Tenant
     api_key: ApiKey
+    epoch: str = ""  # the auth epoch the key was read at (accounts/authcache.py)
     is_authenticated: bool = True
     is_staff: bool = False
 
@@ -39,8 +41,11 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
     """Finds the key by its public prefix, then checks the HMAC in constant time.
 
     Returns None for a bearer token that is not shaped like one of our keys, so that a
-    JWT authenticator listed after this one can try it. Revoked keys and inactive tenants
-    fail at once: nothing about a key is cached between requests.
+    JWT authenticator listed after this one can try it. Keys come from the process's key
+    cache (accounts/authcache.py) when it holds them; revoked keys and inactive tenants still
+    fail on their next request: a view with `checks_auth_epoch` (the data plane) compares the
+    key's epoch in its rate-limit round trip and calls `api_key_recheck`; for any other view
+    it is compared here.
     """
 
     keyword = "Bearer"
@@ -58,14 +63,47 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
             if token.count(".") == 2:  # looks like a JWT: leave it to the JWT authenticator
                 return None
             raise exceptions.AuthenticationFailed(INVALID_KEY)
-        key = api_key_for_auth(prefix=prefix)
+        cached = key_cached(prefix)
+        if cached is None:
+            key, epoch = _load(prefix)
+        else:
+            key, epoch = cached
+            view = (getattr(request, "parser_context", None) or {}).get("view")
+            if not getattr(view, "checks_auth_epoch", False):
+                current = auth_epoch_get()
+                if current != epoch:
+                    key, epoch = _load(prefix, epoch=current)
         if key is None or not key_verify(token, key.key_hash):
             raise exceptions.AuthenticationFailed(INVALID_KEY)
         _touch(key)
-        return KeyPrincipal(tenant=key.tenant, api_key=key), key
+        return KeyPrincipal(tenant=key.tenant, api_key=key, epoch=epoch), key
 
     def authenticate_header(self, request):
         return self.keyword
+
+
+def _load(prefix: str, epoch: str | None = None) -> tuple[ApiKey | None, str]:
+    """Reads the key from Postgres and caches it, stamped with an epoch read *before* the row."""
+    key_forget(prefix)
+    epoch = epoch or auth_epoch_get()
+    key = api_key_for_auth(prefix=prefix)
+    if key is not None:
+        key_remember(prefix, key, epoch)
+    return key, epoch
+
+
+def api_key_recheck(request, epoch: str) -> None:
+    """For a view with `checks_auth_epoch`: `epoch` is the current one, read after authentication.
+    A key read at another epoch is read again (401 if it was revoked or its tenant deactivated;
+    a changed tenant or tier replaces request.user)."""
+    principal = request.user
+    if not isinstance(principal, KeyPrincipal) or principal.epoch == epoch:
+        return
+    key, epoch = _load(principal.api_key.prefix, epoch=epoch)
+    if key is None:
+        raise exceptions.AuthenticationFailed(INVALID_KEY)
+    request.user = KeyPrincipal(tenant=key.tenant, api_key=key, epoch=epoch)
+    request.auth = key
 
 
 def _touch(key: ApiKey) -> None:

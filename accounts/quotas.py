@@ -1,6 +1,8 @@
 """Per-tier limits: requests per minute per key, and daily / monthly text quotas per tenant.
 
-Requests per minute use django-ratelimit (fixed windows in the Redis cache). Text quotas are
+Requests per minute are a fixed window per key, counted by one Lua script that also reads the
+auth epoch (accounts/authcache.py): one Redis round trip (login throttling uses
+django-ratelimit). Text quotas are
 two Redis counters per tenant (UTC day, UTC month) checked and incremented by one Lua script,
 so concurrent requests cannot overshoot, and a request that would cross a quota is refused
 whole. Every text counts, cache hit or miss; a request that fails is refunded.
@@ -15,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from django.conf import settings
 from django_ratelimit.core import get_usage
 
+from accounts.authcache import EPOCH_KEY, epoch_new
 from accounts.models import Tenant, Tier
 from embedplatform.errors import (
     BATCH_TOO_LARGE,
@@ -160,20 +163,39 @@ def batch_size_check(*, tier: Tier, texts: int) -> None:
         )
 
 
-def rate_check(request, *, principal_id: str, tier: Tier) -> RateState:
-    """Counts this request against the key's requests-per-minute window (django-ratelimit).
+# KEYS: the key's counter for this minute, the auth epoch. ARGV: 1 to count (0: limits are
+# off), the counter's ttl, a fresh epoch for a missing one. Returns {count, epoch}.
+_RATE = """
+local n = 0
+if ARGV[1] == '1' then
+  n = redis.call('INCR', KEYS[1])
+  if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+end
+local e = redis.call('GET', KEYS[2])
+if not e then e = ARGV[3]; redis.call('SET', KEYS[2], e) end
+return {n, e}
+"""
 
-    Raises RateLimited (429, Retry-After to the window's end) once the window is full.
-    """
-    rate = f"{tier.requests_per_minute}/m"
-    usage = get_usage(request, group="v1-data", key=lambda _group, _request: principal_id, rate=rate, increment=True)
-    if usage is None:  # RATELIMIT_ENABLE = False
-        return RateState(tier.requests_per_minute, tier.requests_per_minute, 60)
-    state = RateState(usage["limit"], max(0, usage["limit"] - usage["count"]), int(usage["time_left"]))
-    if usage["should_limit"]:
-        error = RateLimited(
-            RATE_LIMITED.format(limit=usage["limit"], retry_after=max(1, state.reset_in)), retry_after=state.reset_in
-        )
+
+def rate_count(*, principal_id: str) -> tuple[int, int, str]:
+    """Counts a request in its key's fixed one-minute window and reads the auth epoch, in one
+    round trip: (requests in this window, seconds to its end, auth epoch). RATELIMIT_ENABLE=False
+    counts nothing (0)."""
+    now = int(time_now().timestamp())
+    reset_in = 60 - now % 60
+    enabled = getattr(settings, "RATELIMIT_ENABLE", True)
+    count, epoch = script(_RATE)(keys=[f"rate:{principal_id}:{now // 60}", EPOCH_KEY],
+                                 args=[1 if enabled else 0, reset_in + 1, epoch_new()], client=redis_client())
+    return int(count), reset_in, epoch.decode() if isinstance(epoch, bytes) else str(epoch)
+
+
+def rate_enforce(*, count: int, reset_in: int, tier: Tier) -> RateState:
+    """The key's window state; raises RateLimited (429, Retry-After to the window's end) once
+    `count` is over the tier's requests per minute."""
+    limit = tier.requests_per_minute
+    state = RateState(limit, max(0, limit - count), reset_in)
+    if count > limit:
+        error = RateLimited(RATE_LIMITED.format(limit=limit, retry_after=max(1, reset_in)), retry_after=reset_in)
         error.rate = state
         raise error
     return state

@@ -10,6 +10,7 @@ from django.core.exceptions import ValidationError
 from django.db import connection, transaction
 from django.utils import timezone
 
+from accounts.authcache import auth_epoch_bump
 from accounts.keys import key_make
 from accounts.models import ApiKey, DailyUsage, Tenant, Tier, User
 from embedplatform.errors import Conflict, InvalidInput, NotFound
@@ -47,6 +48,8 @@ def api_key_create(*, tenant: Tenant, name: str = "", created_by: User | None = 
 def api_key_revoke(*, tenant: Tenant, prefix: str) -> ApiKey:
     """Revokes one of the tenant's keys; another tenant's prefix is NotFound."""
     updated = ApiKey.objects.filter(tenant=tenant, prefix=prefix, revoked_at__isnull=True).update(revoked_at=timezone.now())
+    if updated:
+        auth_epoch_bump()  # every web process drops its cached copy: the next request fails
     key = ApiKey.objects.filter(tenant=tenant, prefix=prefix).first()
     if key is None or (not updated and key.revoked_at is None):
         raise NotFound(f"No API key with prefix {prefix}.", param="prefix")

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from django.db import connection, transaction
 
+from embeddings.hotcache import hot_cache
 from embeddings.models import CachedEmbedding
 
 PUBLIC_SCOPE = CachedEmbedding.PUBLIC_SCOPE
@@ -29,6 +30,7 @@ def text_key(model_input: str) -> bytes:
 class Hit:
     vector: np.ndarray
     tokens: int
+    scope: int | None = None  # where it was found
 
 
 def cache_lookup(*, model: str, version: str, keys: Sequence[bytes], scopes: Sequence[int]) -> dict[bytes, Hit]:
@@ -40,12 +42,32 @@ def cache_lookup(*, model: str, version: str, keys: Sequence[bytes], scopes: Seq
             # `scope + 0`: keeps the planner on the cache_key index (text_sha256 first). With stale
             # statistics after a bulk load it otherwise picks the (scope, model) index and reads
             # every row of the tenant's scope: 138 ms instead of 0.8 ms at 357k rows (measured).
-            f"SELECT text_sha256, tokens, vector FROM {_TABLE} "
+            f"SELECT text_sha256, tokens, vector, scope FROM {_TABLE} "
             "WHERE text_sha256 = ANY(%s) AND model = %s AND model_version = %s AND scope + 0 = ANY(%s)",
             [list(keys), model, version, list(scopes)],
         )
         rows = cur.fetchall()
-    return {bytes(k): Hit(np.frombuffer(v, dtype="<f4"), t) for k, t, v in rows}
+    return {bytes(k): Hit(np.frombuffer(v, dtype="<f4"), t, s) for k, t, v, s in rows}
+
+
+def cache_lookup_served(*, model: str, version: str, keys: Sequence[bytes], scopes: Sequence[int]) -> dict[bytes, Hit]:
+    """cache_lookup for the API: this process's hot tier (embeddings/hotcache.py) first, one
+    query for the rest, and what the query found is remembered."""
+    hot = hot_cache()
+    found = hot.get_many(model, version, scopes, keys)
+    rest = [k for k in keys if k not in found] if found else keys
+    if rest:
+        stored = cache_lookup(model=model, version=version, keys=rest, scopes=scopes)
+        hot.put_many(model, version, [(k, h.scope, h) for k, h in stored.items()])
+        found.update(stored)
+    return found
+
+
+def hot_remember(*, model: str, version: str, scope: int, keys: Sequence[bytes], tokens, vectors) -> None:
+    """Puts vectors the workers just computed (and stored) for `scope` into the hot tier."""
+    hot_cache().put_many(model, version, [
+        (k, scope, Hit(np.array(vectors[i], dtype="<f4"), int(tokens[i]), scope)) for i, k in enumerate(keys)
+    ])
 
 
 def cache_upsert(*, model: str, version: str, scope: int, rows: Iterable[tuple[bytes, int, np.ndarray]]) -> int:

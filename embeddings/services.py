@@ -130,7 +130,7 @@ def embed_texts(*, tenant: Tenant, texts: list[str], options: EmbedOptions, wait
         unique.setdefault(key, i)
     scope = cache.PUBLIC_SCOPE if options.public else tenant.pk
     scopes = [cache.PUBLIC_SCOPE] if options.public else [tenant.pk, cache.PUBLIC_SCOPE]
-    hits = cache.cache_lookup(model=spec.name, version=spec.version, keys=list(unique), scopes=scopes)
+    hits = cache.cache_lookup_served(model=spec.name, version=spec.version, keys=list(unique), scopes=scopes)
     # A provider model's name is the tenant's choice: one "byok" label keeps the series bounded.
     label = spec.name if spec.compute == "local" else "byok"
     metrics.cache_observe(model=label, public=options.public, hits=len(hits), misses=len(unique) - len(hits))
@@ -139,6 +139,8 @@ def embed_texts(*, tenant: Tenant, texts: list[str], options: EmbedOptions, wait
     missing = [k for k in unique if k not in hits]
     if missing:
         tokens, vectors = _compute(spec, [inputs[unique[k]] for k in missing], missing, scope, wait, tenant.pk)
+        cache.hot_remember(model=spec.name, version=spec.version, scope=scope, keys=missing, tokens=tokens,
+                           vectors=vectors)
         for j, key in enumerate(missing):
             found[key] = (vectors[j], int(tokens[j]))
 

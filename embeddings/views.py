@@ -12,8 +12,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts.authentication import request_principal_id, request_tenant
-from accounts.quotas import quota_state, rate_check
+from accounts.authentication import api_key_recheck, request_principal_id, request_tenant
+from accounts.quotas import quota_state, rate_count, rate_enforce
 from embeddings import schemas
 from embeddings.encoding import vector_encode
 from embeddings.models import Job
@@ -36,14 +36,20 @@ class DataPlaneApi(APIView):
 
     Counts the request against the key's requests per minute before the view runs (429 when
     spent) and puts X-RateLimit-* (daily text quota) and X-RateLimit-*-Requests (this key's
-    minute window) on every response, errors included, once the caller is known.
+    minute window) on every response, errors included, once the caller is known. The same
+    round trip reads the auth epoch: a key served from the process's key cache is read again
+    if it changed (accounts/authcache.py).
     """
+
+    checks_auth_epoch = True
 
     def initial(self, request: Request, *args, **kwargs) -> None:
         super().initial(request, *args, **kwargs)
+        count, reset_in, epoch = rate_count(principal_id=request_principal_id(request))
+        api_key_recheck(request, epoch)
         tenant = request_tenant(request)
         request.limit_tenant = tenant
-        request.rate_state = rate_check(request, principal_id=request_principal_id(request), tier=tenant.tier)
+        request.rate_state = rate_enforce(count=count, reset_in=reset_in, tier=tenant.tier)
 
     def handle_exception(self, exc):
         for attr in ("quota", "rate"):

@@ -96,6 +96,20 @@ def _fresh_test_redis():
     client.close()
 
 
+@pytest.fixture(autouse=True)
+def _fresh_process_caches():
+    """The web's in-process caches (API keys, hot vectors) would outlive each test's rolled-back
+    database: every test starts with them empty."""
+    from accounts.authcache import cache_clear
+    from embeddings.hotcache import hot_cache_reset
+
+    cache_clear()
+    hot_cache_reset()
+    yield
+    cache_clear()
+    hot_cache_reset()
+
+
 @pytest.fixture
 def jwt_for():
     """A client authenticated as the world's user with a JWT access token (as after login)."""

@@ -227,8 +227,15 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
-# django-ratelimit counts in the Redis cache above. Login: per client IP and per email.
+# Data plane: requests per minute per key in one Lua round trip (accounts/quotas.rate_count).
+# Login: django-ratelimit, counting in the Redis cache above, per client IP and per email.
 RATELIMIT_USE_CACHE = "default"
+# How long a web process may keep an API key (with tenant and tier) in memory: changes reach
+# it at once through the auth epoch (accounts/authcache.py); this bounds a lost invalidation.
+AUTH_CACHE_SECONDS: float = env.float("AUTH_CACHE_SECONDS", default=60.0)
+# Each web process keeps recently served vectors in memory, in front of the Postgres cache
+# (embeddings/hotcache.py; vectors never go stale). 0 turns it off.
+HOT_CACHE_MB: float = env.float("HOT_CACHE_MB", default=64.0)
 LOGIN_RATE_IP: str = env.str("LOGIN_RATE_IP", default="30/m")
 LOGIN_RATE_EMAIL: str = env.str("LOGIN_RATE_EMAIL", default="10/m")
 # Usage counters wait in Redis and reach Postgres in batches (celery beat, and on GET /v1/usage).

@@ -1,8 +1,14 @@
+import time
+
 import pytest
+from django.conf import settings
 from django.core.management import call_command
 from django.utils import timezone
 
+from accounts import authcache
+from accounts.authcache import key_cached
 from accounts.models import ApiKey
+from accounts.services import api_key_revoke
 
 pytestmark = pytest.mark.django_db
 
@@ -33,10 +39,54 @@ def test_a_right_prefix_with_a_wrong_secret_fails(alice, client_for):
     _error(client_for(key=forged).get("/v1/models"), 401)
 
 
-def test_a_revoked_key_fails_on_its_next_request(alice, client_for):
+@pytest.mark.parametrize("path", ["/v1/models", "/v1/jobs"])  # a view that checks the epoch itself; the data plane
+def test_a_revoked_key_fails_on_its_next_request(alice, client_for, redis_db, path):
+    api = client_for(alice)
+    assert api.get(path).status_code == 200
+    assert key_cached(alice.api_key.prefix) is not None  # served from this process's key cache now
+    api_key_revoke(tenant=alice.tenant, prefix=alice.api_key.prefix)
+    _error(api.get(path), 401)
+
+
+def test_an_admin_revocation_reaches_a_cached_key(alice, client_for, redis_db, admin_client):
+    api = client_for(alice)
+    assert api.get("/v1/jobs").status_code == 200
+    response = admin_client.post("/admin/accounts/apikey/", {"action": "revoke", "_selected_action": [alice.api_key.pk]})
+    assert response.status_code == 302
+    _error(api.get("/v1/jobs"), 401)
+
+
+def test_a_tier_change_reaches_a_cached_key_at_once(alice, client_for, redis_db):
+    api = client_for(alice)
+    assert api.get("/v1/jobs")["X-RateLimit-Limit-Requests"] == "3000"
+    tier = alice.tenant.tier
+    tier.requests_per_minute = 7
+    tier.save()
+    assert api.get("/v1/jobs")["X-RateLimit-Limit-Requests"] == "7"
+
+
+def test_a_cached_key_costs_no_query(alice, client_for, redis_db, django_assert_num_queries):
     api = client_for(alice)
     assert api.get("/v1/models").status_code == 200
+    with django_assert_num_queries(0):
+        assert api.get("/v1/models").status_code == 200
+
+
+def test_a_flushed_redis_or_an_expired_entry_reloads_the_key(alice, client_for, redis_db, monkeypatch):
+    """Out-of-band writes (raw SQL, a queryset .update()) send no invalidation: an entry lives at
+    most AUTH_CACHE_SECONDS, and an emptied Redis gets a fresh epoch that matches no entry."""
+    api = client_for(alice)
+    assert api.get("/v1/models").status_code == 200
+    ApiKey.objects.filter(pk=alice.api_key.pk).update(revoked_at=timezone.now())  # no signal, no bump
+    assert api.get("/v1/models").status_code == 200  # still cached: the bound below is what limits this
+    redis_db.flushdb()
+    _error(api.get("/v1/models"), 401)
+
+    ApiKey.objects.filter(pk=alice.api_key.pk).update(revoked_at=None)
+    assert api.get("/v1/models").status_code == 200
     ApiKey.objects.filter(pk=alice.api_key.pk).update(revoked_at=timezone.now())
+    later = time.monotonic() + settings.AUTH_CACHE_SECONDS + 1
+    monkeypatch.setattr(authcache.time, "monotonic", lambda: later)
     _error(api.get("/v1/models"), 401)
 
 

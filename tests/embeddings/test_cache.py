@@ -49,3 +49,36 @@ def test_keys_hash_any_unicode_without_raising():
     assert len(text_key("a\x00b")) == 32
     assert len(text_key("\ud800 lone surrogate")) == 32
     assert text_key("a") != text_key("a ")
+
+
+def test_served_lookups_use_the_hot_tier_and_keep_scopes_apart(django_assert_num_queries):
+    from embeddings.cache import cache_lookup_served
+
+    mine, public = text_key("mine"), text_key("public")
+    cache_upsert(model=M, version=V, scope=7, rows=[(mine, 3, _vec(1))])
+    cache_upsert(model=M, version=V, scope=PUBLIC_SCOPE, rows=[(public, 4, _vec(2))])
+    with django_assert_num_queries(1):
+        assert set(cache_lookup_served(model=M, version=V, keys=[mine, public], scopes=[7, PUBLIC_SCOPE])) == {mine, public}
+    with django_assert_num_queries(0):  # both now in this process's hot tier
+        hits = cache_lookup_served(model=M, version=V, keys=[mine, public], scopes=[7, PUBLIC_SCOPE])
+    np.testing.assert_array_equal(hits[mine].vector, _vec(1))
+    assert hits[public].tokens == 4
+    # Tenant 8 may read the public entry from memory, never tenant 7's.
+    assert set(cache_lookup_served(model=M, version=V, keys=[mine, public], scopes=[8, PUBLIC_SCOPE])) == {public}
+    # Another model version is another key.
+    assert cache_lookup_served(model=M, version="v-other", keys=[mine], scopes=[7]) == {}
+
+
+def test_the_hot_tier_stays_within_its_budget_least_recently_used_out():
+    from embeddings.cache import Hit
+    from embeddings.hotcache import _OVERHEAD, HotCache
+
+    entry = 32 + _OVERHEAD  # an 8-dim float32 vector and its bookkeeping
+    hot = HotCache(max_bytes=3 * entry)
+    keys = [text_key(str(i)) for i in range(4)]
+    hot.put_many(M, V, [(k, 7, Hit(_vec(i), 1, 7)) for i, k in enumerate(keys[:3])])
+    assert set(hot.get_many(M, V, [7], [keys[0]])) == {keys[0]}  # 0 is now the most recent
+    hot.put_many(M, V, [(keys[3], 7, Hit(_vec(3), 1, 7))])
+    assert len(hot) == 3 and hot.bytes == 3 * entry
+    assert set(hot.get_many(M, V, [7], keys)) == {keys[0], keys[2], keys[3]}  # 1 was the least recent
+    assert HotCache(max_bytes=0).get_many(M, V, [7], keys) == {}

@@ -74,6 +74,17 @@ def test_a_second_request_is_a_cache_hit_and_writes_nothing(api):
     assert CachedEmbedding.objects.count() == rows == 1
 
 
+def test_a_repeated_hit_makes_no_database_query(api, django_assert_num_queries):
+    """The key (accounts/authcache.py) and the vector (embeddings/hotcache.py) are both in this
+    process's memory after the first request; Redis still counts the limits and usage."""
+    text = u("hot")
+    assert _post(api, {"model": MODEL, "input": text}).status_code == 200
+    assert _post(api, {"model": MODEL, "input": text}).status_code == 200
+    with django_assert_num_queries(0):
+        r = _post(api, {"model": MODEL, "input": text})
+    assert r.status_code == 200 and r.json()["data"][0]["cached"] is True
+
+
 def test_base64_decodes_to_the_float_vector(api):
     text = u("base64")
     f = _post(api, {"model": MODEL, "input": text}).json()["data"][0]["embedding"]

@@ -1,0 +1,94 @@
+"""CPU cost of one request inside the web process, without gunicorn or a client.
+
+    DATABASE_URL=... REDIS_URL=... .venv/bin/python bench/profile_hit.py [--n 3000] [--profile]
+
+Calls the WSGI application in-process with a cache-hit `POST /v1/embeddings` (one text, a
+paid tenant, vectors seeded straight into the cache) and prints microseconds per request.
+--profile prints the cProfile top 40 by cumulative time; --path picks another endpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import os
+import pstats
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from e2e import bench_env, short_texts  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--n", type=int, default=3000)
+    parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--path", default="/v1/embeddings")
+    args = parser.parse_args()
+    os.environ.update(bench_env("ep-prof-"))
+
+    import django
+
+    django.setup()
+    import numpy as np
+    import orjson
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+    from accounts.models import Tier
+    from accounts.services import api_key_create, tenant_create
+    from embeddings.cache import cache_upsert, text_key
+    from embeddings.registry import model_get
+    from embedplatform.wsgi import application
+
+    Tier.objects.update_or_create(name="bench", defaults=dict(
+        daily_limit=10**9, monthly_limit=10**9, requests_per_minute=10**9, max_batch_size=2048,
+        max_job_texts=100_000, server_compute=True, priority=10))
+    tenant, _ = tenant_create(email=f"prof-{time.time_ns()}@example.com", tier="bench")
+    _, key = api_key_create(tenant=tenant)
+    spec = model_get("all-MiniLM-L6-v2")
+    texts = short_texts(200, seed=7)
+    rng = np.random.default_rng(0)
+    cache_upsert(model=spec.name, version=spec.version, scope=tenant.pk,
+                 rows=[(text_key(t), 9, rng.standard_normal(spec.dims).astype("f4")) for t in texts])
+
+    def call(i: int) -> int:
+        field = "text" if args.path == "/v1/embed" else "input"
+        body = orjson.dumps({"model": spec.name, field: texts[i % len(texts)]})
+        environ = {
+            "REQUEST_METHOD": "POST", "PATH_INFO": args.path, "SCRIPT_NAME": "", "QUERY_STRING": "",
+            "SERVER_NAME": "127.0.0.1", "SERVER_PORT": "8000", "SERVER_PROTOCOL": "HTTP/1.1",
+            "REMOTE_ADDR": "127.0.0.1", "CONTENT_TYPE": "application/json", "CONTENT_LENGTH": str(len(body)),
+            "HTTP_AUTHORIZATION": f"Bearer {key}", "wsgi.input": io.BytesIO(body), "wsgi.url_scheme": "http",
+            "wsgi.errors": sys.stderr, "wsgi.multithread": True, "wsgi.multiprocess": True, "wsgi.run_once": False,
+        }
+        status = []
+        out = application(environ, lambda s, h, exc_info=None: status.append(s))
+        b"".join(out)
+        out.close()
+        return int(status[0].split()[0])
+
+    for i in range(200):
+        assert call(i) == 200, call(i)
+    profiler = cProfile.Profile() if args.profile else None
+    cpu, wall = time.process_time(), time.perf_counter()
+    if profiler:
+        profiler.enable()
+    for i in range(args.n):
+        call(i)
+    if profiler:
+        profiler.disable()
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    print(f"{args.path}: {wall / args.n * 1e6:.0f} us wall, {cpu / args.n * 1e6:.0f} us CPU per request (n={args.n})")
+    if profiler:
+        pstats.Stats(profiler).sort_stats(os.environ.get("SORT", "cumulative")).print_stats(int(os.environ.get("TOP", "40")))
+
+
+if __name__ == "__main__":
+    main()
