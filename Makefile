@@ -26,7 +26,7 @@ run: install
 services: install
 	$(PY) scripts/run.py services
 
-# The web API (gunicorn), after migrating.
+# The web API (granian), after migrating.
 web: install
 	$(PY) scripts/run.py web
 

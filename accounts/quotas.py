@@ -122,17 +122,140 @@ def quota_consume(*, tenant: Tenant, texts: int) -> QuotaState:
     state = QuotaState(tier.daily_limit, int(used_d), tier.monthly_limit, int(used_m), day_reset, month_reset)
     if verdict == 1:
         return state
-    daily = verdict == 0
-    reset = day_reset if daily else month_reset
+    raise _quota_error(tier, state, texts, now, daily=verdict == 0)
+
+
+def _quota_error(tier: Tier, state: QuotaState, texts: int, now: datetime, *, daily: bool) -> QuotaExceeded:
+    reset = state.day_reset if daily else state.month_reset
     error = QuotaExceeded(
         QUOTA_EXCEEDED.format(
             period="daily" if daily else "monthly", limit=tier.daily_limit if daily else tier.monthly_limit,
-            used=used_d if daily else used_m, texts=texts, reset=reset.strftime("%Y-%m-%d %H:%M"),
+            used=state.used_today if daily else state.used_month, texts=texts, reset=reset.strftime("%Y-%m-%d %H:%M"),
         ),
         retry_after=int((reset - now).total_seconds()) + 1,
     )
     error.quota = state
+    return error
+
+
+class AuthEpochMoved(Exception):
+    """The auth epoch moved since the caller's key was read (accounts/authcache.py): nothing was
+    counted; re-read the key (api_key_recheck) and ask again."""
+
+    def __init__(self, epoch: str):
+        super().__init__(epoch)
+        self.epoch = epoch
+
+
+@dataclass
+class Caller:
+    """Whom a data-plane request counts against: its credential's rate window, and the auth epoch
+    its cached key was read at ("" for a JWT user, whose row is read on every request).
+    admit() sets `admitted` once it has counted the request, admitted or refused."""
+
+    principal_id: str
+    epoch: str = ""
+    admitted: bool = False
+
+
+@dataclass(frozen=True)
+class UsageHits:
+    """The cache hits of a request, recorded in the tenant's usage by the admission script itself."""
+
+    key: str  # accounts.services.usage_keys()
+    dirty: str
+    member: str
+    hits: int
+    tokens: int
+
+
+# The data plane's one round trip (DECISIONS #19): auth epoch, the key's minute window, the
+# text quotas and the usage of the request's cache hits.
+# KEYS: epoch, rate counter, day counter, month counter, usage hash, usage dirty set.
+# ARGV: 1 expected epoch ('' = none), 2 fresh epoch, 3 count the window (1/0), 4 window ttl,
+#       5 requests per minute, 6 texts, 7 daily limit, 8 monthly limit, 9 day ttl, 10 month ttl,
+#       11 hits, 12 hit tokens, 13 usage member.
+# Returns {verdict, used today, used this month, requests in the window, epoch}: verdict 1
+# admitted; 0 / -1 refused by the daily / monthly quota; -3 over the rate; -9 epoch moved
+# (nothing counted).
+_ADMIT = """
+local e = redis.call('GET', KEYS[1])
+if not e then e = ARGV[2]; redis.call('SET', KEYS[1], e) end
+if ARGV[1] ~= '' and e ~= ARGV[1] then return {-9, 0, 0, 0, e} end
+local n = 0
+if ARGV[3] == '1' then
+  n = redis.call('INCR', KEYS[2])
+  if n == 1 then redis.call('EXPIRE', KEYS[2], ARGV[4]) end
+  if n > tonumber(ARGV[5]) then return {-3, 0, 0, n, e} end
+end
+local d = tonumber(redis.call('GET', KEYS[3]) or '0')
+local m = tonumber(redis.call('GET', KEYS[4]) or '0')
+local t = tonumber(ARGV[6])
+if d + t > tonumber(ARGV[7]) then return {0, d, m, n, e} end
+if m + t > tonumber(ARGV[8]) then return {-1, d, m, n, e} end
+d = redis.call('INCRBY', KEYS[3], t)
+redis.call('EXPIRE', KEYS[3], ARGV[9])
+m = redis.call('INCRBY', KEYS[4], t)
+redis.call('EXPIRE', KEYS[4], ARGV[10])
+if tonumber(ARGV[11]) > 0 then
+  redis.call('HINCRBY', KEYS[5], 'cache_hits', ARGV[11])
+  if tonumber(ARGV[12]) > 0 then redis.call('HINCRBY', KEYS[5], 'tokens', ARGV[12]) end
+  redis.call('SADD', KEYS[6], ARGV[13])
+end
+return {1, d, m, n, e}
+"""
+
+
+def admit(*, caller: Caller, tenant: Tenant, texts: int, usage: UsageHits) -> tuple[QuotaState, RateState]:
+    """Admits a data-plane request in one Redis round trip: checks the auth epoch, counts the
+    request in its key's minute window, counts `texts` against the quotas (all or nothing) and
+    records the request's cache hits in the tenant's usage.
+
+    Raises AuthEpochMoved (nothing counted), RateLimited (the window is spent; .rate) or
+    QuotaExceeded (a quota would be crossed; .quota and .rate; no text counted).
+    """
+    tier = tenant.tier
+    now = time_now()
+    day_key, month_key, day_reset, month_reset = _keys(tenant.pk, now)
+    stamp = int(now.timestamp())
+    reset_in = 60 - stamp % 60
+    enabled = getattr(settings, "RATELIMIT_ENABLE", True)
+    verdict, used_d, used_m, count, epoch = script(_ADMIT)(
+        keys=[EPOCH_KEY, f"rate:{caller.principal_id}:{stamp // 60}", day_key, month_key, usage.key, usage.dirty],
+        args=[caller.epoch, epoch_new(), 1 if enabled else 0, reset_in + 1, tier.requests_per_minute, texts,
+              tier.daily_limit, tier.monthly_limit, int((day_reset - now).total_seconds()) + 86400,
+              int((month_reset - now).total_seconds()) + 86400, usage.hits, usage.tokens, usage.member],
+        client=redis_client(),
+    )
+    if verdict == -9:
+        raise AuthEpochMoved(epoch.decode() if isinstance(epoch, bytes) else str(epoch))
+    caller.admitted = True
+    limit = tier.requests_per_minute
+    rate = RateState(limit, max(0, limit - int(count)), reset_in) if enabled else RateState(limit, limit, 60)
+    if verdict == -3:
+        rate_enforce(count=int(count), reset_in=reset_in, tier=tier)  # raises
+    state = QuotaState(tier.daily_limit, int(used_d), tier.monthly_limit, int(used_m), day_reset, month_reset)
+    if verdict == 1:
+        return state, rate
+    error = _quota_error(tier, state, texts, now, daily=verdict == 0)
+    error.rate = rate
     raise error
+
+
+def admit_refund(*, tenant: Tenant, texts: int, state: QuotaState, usage: UsageHits, quota: bool = True) -> None:
+    """Undoes an admission whose request then failed: the hits' usage, and the texts' quota
+    unless `quota` is False (the request became a job, which keeps its texts counted)."""
+    now = state.day_reset - timedelta(seconds=1)
+    day_key, month_key, _, _ = _keys(tenant.pk, now)
+    with redis_client().pipeline(transaction=False) as pipe:
+        if quota:
+            pipe.decrby(day_key, texts)
+            pipe.decrby(month_key, texts)
+        if usage.hits:
+            pipe.hincrby(usage.key, "cache_hits", -usage.hits)
+            if usage.tokens:
+                pipe.hincrby(usage.key, "tokens", -usage.tokens)
+        pipe.execute()
 
 
 def quota_refund(*, tenant: Tenant, texts: int, state: QuotaState) -> None:

@@ -13,6 +13,7 @@ from django.utils import timezone
 from accounts.authcache import auth_epoch_bump
 from accounts.keys import key_make
 from accounts.models import ApiKey, DailyUsage, Tenant, Tier, User
+from accounts.quotas import UsageHits
 from embedplatform.errors import Conflict, InvalidInput, NotFound
 from embedplatform.redisconn import redis_client
 
@@ -82,6 +83,13 @@ _DIRTY = "usage:dirty"
 _FLUSHING = "usage:flushing:"
 _FLUSH_LOCK = "usage:flush-lock"
 _FIELDS = ("cache_hits", "cache_misses", "tokens", "compute_ms")
+
+
+def usage_hits(*, tenant_id: int, model: str, hits: int, tokens: int) -> UsageHits:
+    """A request's cache hits, for the admission script to record in today's counters
+    (accounts/quotas.admit): the same hash and dirty set as usage_record."""
+    member = f"{timezone.now().date().isoformat()}|{tenant_id}|{model}"
+    return UsageHits(key=_USAGE + member, dirty=_DIRTY, member=member, hits=hits, tokens=tokens)
 
 
 def usage_record(*, tenant_id: int, model: str, cache_hits: int = 0, cache_misses: int = 0, tokens: int = 0,

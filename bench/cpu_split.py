@@ -10,7 +10,6 @@ counters (requests per forward pass).
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -30,9 +29,7 @@ def main() -> None:
     port = 8766
     procs = e2e.start_stack(env, port)
     try:
-        made = subprocess.run([sys.executable, "manage.py", "create_tenant", f"cpu-{time.time()}@example.com",
-                               "--tier", "paid"], env=env, cwd=ROOT, capture_output=True, text=True, check=True)
-        key = made.stdout.strip().splitlines()[-1]
+        key = e2e.bench_key(env, "cpu")
         watched = []
         for p in procs:
             parent = psutil.Process(p.pid)

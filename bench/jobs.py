@@ -25,7 +25,7 @@ import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench.e2e import bench_env, short_texts, start_stack  # noqa: E402
+from bench.e2e import bench_env, bench_key, short_texts, start_stack  # noqa: E402
 
 MODEL = "all-MiniLM-L6-v2"
 
@@ -103,15 +103,7 @@ def main() -> None:
     result: dict = {"raw_batch32_texts_per_s": raw, "cpu_count": os.cpu_count(), "job_texts": n_job,
                     "big_job_texts": n_big}
     try:
-        import subprocess
-
-        made = subprocess.run([sys.executable, "manage.py", "create_tenant", f"jobs-{int(time.time())}@example.com",
-                               "--tier", "paid"], env=env, cwd=ROOT, capture_output=True, text=True, check=True)
-        key = made.stdout.strip().splitlines()[-1]
-        subprocess.run([sys.executable, "manage.py", "shell", "-c",
-                        "from accounts.models import Tier; Tier.objects.filter(name='paid').update("
-                        "daily_limit=10**9, monthly_limit=10**9, max_job_texts=100000, requests_per_minute=100000)"],
-                       env=env, cwd=ROOT, check=True, capture_output=True)
+        key = bench_key(env, "jobs")
         client = httpx.Client(base_url=f"http://127.0.0.1:{args.port}", headers={"Authorization": f"Bearer {key}"},
                               timeout=300)
         idle = sync_latencies(client, threading.Event(), seed=11, limit=60)

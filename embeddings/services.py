@@ -17,8 +17,17 @@ from django.db.models.functions import Now
 from django.utils import timezone
 
 from accounts.models import Tenant
-from accounts.quotas import QuotaState, batch_size_check, quota_consume, quota_refund
-from accounts.services import usage_record
+from accounts.quotas import (
+    Caller,
+    QuotaState,
+    RateState,
+    admit,
+    admit_refund,
+    batch_size_check,
+    quota_consume,
+    quota_refund,
+)
+from accounts.services import usage_hits, usage_record
 from embeddings import cache, waiting
 from embeddings.encoding import vectors_shape
 from embeddings.models import Job, JobChunk
@@ -107,13 +116,33 @@ def _compute(spec: ModelSpec, texts: list[str], keys: list[bytes], scope: int, w
     return waiting.work_wait(item, wait=wait, dims=spec.dims)
 
 
-def embed_texts(*, tenant: Tenant, texts: list[str], options: EmbedOptions, wait: float) -> EmbedResult:
-    """Embeds `texts` for `tenant`, in input order; duplicates are computed once.
+@dataclass(frozen=True)
+class EmbedPlan:
+    """A request resolved and looked up: what is cached, what the workers must compute."""
 
-    Raises NotFound (unknown model), NotAllowed (tier), InvalidInput (bad dimensions,
-    over-long text with truncate=false), Overloaded (no worker / queue full) and
-    WaitTimeout (workers too slow for `wait`).
-    """
+    spec: ModelSpec
+    options: EmbedOptions
+    inputs: list[str]  # the texts as the model sees them (prompt + text)
+    keys: list[bytes]  # one per input
+    unique: dict[bytes, int]  # key -> first input index
+    scope: int
+    hits: dict[bytes, cache.Hit]
+    missing: list[bytes]
+
+    @property
+    def hit_count(self) -> int:
+        """Inputs (duplicates included) answered from the cache."""
+        return sum(1 for k in self.keys if k in self.hits)
+
+    @property
+    def hit_tokens(self) -> int:
+        return sum(int(self.hits[k].tokens) for k in self.keys if k in self.hits)
+
+
+def embed_plan(*, tenant: Tenant, texts: list[str], options: EmbedOptions) -> EmbedPlan:
+    """Resolves the model, checks the options and looks every text up in the cache (one query at
+    most). Raises NotFound (unknown model), NotAllowed (tier) and InvalidInput (bad dimensions,
+    over-long text with truncate=false)."""
     spec = model_resolve(tenant=tenant, model=options.model)
     if options.dimensions is not None and not 1 <= options.dimensions <= spec.dims:
         raise InvalidInput(
@@ -134,62 +163,82 @@ def embed_texts(*, tenant: Tenant, texts: list[str], options: EmbedOptions, wait
     # A provider model's name is the tenant's choice: one "byok" label keeps the series bounded.
     label = spec.name if spec.compute == "local" else "byok"
     metrics.cache_observe(model=label, public=options.public, hits=len(hits), misses=len(unique) - len(hits))
+    return EmbedPlan(spec=spec, options=options, inputs=inputs, keys=keys, unique=unique, scope=scope, hits=hits,
+                     missing=[k for k in unique if k not in hits])
 
-    found: dict[bytes, tuple[np.ndarray, int]] = {k: (h.vector, h.tokens) for k, h in hits.items()}
-    missing = [k for k in unique if k not in hits]
-    if missing:
-        tokens, vectors = _compute(spec, [inputs[unique[k]] for k in missing], missing, scope, wait, tenant.pk)
-        cache.hot_remember(model=spec.name, version=spec.version, scope=scope, keys=missing, tokens=tokens,
+
+def embed_finish(plan: EmbedPlan, *, tenant: Tenant, wait: float) -> EmbedResult:
+    """Has the workers compute what the cache lacks, then assembles the vectors in input order;
+    duplicates are computed once. Raises Overloaded (no worker / queue full) and WaitTimeout."""
+    spec, keys = plan.spec, plan.keys
+    found: dict[bytes, tuple[np.ndarray, int]] = {k: (h.vector, h.tokens) for k, h in plan.hits.items()}
+    if plan.missing:
+        missing = plan.missing
+        tokens, vectors = _compute(spec, [plan.inputs[plan.unique[k]] for k in missing], missing, plan.scope, wait,
+                                   tenant.pk)
+        cache.hot_remember(model=spec.name, version=spec.version, scope=plan.scope, keys=missing, tokens=tokens,
                            vectors=vectors)
         for j, key in enumerate(missing):
             found[key] = (vectors[j], int(tokens[j]))
 
     dims = len(found[keys[0]][0]) if keys else spec.dims  # a provider's dims are known from its vectors
-    raw = np.empty((len(texts), dims), dtype=np.float32)
+    raw = np.empty((len(keys), dims), dtype=np.float32)
     token_list = []
     for i, key in enumerate(keys):
         vector, n = found[key]
         raw[i] = vector
         token_list.append(n)
+    options = plan.options
     normalize = spec.normalize if options.normalize is None else options.normalize
     return EmbedResult(
         model=spec,
         vectors=vectors_shape(raw, dimensions=options.dimensions, normalize=normalize),
-        cached=[key in hits for key in keys],
+        cached=[key in plan.hits for key in keys],
         tokens=token_list,
     )
 
 
-def embed_serve(*, tenant: Tenant, texts: list[str], options: EmbedOptions, wait: float,
-                job_fallback: bool = False) -> tuple[EmbedResult | Job, QuotaState]:
+def embed_texts(*, tenant: Tenant, texts: list[str], options: EmbedOptions, wait: float) -> EmbedResult:
+    """Embeds `texts` for `tenant`, in input order, outside any limit (embed_serve applies them)."""
+    return embed_finish(embed_plan(tenant=tenant, texts=texts, options=options), tenant=tenant, wait=wait)
+
+
+def embed_serve(*, tenant: Tenant, texts: list[str], options: EmbedOptions, wait: float, caller: Caller,
+                job_fallback: bool = False) -> tuple[EmbedResult | Job, QuotaState, RateState]:
     """embed_texts within the tenant's limits: the data plane's one entry point.
 
-    Checks the tier's max_batch_size (PayloadTooLarge), counts every text against the daily
-    and monthly quotas all-or-nothing (QuotaExceeded), refunds them if the request then
-    fails, and records hits, misses and tokens in the tenant's usage. With `job_fallback`,
-    work not done within `wait` becomes a Job (returned instead of the result) rather than
-    a WaitTimeout; its texts stay counted once.
+    Checks the tier's max_batch_size (PayloadTooLarge) and the request (embed_plan), then
+    admits it in one Redis round trip (accounts/quotas.admit: the caller's auth epoch, its
+    requests per minute, every text against the daily and monthly quotas all-or-nothing, the
+    hits' usage). Raises AuthEpochMoved, RateLimited or QuotaExceeded from there. A request
+    that then fails is refunded; the misses' usage is recorded once computed. With
+    `job_fallback`, work not done within `wait` becomes a Job (returned instead of the result)
+    rather than a WaitTimeout; its texts stay counted once.
     """
     batch_size_check(tier=tenant.tier, texts=len(texts))
-    quota = quota_consume(tenant=tenant, texts=len(texts))
+    plan = embed_plan(tenant=tenant, texts=texts, options=options)
+    hits = usage_hits(tenant_id=tenant.pk, model=plan.spec.name, hits=plan.hit_count, tokens=plan.hit_tokens)
+    quota, rate = admit(caller=caller, tenant=tenant, texts=len(texts), usage=hits)
     try:
-        result = embed_texts(tenant=tenant, texts=texts, options=options, wait=wait)
+        result = embed_finish(plan, tenant=tenant, wait=wait)
     except WaitTimeout:
         if job_fallback:
             try:
-                return job_create(tenant=tenant, texts=texts, options=options, count_quota=False), quota
+                job = job_create(tenant=tenant, texts=texts, options=options, count_quota=False)
             except BaseException:
-                quota_refund(tenant=tenant, texts=len(texts), state=quota)
+                admit_refund(tenant=tenant, texts=len(texts), state=quota, usage=hits)
                 raise
-        quota_refund(tenant=tenant, texts=len(texts), state=quota)
+            admit_refund(tenant=tenant, texts=len(texts), state=quota, usage=hits, quota=False)  # the job counts them
+            return job, quota, rate
+        admit_refund(tenant=tenant, texts=len(texts), state=quota, usage=hits)
         raise
     except BaseException:
-        quota_refund(tenant=tenant, texts=len(texts), state=quota)
+        admit_refund(tenant=tenant, texts=len(texts), state=quota, usage=hits)
         raise
-    hits = sum(result.cached)
-    usage_record(tenant_id=tenant.pk, model=result.model.name, cache_hits=hits, cache_misses=len(texts) - hits,
-                 tokens=result.total_tokens)
-    return result, quota
+    if plan.missing:
+        usage_record(tenant_id=tenant.pk, model=result.model.name, cache_misses=len(texts) - hits.hits,
+                     tokens=result.total_tokens - hits.tokens)
+    return result, quota, rate
 
 
 # --- Jobs --------------------------------------------------------------------------------

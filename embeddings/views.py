@@ -8,12 +8,13 @@ from django.conf import settings
 from django.http import StreamingHttpResponse
 from redis.exceptions import RedisError
 from rest_framework import serializers
+from rest_framework.exceptions import AuthenticationFailed, NotAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.authentication import api_key_recheck, request_principal_id, request_tenant
-from accounts.quotas import quota_state, rate_count, rate_enforce
+from accounts.quotas import AuthEpochMoved, Caller, quota_state, rate_count, rate_enforce
 from embeddings import schemas
 from embeddings.encoding import vector_encode
 from embeddings.models import Job
@@ -27,6 +28,7 @@ from embeddings.serializers import (
     job_payload,
 )
 from embeddings.services import EmbedOptions, EmbedResult, embed_serve, job_cancel, job_create
+from embedplatform.errors import Overloaded
 
 _OPTION_FIELDS = ("model", "normalize", "dimensions", "truncate", "input_type", "public")
 
@@ -34,27 +36,62 @@ _OPTION_FIELDS = ("model", "normalize", "dimensions", "truncate", "input_type", 
 class DataPlaneApi(APIView):
     """Base of the endpoints that spend a tenant's limits.
 
-    Counts the request against the key's requests per minute before the view runs (429 when
-    spent) and puts X-RateLimit-* (daily text quota) and X-RateLimit-*-Requests (this key's
-    minute window) on every response, errors included, once the caller is known. The same
-    round trip reads the auth epoch: a key served from the process's key cache is read again
-    if it changed (accounts/authcache.py).
+    Counts the request against its key's requests per minute (429 when spent) and puts
+    X-RateLimit-* (daily text quota) and X-RateLimit-*-Requests (this key's minute window) on
+    every response, errors included, once the caller is known. The same round trip reads the
+    auth epoch: a key served from the process's key cache is read again if it changed
+    (accounts/authcache.py).
+
+    The embedding endpoints (`admits_in_view`) count in embed_serve's one admission round trip
+    instead, together with the text quota and the usage (accounts/quotas.admit); a request that
+    fails before its admission (bad input, unknown model) is counted by handle_exception, so
+    every request counts once and a revoked key still gets 401, never a 400.
     """
 
     checks_auth_epoch = True
+    admits_in_view = False
 
     def initial(self, request: Request, *args, **kwargs) -> None:
         super().initial(request, *args, **kwargs)
+        if not self.admits_in_view:
+            self._count(request)
+
+    def _count(self, request: Request) -> None:
+        """Counts the request in its key's window and checks the auth epoch: one round trip."""
+        request.counted = True
         count, reset_in, epoch = rate_count(principal_id=request_principal_id(request))
         api_key_recheck(request, epoch)
         tenant = request_tenant(request)
         request.limit_tenant = tenant
         request.rate_state = rate_enforce(count=count, reset_in=reset_in, tier=tenant.tier)
 
+    def admit_and_serve(self, request: Request, serve):
+        """Calls serve(tenant, caller) -> (result, quota state, rate state), re-reading the key when
+        the admission finds its auth epoch moved (it counted nothing then)."""
+        for _ in range(3):
+            tenant = request.limit_tenant = request_tenant(request)
+            caller = Caller(principal_id=request_principal_id(request), epoch=getattr(request.user, "epoch", ""))
+            try:
+                result, request.quota_state, request.rate_state = serve(tenant, caller)
+                return result
+            except AuthEpochMoved as moved:
+                api_key_recheck(request, moved.epoch)
+            finally:
+                request.counted = caller.admitted
+        raise Overloaded("API keys are changing too fast to admit this request; retry.", retry_after=1)
+
     def handle_exception(self, exc):
+        request = self.request
+        if (self.admits_in_view and not getattr(request, "counted", False)
+                and not isinstance(exc, (AuthenticationFailed, NotAuthenticated))
+                and getattr(request.user, "is_authenticated", False)):
+            try:
+                self._count(request)
+            except Exception as counted:  # a key revoked meanwhile (401) or a spent window (429) comes first
+                exc = counted
         for attr in ("quota", "rate"):
             if hasattr(exc, attr):
-                setattr(self.request, f"{attr}_state", getattr(exc, attr))
+                setattr(request, f"{attr}_state", getattr(exc, attr))
         return super().handle_exception(exc)
 
     def finalize_response(self, request: Request, response, *args, **kwargs):
@@ -74,15 +111,18 @@ class DataPlaneApi(APIView):
         return response
 
 
+class EmbedEndpointApi(DataPlaneApi):
+    admits_in_view = True
+
+    def embed(self, request: Request, data: dict, texts: list[str], *, job_fallback: bool = False) -> EmbedResult | Job:
+        wait = data.get("wait") or settings.SYNC_WAIT_SECONDS
+        options = _options(data)
+        return self.admit_and_serve(request, lambda tenant, caller: embed_serve(
+            tenant=tenant, texts=texts, options=options, wait=wait, caller=caller, job_fallback=job_fallback))
+
+
 def _options(data: dict) -> EmbedOptions:
     return EmbedOptions(**{f: data[f] for f in _OPTION_FIELDS})
-
-
-def _embed(request: Request, data: dict, texts: list[str], *, job_fallback: bool = False) -> EmbedResult | Job:
-    wait = data.get("wait") or settings.SYNC_WAIT_SECONDS
-    result, request.quota_state = embed_serve(tenant=request_tenant(request), texts=texts, options=_options(data),
-                                              wait=wait, job_fallback=job_fallback)
-    return result
 
 
 def _accepted(job: Job) -> Response:
@@ -91,7 +131,7 @@ def _accepted(job: Job) -> Response:
     return Response(payload, status=202, headers={"Location": payload["status_url"]})
 
 
-class EmbeddingCreateApi(DataPlaneApi):
+class EmbeddingCreateApi(EmbedEndpointApi):
     """POST /v1/embeddings: OpenAI's embeddings API, with a `cached` flag per item."""
 
     @schemas.embeddings_create_schema
@@ -99,7 +139,7 @@ class EmbeddingCreateApi(DataPlaneApi):
         serializer = EmbeddingsRequestSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
-        result = _embed(request, data, data["input"])
+        result = self.embed(request, data, data["input"])
         fmt = data["encoding_format"]
         return Response(
             {
@@ -114,7 +154,7 @@ class EmbeddingCreateApi(DataPlaneApi):
         )
 
 
-class EmbedApi(DataPlaneApi):
+class EmbedApi(EmbedEndpointApi):
     """POST /v1/embed: one text, one vector."""
 
     @schemas.embed_schema
@@ -123,7 +163,7 @@ class EmbedApi(DataPlaneApi):
         serializer = EmbedRequestSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
-        result = _embed(request, data, [data["text"]], job_fallback=True)
+        result = self.embed(request, data, [data["text"]], job_fallback=True)
         if isinstance(result, Job):
             return _accepted(result)
         return Response(
@@ -138,7 +178,7 @@ class EmbedApi(DataPlaneApi):
         )
 
 
-class EmbedBatchApi(DataPlaneApi):
+class EmbedBatchApi(EmbedEndpointApi):
     """POST /v1/embed/batch: many texts, vectors in input order, per-text `cached` flags."""
 
     @schemas.embed_batch_schema
@@ -146,7 +186,7 @@ class EmbedBatchApi(DataPlaneApi):
         serializer = EmbedBatchRequestSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
-        result = _embed(request, data, data["texts"], job_fallback=True)
+        result = self.embed(request, data, data["texts"], job_fallback=True)
         if isinstance(result, Job):
             return _accepted(result)
         fmt = data["encoding_format"]

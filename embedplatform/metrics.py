@@ -143,7 +143,7 @@ CLUSTER_REGISTRY.register(JobStatusCollector())
 
 
 def _process_registry():
-    """This process's metrics; with PROMETHEUS_MULTIPROC_DIR set (gunicorn with several
+    """This process's metrics; with PROMETHEUS_MULTIPROC_DIR set (granian with several
     workers), the sum over every process that writes there instead."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         from prometheus_client import multiprocess

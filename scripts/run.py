@@ -3,7 +3,7 @@
 all      embedded services (where no URL is set), migrate, web, one worker, the provider
          worker, beat, Flower; Ctrl-C stops everything it started.
 services the embedded PostgreSQL and Redis under VAR_DIR, in the foreground.
-web      migrate (unless --no-migrate), then gunicorn in the foreground.
+web      migrate (unless --no-migrate), then the API under granian in the foreground.
 worker   one embedding worker for every served model (DEVICE=cuda:1 pins it to GPU 1).
 provider-worker  the BYOK provider worker: queues `providers` and `default`, threads (I/O).
 beat     celery beat: the periodic usage flush and job sweep.
@@ -67,7 +67,7 @@ class Services:
 
 
 def web_env(env) -> dict[str, str]:
-    """The web's environment: gunicorn runs several processes, so /metrics sums them through
+    """The web's environment: granian runs several processes, so /metrics sums them through
     prometheus_client's multiprocess files in a directory emptied at each start (unless the
     operator set PROMETHEUS_MULTIPROC_DIR)."""
     if env.get("PROMETHEUS_MULTIPROC_DIR"):
@@ -79,17 +79,20 @@ def web_env(env) -> dict[str, str]:
 
 
 def cmd_web(env) -> list[str]:
+    """Granian (a Rust HTTP server) calling Django's WSGI app on a few Python threads per process.
+
+    Requests beyond the threads wait in Granian, not in Python: fewer threads contend for the GIL
+    and a cache hit costs less CPU (docs/DECISIONS.md #20, docs/BENCHMARKS.md).
+    """
     port = env.get("PORT", "8000")
     return [
-        str(BIN / "gunicorn"), "embedplatform.wsgi",
-        "--bind", f"{env.get('HOST', '127.0.0.1')}:{port}",
+        str(BIN / "granian"), "--interface", "wsgi", "embedplatform.wsgi:application",
+        "--host", env.get("HOST", "127.0.0.1"), "--port", port,
         "--workers", env.get("WEB_WORKERS", "2"),
-        # Threads: a sync request waits on Redis while the workers embed, so one process
-        # holds many waiting requests cheaply.
-        "--worker-class", "gthread", "--threads", env.get("WEB_THREADS", "32"),
-        "--timeout", "120", "--graceful-timeout", "10",
+        "--blocking-threads", env.get("WEB_THREADS", "16"),
+        "--respawn-failed-workers", "--workers-kill-timeout", "10",
         # LOG_FORMAT=json: Django logs one JSON access line per request (embedplatform/logs.py).
-        *(["--access-logfile", "-"] if env.get("LOG_FORMAT") == "text" else []),
+        "--access-log" if env.get("LOG_FORMAT") == "text" else "--no-access-log",
     ]
 
 

@@ -1,6 +1,6 @@
 """Shared fixtures: a tenancy world (alice and bob on paid, charlie on free), API clients,
 the tests' own Redis DB, an in-process drain loop on the real model, and a live stack
-(gunicorn + a Celery worker subprocess) for end-to-end tests."""
+(granian + a Celery worker subprocess) for end-to-end tests."""
 
 from __future__ import annotations
 
@@ -169,7 +169,7 @@ def drainer(transactional_db, redis_db, minilm):
     thread.join(timeout=10)
 
 
-# --- live stack: real gunicorn + a real Celery worker, as subprocesses ---------------------
+# --- live stack: the real web server + a real Celery worker, as subprocesses ---------------------
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -226,10 +226,10 @@ def live_stack(django_db_setup, django_db_blocker):
          "-n", "live@%h", "--loglevel", "INFO"],
         env=env, cwd=ROOT, stdout=(logs / "worker.log").open("wb")
     )
-    web = subprocess.Popen(
-        [str(bin_dir / "gunicorn"), "embedplatform.wsgi", "--bind", f"127.0.0.1:{port}", "--workers", "1",
-         "--worker-class", "gthread", "--threads", "40"],
-        env=env, cwd=ROOT, stdout=(logs / "web.log").open("wb")
+    web = subprocess.Popen(  # the production command (granian), one process
+        [sys.executable, "scripts/run.py", "web", "--no-migrate"],
+        env={**env, "PORT": str(port), "WEB_WORKERS": "1", "WEB_THREADS": "40"}, cwd=ROOT,
+        stdout=(logs / "web.log").open("wb"), stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 90

@@ -70,7 +70,7 @@ def test_the_app_waits_for_migrations_and_migrations_wait_for_postgres(services)
         assert depends["redis"]["condition"] == "service_healthy", name
 
 
-def test_web_runs_gunicorn_through_run_py_without_migrating(services):
+def test_web_runs_the_server_through_run_py_without_migrating(services):
     web = services["web"]
     assert "scripts/run.py web --no-migrate" in _command(web)
     assert web["environment"]["HOST"] == "0.0.0.0"

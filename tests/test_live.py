@@ -1,4 +1,4 @@
-"""End to end through real servers: gunicorn, a Celery worker subprocess, Redis, Postgres,
+"""End to end through real servers: granian, a Celery worker subprocess, Redis, Postgres,
 and the official OpenAI SDK as the client."""
 
 import base64

@@ -128,7 +128,7 @@ def test_jobs_by_status_appear_once_jobs_exist(client, db):
 
 
 def test_multiprocess_mode_still_answers(client, db, monkeypatch, tmp_path):
-    """With PROMETHEUS_MULTIPROC_DIR (several gunicorn processes) /metrics sums the processes' files."""
+    """With PROMETHEUS_MULTIPROC_DIR (several web processes) /metrics sums the processes' files."""
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
     text = scrape(client)
     assert "embed_queue_depth" in text  # the cluster-wide part is there either way

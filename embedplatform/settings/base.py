@@ -78,13 +78,15 @@ MIDDLEWARE = [
     "embedplatform.logs.RequestIdMiddleware",  # first: every later line of a request carries its id
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "django.middleware.security.SecurityMiddleware",
-    # The admin's CSS/JS under gunicorn with DEBUG off, straight from the apps (no collectstatic).
+    # The admin's CSS/JS under granian with DEBUG off, straight from the apps (no collectstatic).
     "whitenoise.middleware.WhiteNoiseMiddleware",
-    "django.contrib.sessions.middleware.SessionMiddleware",
+    # Sessions, CSRF, request.user and messages: the admin's and the docs', skipped on /v1/,
+    # /health/ and /metrics, which authenticate each request themselves (embedplatform/middleware.py).
+    "embedplatform.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
-    "django.middleware.csrf.CsrfViewMiddleware",
-    "django.contrib.auth.middleware.AuthenticationMiddleware",
-    "django.contrib.messages.middleware.MessageMiddleware",
+    "embedplatform.middleware.CsrfViewMiddleware",
+    "embedplatform.middleware.AuthenticationMiddleware",
+    "embedplatform.middleware.MessageMiddleware",
     "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
 

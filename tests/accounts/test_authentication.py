@@ -115,3 +115,13 @@ def test_create_tenant_refuses_an_unknown_tier(tiers):
 
     with pytest.raises(CommandError, match="Unknown tier `gold`"):
         call_command("create_tenant", "eve@example.com", "--tier", "gold")
+
+
+def test_a_revoked_key_fails_on_the_embedding_endpoints_even_with_a_bad_body(alice, client_for, redis_db):
+    """The embedding endpoints check the epoch in their admission round trip; a request that
+    fails before it (bad input) is checked in handle_exception: 401 either way, never 400."""
+    api = client_for(alice)
+    assert api.post("/v1/embeddings", {"model": "all-MiniLM-L6-v2", "input": []}, format="json").status_code == 400
+    api_key_revoke(tenant=alice.tenant, prefix=alice.api_key.prefix)
+    _error(api.post("/v1/embeddings", {"model": "all-MiniLM-L6-v2", "input": []}, format="json"), 401)
+    _error(api.post("/v1/embed", {"text": "fine"}, format="json"), 401)

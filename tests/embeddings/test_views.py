@@ -136,3 +136,13 @@ def test_models_lists_the_default_model(api):
     assert {"id": MODEL, "object": "model", "dimensions": 384, "max_tokens": 256, "compute": "local"}.items() <= body[
         "data"
     ][0].items()
+
+
+def test_a_key_revoked_between_two_hits_fails_the_second(api, alice):
+    from accounts.services import api_key_revoke
+
+    text = u("hit then revoke")
+    assert _post(api, {"model": MODEL, "input": text}).status_code == 200
+    assert _post(api, {"model": MODEL, "input": text}).json()["data"][0]["cached"] is True
+    api_key_revoke(tenant=alice.tenant, prefix=alice.api_key.prefix)
+    _error(_post(api, {"model": MODEL, "input": text}), 401)

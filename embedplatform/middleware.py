@@ -1,0 +1,40 @@
+"""Django's browser middleware, skipped on the JSON API.
+
+Sessions, CSRF cookies, `request.user` and flash messages serve the admin and the API docs.
+The API authenticates every request itself (DRF: API key or JWT, never a cookie), so on its
+paths these four only cost time: about a tenth of a cache hit (bench/profile_hit.py). Each
+class here is the Django middleware it extends (the admin's system checks look for them)
+and runs it everywhere but under API_PREFIXES.
+"""
+
+from __future__ import annotations
+
+from django.contrib.auth.middleware import AuthenticationMiddleware as _Authentication
+from django.contrib.messages.middleware import MessageMiddleware as _Messages
+from django.contrib.sessions.middleware import SessionMiddleware as _Sessions
+from django.middleware.csrf import CsrfViewMiddleware as _Csrf
+
+API_PREFIXES = ("/v1/", "/health/", "/metrics")
+
+
+class _BrowserOnly:
+    def __call__(self, request):
+        if request.path_info.startswith(API_PREFIXES):
+            return self.get_response(request)
+        return super().__call__(request)
+
+
+class SessionMiddleware(_BrowserOnly, _Sessions):
+    pass
+
+
+class CsrfViewMiddleware(_BrowserOnly, _Csrf):
+    pass
+
+
+class AuthenticationMiddleware(_BrowserOnly, _Authentication):
+    pass
+
+
+class MessageMiddleware(_BrowserOnly, _Messages):
+    pass
