@@ -205,6 +205,7 @@ def live_env(redis_url: str, var_dir: str) -> dict:
         "CELERY_BROKER_URL": embedded.celery_broker_for(redis_url),
         "SECRET_KEY": settings.SECRET_KEY,  # same key: hashes of keys made by the tests match
         "VAR_DIR": var_dir,
+        "EMBED_ONNX_DIR": str(settings.EMBED_ONNX_DIR),  # one export of each model for the whole run
         "DEBUG": "0",
         "CONN_MAX_AGE": "0",
         "SYNC_WAIT_SECONDS": "20",

@@ -87,7 +87,9 @@ class DrainStep(bootsteps.StartStopStep):
 
         try:
             device = device_parse(settings.EMBED_DEVICE)
-            runtimes = {m: ModelRuntime(model_get(m), device, threads=settings.EMBED_THREADS) for m in models}
+            backend = settings.EMBED_BACKEND if device == "cpu" else "torch"
+            runtimes = {m: ModelRuntime(model_get(m), device, threads=settings.EMBED_THREADS, backend=backend)
+                        for m in models}
         except Exception:
             logger.exception("could not load models %s; this worker serves nothing", models)
             return

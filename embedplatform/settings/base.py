@@ -148,6 +148,13 @@ EMBED_MODELS: str = env.str("EMBED_MODELS", default="")
 EMBED_DEVICE: str = env.str("EMBED_DEVICE", default=env.str("DEVICE", default="cpu"))
 # CPU only: torch intra-op threads of a worker (0 = torch's default, one per core).
 EMBED_THREADS: int = env.int("EMBED_THREADS", default=0)
+# What runs the transformer: `onnx` (ONNX Runtime, exported once under VAR_DIR/onnx; CPU only)
+# or `torch`. Default: onnx on the CPU, torch on a GPU (workers/runtime.py, DECISIONS #20).
+EMBED_BACKEND: str = env.str("EMBED_BACKEND", default="onnx" if EMBED_DEVICE == "cpu" else "torch")
+if EMBED_BACKEND not in ("onnx", "torch"):
+    raise ImproperlyConfigured(f"EMBED_BACKEND={EMBED_BACKEND!r}: use onnx (CPU) or torch.")
+# Where exported ONNX models are kept (one file per model version and exporter).
+EMBED_ONNX_DIR: Path = Path(env.str("EMBED_ONNX_DIR", default=str(VAR_DIR / "onnx"))).resolve()
 # A forward pass takes at most this many texts. On a GPU bigger passes pay (H200, MiniLM:
 # 9.3k texts/s at 64, 21.5k at 256; bench/gpu_check.py), on CPU they do not.
 MAX_BATCH_TEXTS: int = env.int("MAX_BATCH_TEXTS", default=256 if EMBED_DEVICE.startswith("cuda") else 64)
