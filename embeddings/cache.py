@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from django.db import connection, transaction
+from django.db import connection
 
 from embeddings.hotcache import hot_cache
 from embeddings.models import CachedEmbedding
@@ -86,11 +86,13 @@ def cache_upsert(*, model: str, version: str, scope: int, rows: Iterable[tuple[b
         dims.append(vec.shape[0])
     if not keys:
         return 0
-    with transaction.atomic(), connection.cursor() as cur:
-        cur.execute("SET LOCAL synchronous_commit TO OFF")
+    with connection.cursor() as cur:
+        # One statement, one round trip: set_config(..., true) makes this statement's own
+        # transaction commit asynchronously (outside a transaction; inside one, the caller's).
         cur.execute(
             f"INSERT INTO {_TABLE} (text_sha256, model, model_version, scope, dims, tokens, vector, created_at) "
             "SELECT k, %s, %s, %s, d, t, v, now() FROM unnest(%s::bytea[], %s::int[], %s::int[], %s::bytea[]) AS u(k, d, t, v) "
+            "WHERE set_config('synchronous_commit', 'off', true) IS NOT NULL "
             "ON CONFLICT (text_sha256, model, model_version, scope) DO NOTHING",
             [model, version, scope, keys, dims, tokens, vectors],
         )

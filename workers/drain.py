@@ -199,14 +199,16 @@ class Drainer:
         # finds it cached, and a job is never told "done" before its vectors are durable.
         self._store(runtime.spec, live, index, tokens, vectors)
         pipe = self.redis.pipeline(transaction=False)
+        for it in live:
+            rows = [index[k] for k in it.keys]
+            self._reply(pipe, it, reply_ok(tokens[rows], vectors[rows]))
+        pipe.execute()  # the waiters first; the bookkeeping below is nobody's latency
         stats = stats_key(self.name)
         pipe.hincrby(stats, "batches", 1)
         pipe.hincrby(stats, "items", len(live))
         pipe.hincrby(stats, "texts", len(texts))
         share = compute_ms / sum(len(it.texts) for it in live)
         for it in live:
-            rows = [index[k] for k in it.keys]
-            self._reply(pipe, it, reply_ok(tokens[rows], vectors[rows]))
             if it.tenant:
                 usage_record(tenant_id=it.tenant, model=model, compute_ms=share * len(it.texts), pipe=pipe)
         pipe.execute()
