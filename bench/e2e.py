@@ -66,9 +66,14 @@ def bench_raw(onnx_dir: str | None = None) -> dict:
         encoders.append(("onnx_", lambda batch, size: runtime.encode(batch, max_texts=size)))
     for prefix, encode in encoders:
         encode(texts[:64], 32)
-        t = time.perf_counter()
-        encode(texts[:1280], 32)
-        out[f"{prefix}batch32_texts_per_s"] = 1280 / (time.perf_counter() - t)
+        # The best of three: this VM's speed drifts, and a slow moment here would flatter every
+        # ratio below; the best raw figure makes them conservative.
+        best = 0.0
+        for _ in range(3):
+            t = time.perf_counter()
+            encode(texts[:1280], 32)
+            best = max(best, 1280 / (time.perf_counter() - t))
+        out[f"{prefix}batch32_texts_per_s"] = best
         lat = []
         for text in texts[1280:1580]:
             t = time.perf_counter()
@@ -241,7 +246,7 @@ def main() -> None:
     out = ROOT / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)
     (out / "e2e.json").write_text(json.dumps(result, indent=2))
-    b32 = raw["batch32_texts_per_s"]
+    b32, ob32 = raw["batch32_texts_per_s"], raw["onnx_batch32_texts_per_s"]
     rows = [
         ("raw model.encode, batch 32", f"{b32:.0f} texts/s", "1.00x"),
         ("raw model.encode, batch 1", f"{raw['batch1_texts_per_s']:.0f} texts/s (p50 {raw['batch1_p50_ms']:.1f} ms)",
@@ -251,11 +256,12 @@ def main() -> None:
         ("raw ONNX Runtime, batch 1", f"{raw['onnx_batch1_texts_per_s']:.0f} texts/s (p50 {raw['onnx_batch1_p50_ms']:.1f} ms)",
          f"{raw['onnx_batch1_texts_per_s'] / b32:.2f}x"),
         ("misses, 1-text requests, 32 clients", f"{path['miss_single_c32_texts_per_s']:.0f} texts/s",
-         f"{path['miss_single_c32_texts_per_s'] / b32:.2f}x"),
+         f"{path['miss_single_c32_texts_per_s'] / b32:.2f}x ({path['miss_single_c32_texts_per_s'] / ob32:.2f}x ONNX)"),
         ("misses, 32-text requests, 4 clients", f"{path['miss_batch32_c4_texts_per_s']:.0f} texts/s",
-         f"{path['miss_batch32_c4_texts_per_s'] / b32:.2f}x"),
+         f"{path['miss_batch32_c4_texts_per_s'] / b32:.2f}x ({path['miss_batch32_c4_texts_per_s'] / ob32:.2f}x ONNX)"),
         ("misses, 1-text latency, 1 client", f"p50 {path['miss_single_c1_p50_ms']:.1f} ms, "
-         f"p99 {path['miss_single_c1_p99_ms']:.1f} ms", f"raw p50 + {path['miss_single_c1_p50_ms'] - raw['batch1_p50_ms']:.1f} ms"),
+         f"p99 {path['miss_single_c1_p99_ms']:.1f} ms",
+         f"raw ONNX p50 + {path['miss_single_c1_p50_ms'] - raw['onnx_batch1_p50_ms']:.1f} ms"),
         ("hits, 32 clients", f"{path['hit_c32_requests_per_s']:.0f} requests/s", ""),
         ("hits, 1 client", f"p50 {path['hit_c1_p50_ms']:.2f} ms, p99 {path['hit_c1_p99_ms']:.2f} ms", ""),
     ]

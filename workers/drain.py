@@ -147,17 +147,16 @@ class Drainer:
             return "", []
         first = WorkItem.loads(popped[1])
         items = [first]
-        texts = len(first.texts)
-        for priority in ("hi", "lo"):
-            if texts >= self.max_texts:
-                break
-            # Items are indivisible; asking for (room) items may overshoot in texts, and
-            # the runtime splits whatever it gets into passes of at most max_texts.
-            more = self.redis.lpop(work_list(first.model, priority), self.max_texts - texts) or []
-            for raw in more:
-                item = WorkItem.loads(raw)
-                items.append(item)
-                texts += len(item.texts)
+        room = self.max_texts - len(first.texts)
+        if room > 0:
+            # Both lists in one round trip, hi before lo. Items are indivisible and each list
+            # may give up to (room) items, so a take can overshoot max_texts: the runtime splits
+            # whatever it gets into passes of at most max_texts.
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.lpop(work_list(first.model, "hi"), room)
+            pipe.lpop(work_list(first.model, "lo"), room)
+            for raw in [r for got in pipe.execute() for r in (got or [])]:
+                items.append(WorkItem.loads(raw))
         return first.model, items
 
     def run_once(self, block: float = 1.0) -> int:
