@@ -3,8 +3,10 @@
     DATABASE_URL=... REDIS_URL=... .venv/bin/python bench/profile_hit.py [--n 3000] [--profile]
 
 Calls the WSGI application in-process with a cache-hit `POST /v1/embeddings` (one text, a
-paid tenant, vectors seeded straight into the cache) and prints microseconds per request.
---profile prints the cProfile top 40 by cumulative time; --path picks another endpoint.
+tenant on a `bench` tier, vectors seeded straight into the cache) and prints microseconds per
+request. --profile prints the cProfile top 40 by cumulative time (SORT=tottime TOP=60 to
+change); --path picks another endpoint; --miss sends unique texts to a worker subprocess
+(the CPU printed is still this process's: the web's share of a miss).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=3000)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--path", default="/v1/embeddings")
+    parser.add_argument("--miss", action="store_true", help="unique texts (cache misses): starts a worker subprocess")
     args = parser.parse_args()
     os.environ.update(bench_env("ep-prof-"))
 
@@ -58,9 +61,22 @@ def main() -> None:
     cache_upsert(model=spec.name, version=spec.version, scope=tenant.pk,
                  rows=[(text_key(t), 9, rng.standard_normal(spec.dims).astype("f4")) for t in texts])
 
+    worker = None
+    if args.miss:
+        import subprocess
+
+        texts = short_texts(args.n + 400, seed=time.time_ns() % 10**9)
+        worker = subprocess.Popen([sys.executable, "scripts/run.py", "worker"], cwd=ROOT, env=dict(os.environ),
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        from embeddings.waiting import redis_client
+        from workers.queues import alive_key
+
+        while not redis_client().exists(alive_key(spec.name)):
+            time.sleep(0.5)
+
     def call(i: int) -> int:
         field = "text" if args.path == "/v1/embed" else "input"
-        body = orjson.dumps({"model": spec.name, field: texts[i % len(texts)]})
+        body = orjson.dumps({"model": spec.name, field: texts[i % len(texts)] if not args.miss else texts[i + 200]})
         environ = {
             "REQUEST_METHOD": "POST", "PATH_INFO": args.path, "SCRIPT_NAME": "", "QUERY_STRING": "",
             "SERVER_NAME": "127.0.0.1", "SERVER_PORT": "8000", "SERVER_PROTOCOL": "HTTP/1.1",
@@ -75,7 +91,7 @@ def main() -> None:
         return int(status[0].split()[0])
 
     for i in range(200):
-        assert call(i) == 200, call(i)
+        assert call(i - 200 if args.miss else i) == 200
     profiler = cProfile.Profile() if args.profile else None
     cpu, wall = time.process_time(), time.perf_counter()
     if profiler:
@@ -88,6 +104,9 @@ def main() -> None:
     print(f"{args.path}: {wall / args.n * 1e6:.0f} us wall, {cpu / args.n * 1e6:.0f} us CPU per request (n={args.n})")
     if profiler:
         pstats.Stats(profiler).sort_stats(os.environ.get("SORT", "cumulative")).print_stats(int(os.environ.get("TOP", "40")))
+    if worker is not None:
+        worker.terminate()
+        worker.wait(20)
 
 
 if __name__ == "__main__":
