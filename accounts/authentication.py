@@ -33,7 +33,7 @@ class KeyPrincipal:
     is_staff: bool = False
 
     @property
-    def pk(self):  # django-ratelimit and logging want an id
+    def pk(self):  # logging wants an id
         return f"key:{self.api_key.prefix}"
 
 
