@@ -1,7 +1,8 @@
 """Embedding business logic: resolve the model, read the cache, send misses, assemble.
 
-`embed_texts` is the one path every sync endpoint uses. It never writes to the database
-itself: hits are read in one query, misses go to the workers, which write them.
+`embed_serve` (embed_plan, then the admission, then embed_finish) is the one path every sync
+endpoint uses. It never writes to the database itself: hits are read in one query (or from
+the process's hot tier), misses go to the workers, which write them.
 """
 
 from __future__ import annotations
@@ -198,14 +199,9 @@ def embed_finish(plan: EmbedPlan, *, tenant: Tenant, wait: float) -> EmbedResult
     )
 
 
-def embed_texts(*, tenant: Tenant, texts: list[str], options: EmbedOptions, wait: float) -> EmbedResult:
-    """Embeds `texts` for `tenant`, in input order, outside any limit (embed_serve applies them)."""
-    return embed_finish(embed_plan(tenant=tenant, texts=texts, options=options), tenant=tenant, wait=wait)
-
-
 def embed_serve(*, tenant: Tenant, texts: list[str], options: EmbedOptions, wait: float, caller: Caller,
                 job_fallback: bool = False) -> tuple[EmbedResult | Job, QuotaState, RateState]:
-    """embed_texts within the tenant's limits: the data plane's one entry point.
+    """Embeds `texts` for `tenant` within its limits: the data plane's one entry point.
 
     Checks the tier's max_batch_size (PayloadTooLarge) and the request (embed_plan), then
     admits it in one Redis round trip (accounts/quotas.admit: the caller's auth epoch, its

@@ -2,7 +2,7 @@
 
 Where each series comes from:
 - the web's /metrics (`metrics_view`): django-prometheus' HTTP metrics, the cache hit/miss
-  counters (embeddings.services.embed_texts), and two cluster-wide collectors read at scrape
+  counters (embeddings.services.embed_plan), and two cluster-wide collectors read at scrape
   time: queue depth per model list (Redis LLEN) and jobs by status (one GROUP BY);
 - each worker's own port (WORKER_METRICS_PORT, `worker_metrics_serve`): batch size, batch
   tokens and inference seconds (workers/drain.py), provider call seconds and errors (the
