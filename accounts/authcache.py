@@ -5,7 +5,7 @@ hit (DECISIONS #19). Each web process now keeps the keys it has seen, each stamp
 *auth epoch* current when it was read. Every change to a key, tenant or tier (save, delete,
 revoke, a tier edit in the admin) sets the epoch `auth:epoch` in Redis to a new random value
 (`auth_epoch_bump`). The data plane reads the epoch in the same Redis round trip as the
-request's rate window (accounts/quotas.rate_count) and reloads a key whose stamp differs
+request's limits (accounts/quotas.admit) and reloads a key whose stamp differs
 before anything is served, so a revoked key still fails on its very next request in every
 process. Other views compare the epoch themselves (one GET).
 

@@ -1,11 +1,11 @@
 """Per-tier limits: requests per minute per key, and daily / monthly text quotas per tenant.
 
-Requests per minute are a fixed window per key, counted by one Lua script that also reads the
-auth epoch (accounts/authcache.py): one Redis round trip (login throttling uses
-django-ratelimit). Text quotas are
-two Redis counters per tenant (UTC day, UTC month) checked and incremented by one Lua script,
-so concurrent requests cannot overshoot, and a request that would cross a quota is refused
-whole. Every text counts, cache hit or miss; a request that fails is refunded.
+Requests per minute are a fixed one-minute window per key; text quotas are two Redis counters
+per tenant (UTC day, UTC month). One Lua script (`admit`) checks and counts both, with the
+auth epoch (accounts/authcache.py) and the usage of a request's cache hits, in one round trip:
+concurrent requests cannot overshoot, and a request that would cross a quota is refused
+whole. Every text counts, cache hit or miss; a request that fails is refunded. Login
+throttling uses django-ratelimit.
 """
 
 from __future__ import annotations
@@ -86,58 +86,6 @@ def _keys(tenant_id: int, now: datetime) -> tuple[str, str, datetime, datetime]:
     return f"quota:d:{tenant_id}:{day}", f"quota:m:{tenant_id}:{month}", day_reset, month_reset
 
 
-# KEYS: day counter, month counter. ARGV: texts, daily limit, monthly limit, day ttl, month ttl.
-# Returns {verdict, used today, used this month}: 1 admitted (counters incremented),
-# 0 refused by the daily limit, -1 refused by the monthly limit (counters untouched).
-_CONSUME = """
-local d = tonumber(redis.call('GET', KEYS[1]) or '0')
-local m = tonumber(redis.call('GET', KEYS[2]) or '0')
-local n = tonumber(ARGV[1])
-if d + n > tonumber(ARGV[2]) then return {0, d, m} end
-if m + n > tonumber(ARGV[3]) then return {-1, d, m} end
-d = redis.call('INCRBY', KEYS[1], n)
-redis.call('EXPIRE', KEYS[1], ARGV[4])
-m = redis.call('INCRBY', KEYS[2], n)
-redis.call('EXPIRE', KEYS[2], ARGV[5])
-return {1, d, m}
-"""
-
-
-def quota_consume(*, tenant: Tenant, texts: int) -> QuotaState:
-    """Counts `texts` against the tenant's daily and monthly quotas, all or nothing.
-
-    Raises QuotaExceeded (429, Retry-After to the reset) when the request would cross either
-    quota; nothing is counted then.
-    """
-    tier = tenant.tier
-    now = time_now()
-    day_key, month_key, day_reset, month_reset = _keys(tenant.pk, now)
-    # Keys outlive their period by a day so a late refund never re-creates a fresh counter.
-    day_ttl = int((day_reset - now).total_seconds()) + 86400
-    month_ttl = int((month_reset - now).total_seconds()) + 86400
-    verdict, used_d, used_m = script(_CONSUME)(
-        keys=[day_key, month_key], args=[texts, tier.daily_limit, tier.monthly_limit, day_ttl, month_ttl],
-        client=redis_client(),
-    )
-    state = QuotaState(tier.daily_limit, int(used_d), tier.monthly_limit, int(used_m), day_reset, month_reset)
-    if verdict == 1:
-        return state
-    raise _quota_error(tier, state, texts, now, daily=verdict == 0)
-
-
-def _quota_error(tier: Tier, state: QuotaState, texts: int, now: datetime, *, daily: bool) -> QuotaExceeded:
-    reset = state.day_reset if daily else state.month_reset
-    error = QuotaExceeded(
-        QUOTA_EXCEEDED.format(
-            period="daily" if daily else "monthly", limit=tier.daily_limit if daily else tier.monthly_limit,
-            used=state.used_today if daily else state.used_month, texts=texts, reset=reset.strftime("%Y-%m-%d %H:%M"),
-        ),
-        retry_after=int((reset - now).total_seconds()) + 1,
-    )
-    error.quota = state
-    return error
-
-
 class AuthEpochMoved(Exception):
     """The auth epoch moved since the caller's key was read (accounts/authcache.py): nothing was
     counted; re-read the key (api_key_recheck) and ask again."""
@@ -162,22 +110,23 @@ class Caller:
 class UsageHits:
     """The cache hits of a request, recorded in the tenant's usage by the admission script itself."""
 
-    key: str  # accounts.services.usage_keys()
+    key: str  # accounts.services.usage_hits() builds it
     dirty: str
     member: str
     hits: int
     tokens: int
 
 
-# The data plane's one round trip (DECISIONS #19): auth epoch, the key's minute window, the
-# text quotas and the usage of the request's cache hits.
+# Every limit of the data plane in one round trip (DECISIONS #14, #19): the auth epoch, the
+# caller's minute window, the text quotas and the usage of the request's cache hits.
 # KEYS: epoch, rate counter, day counter, month counter, usage hash, usage dirty set.
-# ARGV: 1 expected epoch ('' = none), 2 fresh epoch, 3 count the window (1/0), 4 window ttl,
-#       5 requests per minute, 6 texts, 7 daily limit, 8 monthly limit, 9 day ttl, 10 month ttl,
-#       11 hits, 12 hit tokens, 13 usage member.
+# ARGV: 1 expected epoch ('' = no check), 2 fresh epoch (for a missing one), 3 count the window
+#       (1/0), 4 window ttl, 5 requests per minute, 6 texts to count (0: read the quotas only),
+#       7 daily limit, 8 monthly limit, 9 day ttl, 10 month ttl, 11 hits, 12 hit tokens,
+#       13 usage member.
 # Returns {verdict, used today, used this month, requests in the window, epoch}: verdict 1
-# admitted; 0 / -1 refused by the daily / monthly quota; -3 over the rate; -9 epoch moved
-# (nothing counted).
+# admitted; 0 / -1 refused by the daily / monthly quota (no text counted); -3 over the rate;
+# -9 epoch moved (nothing counted).
 _ADMIT = """
 local e = redis.call('GET', KEYS[1])
 if not e then e = ARGV[2]; redis.call('SET', KEYS[1], e) end
@@ -186,17 +135,19 @@ local n = 0
 if ARGV[3] == '1' then
   n = redis.call('INCR', KEYS[2])
   if n == 1 then redis.call('EXPIRE', KEYS[2], ARGV[4]) end
-  if n > tonumber(ARGV[5]) then return {-3, 0, 0, n, e} end
 end
 local d = tonumber(redis.call('GET', KEYS[3]) or '0')
 local m = tonumber(redis.call('GET', KEYS[4]) or '0')
+if ARGV[3] == '1' and n > tonumber(ARGV[5]) then return {-3, d, m, n, e} end
 local t = tonumber(ARGV[6])
-if d + t > tonumber(ARGV[7]) then return {0, d, m, n, e} end
-if m + t > tonumber(ARGV[8]) then return {-1, d, m, n, e} end
-d = redis.call('INCRBY', KEYS[3], t)
-redis.call('EXPIRE', KEYS[3], ARGV[9])
-m = redis.call('INCRBY', KEYS[4], t)
-redis.call('EXPIRE', KEYS[4], ARGV[10])
+if t > 0 then
+  if d + t > tonumber(ARGV[7]) then return {0, d, m, n, e} end
+  if m + t > tonumber(ARGV[8]) then return {-1, d, m, n, e} end
+  d = redis.call('INCRBY', KEYS[3], t)
+  redis.call('EXPIRE', KEYS[3], ARGV[9])
+  m = redis.call('INCRBY', KEYS[4], t)
+  redis.call('EXPIRE', KEYS[4], ARGV[10])
+end
 if tonumber(ARGV[11]) > 0 then
   redis.call('HINCRBY', KEYS[5], 'cache_hits', ARGV[11])
   if tonumber(ARGV[12]) > 0 then redis.call('HINCRBY', KEYS[5], 'tokens', ARGV[12]) end
@@ -206,65 +157,87 @@ return {1, d, m, n, e}
 """
 
 
-def admit(*, caller: Caller, tenant: Tenant, texts: int, usage: UsageHits) -> tuple[QuotaState, RateState]:
-    """Admits a data-plane request in one Redis round trip: checks the auth epoch, counts the
-    request in its key's minute window, counts `texts` against the quotas (all or nothing) and
-    records the request's cache hits in the tenant's usage.
+def admit(*, tenant: Tenant, texts: int = 0, caller: Caller | None = None,
+          usage: UsageHits | None = None) -> tuple[QuotaState, RateState | None]:
+    """Counts a request against the tenant's limits in one Redis round trip, all or nothing.
 
-    Raises AuthEpochMoved (nothing counted), RateLimited (the window is spent; .rate) or
-    QuotaExceeded (a quota would be crossed; .quota and .rate; no text counted).
+    With `caller`: checks its auth epoch and counts the request in its key's minute window.
+    `texts` are counted against the daily and monthly quotas; `usage` records the request's
+    cache hits. Returns the quota state and the window's state (None without a caller).
+
+    Raises AuthEpochMoved (nothing counted), RateLimited (the window is spent; .rate, .quota)
+    or QuotaExceeded (a quota would be crossed; .quota, .rate; no text counted).
     """
     tier = tenant.tier
     now = time_now()
     day_key, month_key, day_reset, month_reset = _keys(tenant.pk, now)
     stamp = int(now.timestamp())
     reset_in = 60 - stamp % 60
-    enabled = getattr(settings, "RATELIMIT_ENABLE", True)
+    counting = caller is not None and getattr(settings, "RATELIMIT_ENABLE", True)
     verdict, used_d, used_m, count, epoch = script(_ADMIT)(
-        keys=[EPOCH_KEY, f"rate:{caller.principal_id}:{stamp // 60}", day_key, month_key, usage.key, usage.dirty],
-        args=[caller.epoch, epoch_new(), 1 if enabled else 0, reset_in + 1, tier.requests_per_minute, texts,
-              tier.daily_limit, tier.monthly_limit, int((day_reset - now).total_seconds()) + 86400,
-              int((month_reset - now).total_seconds()) + 86400, usage.hits, usage.tokens, usage.member],
+        keys=[EPOCH_KEY, f"rate:{caller.principal_id if caller else ''}:{stamp // 60}", day_key, month_key,
+              usage.key if usage else "", usage.dirty if usage else ""],
+        args=[caller.epoch if caller else "", epoch_new(), 1 if counting else 0, reset_in + 1,
+              tier.requests_per_minute, texts, tier.daily_limit, tier.monthly_limit,
+              # Keys outlive their period by a day so a late refund never re-creates a fresh counter.
+              int((day_reset - now).total_seconds()) + 86400, int((month_reset - now).total_seconds()) + 86400,
+              usage.hits if usage else 0, usage.tokens if usage else 0, usage.member if usage else ""],
         client=redis_client(),
     )
     if verdict == -9:
         raise AuthEpochMoved(epoch.decode() if isinstance(epoch, bytes) else str(epoch))
-    caller.admitted = True
+    if caller is not None:
+        caller.admitted = True
     limit = tier.requests_per_minute
-    rate = RateState(limit, max(0, limit - int(count)), reset_in) if enabled else RateState(limit, limit, 60)
-    if verdict == -3:
-        rate_enforce(count=int(count), reset_in=reset_in, tier=tier)  # raises
+    rate = None
+    if caller is not None:
+        rate = RateState(limit, max(0, limit - int(count)), reset_in) if counting else RateState(limit, limit, 60)
     state = QuotaState(tier.daily_limit, int(used_d), tier.monthly_limit, int(used_m), day_reset, month_reset)
     if verdict == 1:
         return state, rate
-    error = _quota_error(tier, state, texts, now, daily=verdict == 0)
+    if verdict == -3:
+        error = RateLimited(RATE_LIMITED.format(limit=limit, retry_after=max(1, reset_in)), retry_after=reset_in)
+        error.quota = state
+    else:
+        error = _quota_error(tier, state, texts, now, daily=verdict == 0)
     error.rate = rate
     raise error
 
 
-def admit_refund(*, tenant: Tenant, texts: int, state: QuotaState, usage: UsageHits, quota: bool = True) -> None:
-    """Undoes an admission whose request then failed: the hits' usage, and the texts' quota
-    unless `quota` is False (the request became a job, which keeps its texts counted)."""
+def quota_consume(*, tenant: Tenant, texts: int) -> QuotaState:
+    """Counts `texts` against the tenant's daily and monthly quotas, all or nothing (no rate
+    window: for work whose request was counted already). Raises QuotaExceeded."""
+    return admit(tenant=tenant, texts=texts)[0]
+
+
+def _quota_error(tier: Tier, state: QuotaState, texts: int, now: datetime, *, daily: bool) -> QuotaExceeded:
+    reset = state.day_reset if daily else state.month_reset
+    error = QuotaExceeded(
+        QUOTA_EXCEEDED.format(
+            period="daily" if daily else "monthly", limit=tier.daily_limit if daily else tier.monthly_limit,
+            used=state.used_today if daily else state.used_month, texts=texts, reset=reset.strftime("%Y-%m-%d %H:%M"),
+        ),
+        retry_after=int((reset - now).total_seconds()) + 1,
+    )
+    error.quota = state
+    return error
+
+
+def quota_refund(*, tenant: Tenant, texts: int, state: QuotaState, usage: UsageHits | None = None,
+                 quota: bool = True) -> None:
+    """Undoes an admission whose request then failed (same periods as `state`): the texts'
+    quota unless `quota` is False (the request became a job, which keeps its texts counted),
+    and the hits' usage."""
     now = state.day_reset - timedelta(seconds=1)
     day_key, month_key, _, _ = _keys(tenant.pk, now)
     with redis_client().pipeline(transaction=False) as pipe:
         if quota:
             pipe.decrby(day_key, texts)
             pipe.decrby(month_key, texts)
-        if usage.hits:
+        if usage is not None and usage.hits:
             pipe.hincrby(usage.key, "cache_hits", -usage.hits)
             if usage.tokens:
                 pipe.hincrby(usage.key, "tokens", -usage.tokens)
-        pipe.execute()
-
-
-def quota_refund(*, tenant: Tenant, texts: int, state: QuotaState) -> None:
-    """Gives back `texts` consumed for a request that then failed (same periods as `state`)."""
-    now = state.day_reset - timedelta(seconds=1)
-    day_key, month_key, _, _ = _keys(tenant.pk, now)
-    with redis_client().pipeline(transaction=True) as pipe:
-        pipe.decrby(day_key, texts)
-        pipe.decrby(month_key, texts)
         pipe.execute()
 
 
@@ -284,44 +257,6 @@ def batch_size_check(*, tier: Tier, texts: int) -> None:
             BATCH_TOO_LARGE.format(texts=texts, tier=tier.name, limit=tier.max_batch_size),
             param="input", code="batch_too_large",
         )
-
-
-# KEYS: the key's counter for this minute, the auth epoch. ARGV: 1 to count (0: limits are
-# off), the counter's ttl, a fresh epoch for a missing one. Returns {count, epoch}.
-_RATE = """
-local n = 0
-if ARGV[1] == '1' then
-  n = redis.call('INCR', KEYS[1])
-  if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
-end
-local e = redis.call('GET', KEYS[2])
-if not e then e = ARGV[3]; redis.call('SET', KEYS[2], e) end
-return {n, e}
-"""
-
-
-def rate_count(*, principal_id: str) -> tuple[int, int, str]:
-    """Counts a request in its key's fixed one-minute window and reads the auth epoch, in one
-    round trip: (requests in this window, seconds to its end, auth epoch). RATELIMIT_ENABLE=False
-    counts nothing (0)."""
-    now = int(time_now().timestamp())
-    reset_in = 60 - now % 60
-    enabled = getattr(settings, "RATELIMIT_ENABLE", True)
-    count, epoch = script(_RATE)(keys=[f"rate:{principal_id}:{now // 60}", EPOCH_KEY],
-                                 args=[1 if enabled else 0, reset_in + 1, epoch_new()], client=redis_client())
-    return int(count), reset_in, epoch.decode() if isinstance(epoch, bytes) else str(epoch)
-
-
-def rate_enforce(*, count: int, reset_in: int, tier: Tier) -> RateState:
-    """The key's window state; raises RateLimited (429, Retry-After to the window's end) once
-    `count` is over the tier's requests per minute."""
-    limit = tier.requests_per_minute
-    state = RateState(limit, max(0, limit - count), reset_in)
-    if count > limit:
-        error = RateLimited(RATE_LIMITED.format(limit=limit, retry_after=max(1, reset_in)), retry_after=reset_in)
-        error.rate = state
-        raise error
-    return state
 
 
 def login_check(request, *, email: str) -> None:

@@ -23,7 +23,6 @@ from accounts.quotas import (
     QuotaState,
     RateState,
     admit,
-    admit_refund,
     batch_size_check,
     quota_consume,
     quota_refund,
@@ -214,7 +213,7 @@ def embed_serve(*, tenant: Tenant, texts: list[str], options: EmbedOptions, wait
     batch_size_check(tier=tenant.tier, texts=len(texts))
     plan = embed_plan(tenant=tenant, texts=texts, options=options)
     hits = usage_hits(tenant_id=tenant.pk, model=plan.spec.name, hits=plan.hit_count, tokens=plan.hit_tokens)
-    quota, rate = admit(caller=caller, tenant=tenant, texts=len(texts), usage=hits)
+    quota, rate = admit(tenant=tenant, texts=len(texts), caller=caller, usage=hits)
     try:
         result = embed_finish(plan, tenant=tenant, wait=wait)
     except WaitTimeout:
@@ -222,14 +221,14 @@ def embed_serve(*, tenant: Tenant, texts: list[str], options: EmbedOptions, wait
             try:
                 job = job_create(tenant=tenant, texts=texts, options=options, count_quota=False)
             except BaseException:
-                admit_refund(tenant=tenant, texts=len(texts), state=quota, usage=hits)
+                quota_refund(tenant=tenant, texts=len(texts), state=quota, usage=hits)
                 raise
-            admit_refund(tenant=tenant, texts=len(texts), state=quota, usage=hits, quota=False)  # the job counts them
+            quota_refund(tenant=tenant, texts=len(texts), state=quota, usage=hits, quota=False)  # the job counts them
             return job, quota, rate
-        admit_refund(tenant=tenant, texts=len(texts), state=quota, usage=hits)
+        quota_refund(tenant=tenant, texts=len(texts), state=quota, usage=hits)
         raise
     except BaseException:
-        admit_refund(tenant=tenant, texts=len(texts), state=quota, usage=hits)
+        quota_refund(tenant=tenant, texts=len(texts), state=quota, usage=hits)
         raise
     if plan.missing:
         usage_record(tenant_id=tenant.pk, model=result.model.name, cache_misses=len(texts) - hits.hits,

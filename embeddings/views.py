@@ -14,7 +14,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.authentication import api_key_recheck, request_principal_id, request_tenant
-from accounts.quotas import AuthEpochMoved, Caller, quota_state, rate_count, rate_enforce
+from accounts.quotas import AuthEpochMoved, Caller, admit, quota_state
 from embeddings import schemas
 from embeddings.encoding import vector_encode
 from embeddings.models import Job
@@ -38,9 +38,9 @@ class DataPlaneApi(APIView):
 
     Counts the request against its key's requests per minute (429 when spent) and puts
     X-RateLimit-* (daily text quota) and X-RateLimit-*-Requests (this key's minute window) on
-    every response, errors included, once the caller is known. The same round trip reads the
-    auth epoch: a key served from the process's key cache is read again if it changed
-    (accounts/authcache.py).
+    every response, errors included, once the caller is known: one round trip
+    (accounts/quotas.admit), which also checks the auth epoch, so a key served from the
+    process's key cache is read again if it changed (accounts/authcache.py).
 
     The embedding endpoints (`admits_in_view`) count in embed_serve's one admission round trip
     instead, together with the text quota and the usage (accounts/quotas.admit); a request that
@@ -57,13 +57,9 @@ class DataPlaneApi(APIView):
             self._count(request)
 
     def _count(self, request: Request) -> None:
-        """Counts the request in its key's window and checks the auth epoch: one round trip."""
-        request.counted = True
-        count, reset_in, epoch = rate_count(principal_id=request_principal_id(request))
-        api_key_recheck(request, epoch)
-        tenant = request_tenant(request)
-        request.limit_tenant = tenant
-        request.rate_state = rate_enforce(count=count, reset_in=reset_in, tier=tenant.tier)
+        """Counts the request in its key's window, with no texts, and checks the auth epoch: one
+        round trip, which also gives the quota headers."""
+        self.admit_and_serve(request, lambda tenant, caller: (None, *admit(tenant=tenant, caller=caller)))
 
     def admit_and_serve(self, request: Request, serve):
         """Calls serve(tenant, caller) -> (result, quota state, rate state), re-reading the key when

@@ -119,7 +119,7 @@ class ModelRuntime:
                 raise ValueError(f"its first module is {type(first).__name__}, not a Transformer")
             self._onnx_inputs = [n for n in self.tokenizer.model_input_names
                                  if n in ("input_ids", "attention_mask", "token_type_ids")]
-            path = self._onnx_export(first.auto_model, onnx_dir)
+            path = self._onnx_export(onnx_dir)
             options = ort.SessionOptions()
             options.intra_op_num_threads = max(1, threads)
             options.inter_op_num_threads = 1
@@ -138,7 +138,7 @@ class ModelRuntime:
             self._session = None
             logger.warning("model %s stays on torch: ONNX Runtime could not serve it (%s)", self.spec.name, exc)
 
-    def _onnx_export(self, transformer, onnx_dir: Path | None) -> Path:
+    def _onnx_export(self, onnx_dir: Path | None) -> Path:
         """The cached export of this model (keyed by its files and the exporter), made if missing.
         Written to a temporary name and renamed: workers starting together never read a half file."""
         import torch

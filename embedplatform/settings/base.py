@@ -236,7 +236,7 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
-# Data plane: requests per minute per key in one Lua round trip (accounts/quotas.rate_count).
+# Data plane: requests per minute per key, in the one Lua round trip of accounts/quotas.admit.
 # Login: django-ratelimit, counting in the Redis cache above, per client IP and per email.
 RATELIMIT_USE_CACHE = "default"
 # How long a web process may keep an API key (with tenant and tier) in memory: changes reach

@@ -78,7 +78,7 @@ def test_a_model_onnx_cannot_serve_stays_on_torch(tiny_model, tmp_path, monkeypa
     """A broken export (here: any file that is not a model) costs speed, never correctness."""
     from workers import runtime as runtime_module
 
-    def broken(self, transformer, onnx_dir):
+    def broken(self, onnx_dir):
         path = tmp_path / "broken.onnx"
         path.write_bytes(b"not a model")
         return path
