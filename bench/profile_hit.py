@@ -33,6 +33,7 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--path", default="/v1/embeddings")
     parser.add_argument("--miss", action="store_true", help="unique texts (cache misses): starts a worker subprocess")
+    parser.add_argument("--split", action="store_true", help="CPU per request inside the main steps (thread CPU time)")
     args = parser.parse_args()
     os.environ.update(bench_env("ep-prof-"))
 
@@ -92,6 +93,7 @@ def main() -> None:
 
     for i in range(200):
         assert call(i - 200 if args.miss else i) == 200
+    split = steps_split() if args.split else None
     profiler = cProfile.Profile() if args.profile else None
     cpu, wall = time.process_time(), time.perf_counter()
     if profiler:
@@ -102,11 +104,42 @@ def main() -> None:
         profiler.disable()
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
     print(f"{args.path}: {wall / args.n * 1e6:.0f} us wall, {cpu / args.n * 1e6:.0f} us CPU per request (n={args.n})")
+    if split:
+        for name, seconds in split.items():
+            print(f"  {name}: {seconds / args.n * 1e6:.0f} us CPU per request")
     if profiler:
         pstats.Stats(profiler).sort_stats(os.environ.get("SORT", "cumulative")).print_stats(int(os.environ.get("TOP", "40")))
     if worker is not None:
         worker.terminate()
         worker.wait(20)
+
+
+def steps_split() -> dict[str, float]:
+    """Wraps the request's main steps to add up the CPU time (this thread's) spent inside each."""
+    import embeddings.cache
+    import embeddings.services
+    import embeddings.waiting
+
+    spent: dict[str, float] = {}
+
+    def wrap(module, name: str) -> None:
+        inner = getattr(module, name)
+
+        def timed(*args, **kwargs):
+            began = time.thread_time()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                spent[name] = spent.get(name, 0.0) + time.thread_time() - began
+
+        setattr(module, name, timed)
+
+    for module, names in [(embeddings.services, ["embed_plan", "embed_finish", "admit", "usage_record", "usage_hits"]),
+                          (embeddings.cache, ["cache_lookup"]),
+                          (embeddings.waiting, ["work_submit", "work_wait"])]:
+        for name in names:
+            wrap(module, name)
+    return spent
 
 
 if __name__ == "__main__":

@@ -98,6 +98,10 @@ def cmd_web(env) -> list[str]:
 
 def cmd_worker(env, device: str) -> tuple[list[str], dict[str, str]]:
     pinned = {**env, **pin_env(device)}
+    if device == "cpu":
+        # torch's OpenMP threads sleep between parallel regions instead of spinning: the worker
+        # shares its cores with the web, and spinning took their CPU (DECISIONS #21).
+        pinned.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     queues = ",".join(_model_queues(pinned))
     name = f"embed-{device.replace(':', '')}@%h"
     return [str(BIN / "celery"), "-A", "embedplatform", "worker", "-P", "solo", "-Q", queues, "-n", name,

@@ -80,7 +80,7 @@ class DrainStep(bootsteps.StartStopStep):
     def _run(self, models: list[str], hostname: str) -> None:
         from embeddings.registry import model_get
         from embeddings.waiting import redis_client
-        from workers.devices import device_parse
+        from workers.devices import cpu_threads, device_parse
         from workers.drain import Drainer
         from workers.jobfeed import JobFeed
         from workers.runtime import ModelRuntime
@@ -88,7 +88,9 @@ class DrainStep(bootsteps.StartStopStep):
         try:
             device = device_parse(settings.EMBED_DEVICE)
             backend = settings.EMBED_BACKEND if device == "cpu" else "torch"
-            runtimes = {m: ModelRuntime(model_get(m), device, threads=settings.EMBED_THREADS, backend=backend)
+            threads = cpu_threads(settings.EMBED_THREADS) if device == "cpu" else 0
+            runtimes = {m: ModelRuntime(model_get(m), device, threads=threads, backend=backend,
+                                         precision=settings.EMBED_PRECISION)
                         for m in models}
         except Exception:
             logger.exception("could not load models %s; this worker serves nothing", models)

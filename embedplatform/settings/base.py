@@ -146,13 +146,20 @@ CACHES = {
 # EMBED_MODELS: a JSON string or a path to a JSON file; see embeddings/registry.py.
 EMBED_MODELS: str = env.str("EMBED_MODELS", default="")
 EMBED_DEVICE: str = env.str("EMBED_DEVICE", default=env.str("DEVICE", default="cpu"))
-# CPU only: torch intra-op threads of a worker (0 = torch's default, one per core).
+# CPU only: model threads of a worker (0 = half the cores, at least one: it shares the machine
+# with the web tier; workers/devices.py cpu_threads).
 EMBED_THREADS: int = env.int("EMBED_THREADS", default=0)
 # What runs the transformer: `onnx` (ONNX Runtime, exported once under VAR_DIR/onnx; CPU only)
 # or `torch`. Default: onnx on the CPU, torch on a GPU (workers/runtime.py, DECISIONS #20).
 EMBED_BACKEND: str = env.str("EMBED_BACKEND", default="onnx" if EMBED_DEVICE == "cpu" else "torch")
 if EMBED_BACKEND not in ("onnx", "torch"):
     raise ImproperlyConfigured(f"EMBED_BACKEND={EMBED_BACKEND!r}: use onnx (CPU) or torch.")
+# CPU only: `auto` runs passes of 3+ texts with bfloat16 matrix products where the CPU has AMX
+# (checked against float32 at load: cosine >= 0.9999), `fp32` never, `bf16` even without AMX
+# (slow there; for tests). workers/runtime.py, DECISIONS #21.
+EMBED_PRECISION: str = env.str("EMBED_PRECISION", default="auto")
+if EMBED_PRECISION not in ("auto", "fp32", "bf16"):
+    raise ImproperlyConfigured(f"EMBED_PRECISION={EMBED_PRECISION!r}: use auto, fp32 or bf16.")
 # Where exported ONNX models are kept (one file per model version and exporter).
 EMBED_ONNX_DIR: Path = Path(env.str("EMBED_ONNX_DIR", default=str(VAR_DIR / "onnx"))).resolve()
 # A forward pass takes at most this many texts. On a GPU bigger passes pay (H200, MiniLM:

@@ -1,4 +1,5 @@
-"""The model runtime's two backends: ONNX Runtime (the CPU default) must give torch's vectors."""
+"""The model runtime's backends: ONNX Runtime (the CPU default) and the bfloat16 passes must give
+torch's float32 vectors."""
 
 import shutil
 
@@ -21,7 +22,7 @@ def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def test_the_cpu_default_is_onnx_runtime_and_it_matches_sentence_transformers(minilm):
     assert minilm.backend == "onnx"
-    tokens, vectors = minilm.encode(TEXTS)
+    tokens, vectors = minilm.encode(TEXTS, max_texts=1)  # passes of one text: ONNX Runtime even with bfloat16 on
     reference = minilm.model.encode(TEXTS)  # sentence-transformers' own torch path
     assert _cos(vectors, reference).min() > 0.9999
     assert tokens[2] == 256 and tokens[3] < 5
@@ -30,8 +31,8 @@ def test_the_cpu_default_is_onnx_runtime_and_it_matches_sentence_transformers(mi
 def test_the_torch_backend_gives_the_same_vectors(minilm, tmp_path):
     from workers.runtime import ModelRuntime
 
-    torch_runtime = ModelRuntime(minilm.spec, "cpu", backend="torch")
-    assert torch_runtime.backend == "torch"
+    torch_runtime = ModelRuntime(minilm.spec, "cpu", backend="torch", precision="fp32")
+    assert torch_runtime.backend == "torch" and torch_runtime._bf16 is None
     _, a = torch_runtime.encode(TEXTS)
     _, b = minilm.encode(TEXTS)
     assert _cos(a, b).min() > 0.9999
@@ -62,7 +63,7 @@ def tiny_model(tmp_path_factory, minilm):
 def test_another_model_is_exported_cached_and_matches_torch(tiny_model, tmp_path):
     from workers.runtime import ModelRuntime
 
-    runtime = ModelRuntime(tiny_model, "cpu", onnx_dir=tmp_path)
+    runtime = ModelRuntime(tiny_model, "cpu", onnx_dir=tmp_path, precision="fp32")
     assert runtime.backend == "onnx"
     (exported,) = tmp_path.glob("tiny-bert-*.onnx")
     _, vectors = runtime.encode(TEXTS)
@@ -70,7 +71,7 @@ def test_another_model_is_exported_cached_and_matches_torch(tiny_model, tmp_path
     assert _cos(vectors, runtime.model.encode(TEXTS)).min() > 0.9999
     # A second runtime loads the same file instead of exporting again.
     stamp = exported.stat().st_mtime_ns
-    assert ModelRuntime(tiny_model, "cpu", onnx_dir=tmp_path).backend == "onnx"
+    assert ModelRuntime(tiny_model, "cpu", onnx_dir=tmp_path, precision="fp32").backend == "onnx"
     assert exported.stat().st_mtime_ns == stamp
 
 
@@ -84,7 +85,106 @@ def test_a_model_onnx_cannot_serve_stays_on_torch(tiny_model, tmp_path, monkeypa
         return path
 
     monkeypatch.setattr(runtime_module.ModelRuntime, "_onnx_export", broken)
-    runtime = runtime_module.ModelRuntime(tiny_model, "cpu")
+    runtime = runtime_module.ModelRuntime(tiny_model, "cpu", precision="fp32")
     assert runtime.backend == "torch"
     _, vectors = runtime.encode(TEXTS)
     assert _cos(vectors, runtime.model.encode(TEXTS)).min() > 0.9999
+
+
+# --- bfloat16 passes (DECISIONS #21) ----------------------------------------------------------
+
+class _Counting:
+    """Wraps a backend (the ONNX session or the bfloat16 transformer) and counts its passes."""
+
+    def __init__(self, inner):
+        self.inner, self.calls = inner, 0
+
+    def run(self, *args, **kwargs):
+        self.calls += 1
+        return self.inner.run(*args, **kwargs)
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        return self.inner(*args, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def minilm_bf16(minilm):
+    """bfloat16 passes forced on (they run without AMX too, only slower): the path AMX CPUs take."""
+    from workers.runtime import ModelRuntime
+
+    runtime = ModelRuntime(minilm.spec, "cpu", precision="bf16")
+    assert runtime._bf16 is not None and runtime.backend == "onnx"
+    return runtime
+
+
+def test_passes_of_three_texts_or_more_run_in_bfloat16_smaller_ones_on_onnx_runtime(minilm_bf16, monkeypatch):
+    from workers.runtime import BF16_MIN_TEXTS
+
+    onnx, bf16 = _Counting(minilm_bf16._session), _Counting(minilm_bf16._bf16)
+    monkeypatch.setattr(minilm_bf16, "_session", onnx)
+    monkeypatch.setattr(minilm_bf16, "_bf16", bf16)
+    minilm_bf16.encode(TEXTS[:BF16_MIN_TEXTS - 1])
+    assert (onnx.calls, bf16.calls) == (1, 0)
+    minilm_bf16.encode(TEXTS[:BF16_MIN_TEXTS])
+    assert (onnx.calls, bf16.calls) == (1, 1)
+
+
+def test_bfloat16_passes_match_sentence_transformers_float32(minilm_bf16):
+    texts = TEXTS + [f"sentence number {i} about embeddings and caches" for i in range(28)]
+    tokens, vectors = minilm_bf16.encode(texts)
+    reference = minilm_bf16.model.encode(texts)
+    assert vectors.dtype == np.float32 and vectors.shape == (32, 384)
+    assert _cos(vectors, reference).min() > 0.9999
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)  # the model's Normalize ran in float32
+    assert tokens[2] == 256
+
+
+def test_precision_fp32_keeps_every_pass_in_float32(minilm):
+    from workers.runtime import ModelRuntime
+
+    runtime = ModelRuntime(minilm.spec, "cpu", precision="fp32")
+    assert runtime._bf16 is None
+    _, vectors = runtime.encode(TEXTS)
+    assert _cos(vectors, runtime.model.encode(TEXTS)).min() > 0.99999
+
+
+def test_a_model_bfloat16_cannot_reproduce_stays_in_float32(minilm, monkeypatch):
+    from workers import runtime as runtime_module
+
+    real = runtime_module.ModelRuntime._check
+    monkeypatch.setattr(runtime_module.ModelRuntime, "_check",
+                        lambda self, backend: 0.99 if backend == "bf16" else real(self, backend))
+    runtime = runtime_module.ModelRuntime(minilm.spec, "cpu", precision="bf16")
+    assert runtime._bf16 is None and runtime.backend == "onnx"
+    _, vectors = runtime.encode(TEXTS)
+    assert _cos(vectors, runtime.model.encode(TEXTS)).min() > 0.99999
+
+
+def test_an_unknown_precision_is_refused(minilm):
+    from workers.runtime import ModelRuntime
+
+    with pytest.raises(ValueError, match="EMBED_PRECISION"):
+        ModelRuntime(minilm.spec, "cpu", precision="fp8")
+
+
+@pytest.mark.parametrize(("flags", "expected"), [("fpu avx512f amx_bf16 amx_tile", True), ("fpu avx2 avx512_bf16", False)])
+def test_amx_is_read_from_the_cpu_flags(tmp_path, flags, expected):
+    from workers.runtime import cpu_has_amx
+
+    info = tmp_path / "cpuinfo"
+    info.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+    assert cpu_has_amx(str(info)) is expected
+    assert cpu_has_amx(str(tmp_path / "missing")) is False
+
+
+def test_a_cpu_worker_takes_half_the_cores_unless_told(monkeypatch):
+    from workers import devices
+
+    monkeypatch.setattr(devices.os, "sched_getaffinity", lambda pid: {0, 1})
+    assert devices.cpu_threads(0) == 1
+    monkeypatch.setattr(devices.os, "sched_getaffinity", lambda pid: set(range(16)))
+    assert devices.cpu_threads(0) == 8
+    monkeypatch.setattr(devices.os, "sched_getaffinity", lambda pid: {0})
+    assert devices.cpu_threads(0) == 1
+    assert devices.cpu_threads(3) == 3
