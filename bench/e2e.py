@@ -264,7 +264,7 @@ def main() -> None:
     best = max(ob32, raw.get("bf16_batch32_texts_per_s", 0.0))
     best_name = "bf16" if best != ob32 else "ONNX"
     if "bf16_batch32_texts_per_s" in raw:
-        rows.append(("raw bfloat16 passes (the CPU workers' passes of 6+ texts), batch 32",
+        rows.append(("raw bfloat16 passes (the CPU workers' passes of 3+ texts), batch 32",
                      f"{raw['bf16_batch32_texts_per_s']:.0f} texts/s", f"{raw['bf16_batch32_texts_per_s'] / b32:.2f}x"))
     rows += [
         ("misses, 1-text requests, 32 clients", f"{path['miss_single_c32_texts_per_s']:.0f} texts/s",

@@ -88,9 +88,9 @@ class DrainStep(bootsteps.StartStopStep):
         try:
             device = device_parse(settings.EMBED_DEVICE)
             backend = settings.EMBED_BACKEND if device == "cpu" else "torch"
-            threads = cpu_threads(settings.EMBED_THREADS) if device == "cpu" else 0
+            threads, onnx_threads = cpu_threads(settings.EMBED_THREADS) if device == "cpu" else (0, 0)
             runtimes = {m: ModelRuntime(model_get(m), device, threads=threads, backend=backend,
-                                         precision=settings.EMBED_PRECISION)
+                                         precision=settings.EMBED_PRECISION, onnx_threads=onnx_threads)
                         for m in models}
         except Exception:
             logger.exception("could not load models %s; this worker serves nothing", models)

@@ -28,11 +28,16 @@ def pin_env(device: str) -> dict[str, str]:
     return {"EMBED_DEVICE": device}
 
 
-def cpu_threads(configured: int) -> int:
-    """Model threads of a CPU worker: EMBED_THREADS when set, else half the cores this process may
-    run on (at least one). The worker shares the machine with the web tier, PostgreSQL and Redis;
-    on this repo's 2-core box one thread gave 290-356 single-text misses/s from 32 clients against
-    238-283 with two (DECISIONS #21). A machine that runs only workers sets EMBED_THREADS."""
+def cpu_threads(configured: int) -> tuple[int, int]:
+    """(torch threads, ONNX Runtime threads) of a CPU worker: EMBED_THREADS for both when set.
+
+    By default torch, which runs the passes of 3+ texts (those come under load, when the web
+    tier, PostgreSQL and Redis want the other cores), gets half the cores this process may run
+    on, at least one; ONNX Runtime, which runs passes of one or two texts (when the machine is
+    quiet), gets them all. On this repo's 2-core box: one torch thread gave 285-356 single-text
+    misses/s from 32 clients against 238-283 with two; two ONNX Runtime threads a p50 of
+    10.4-10.6 ms from one client against 11.5-11.8 with one (DECISIONS #21)."""
     if configured > 0:
-        return configured
-    return max(1, len(os.sched_getaffinity(0)) // 2)
+        return configured, configured
+    cores = len(os.sched_getaffinity(0))
+    return max(1, cores // 2), cores

@@ -71,7 +71,9 @@ def _cosine_min(got: np.ndarray, want: np.ndarray) -> float:
 
 class ModelRuntime:
     def __init__(self, spec: ModelSpec, device: str, threads: int = 0, backend: str | None = None,
-                 onnx_dir: Path | None = None, precision: str = "auto"):
+                 onnx_dir: Path | None = None, precision: str = "auto", onnx_threads: int = 0):
+        """`threads`: torch's intra-op threads on the CPU (0: torch's default); `onnx_threads`:
+        ONNX Runtime's (0: as `threads`)."""
         import torch
         from sentence_transformers import SentenceTransformer
 
@@ -100,7 +102,7 @@ class ModelRuntime:
         if wanted == "onnx":
             if device != "cpu":
                 raise ValueError(f"EMBED_BACKEND=onnx runs on the CPU, not {device}; use torch there")
-            self._onnx_load(onnx_dir, threads or torch.get_num_threads())
+            self._onnx_load(onnx_dir, onnx_threads or threads or torch.get_num_threads())
         if device == "cpu" and (precision == "bf16" or (precision == "auto" and cpu_has_amx())):
             self._bf16_load()
         self.encode(["warm up"] * BF16_MIN_TEXTS)

@@ -178,13 +178,27 @@ def test_amx_is_read_from_the_cpu_flags(tmp_path, flags, expected):
     assert cpu_has_amx(str(tmp_path / "missing")) is False
 
 
-def test_a_cpu_worker_takes_half_the_cores_unless_told(monkeypatch):
+def test_a_cpu_worker_gives_torch_half_the_cores_and_onnx_runtime_all_unless_told(monkeypatch):
     from workers import devices
 
     monkeypatch.setattr(devices.os, "sched_getaffinity", lambda pid: {0, 1})
-    assert devices.cpu_threads(0) == 1
+    assert devices.cpu_threads(0) == (1, 2)
     monkeypatch.setattr(devices.os, "sched_getaffinity", lambda pid: set(range(16)))
-    assert devices.cpu_threads(0) == 8
+    assert devices.cpu_threads(0) == (8, 16)
     monkeypatch.setattr(devices.os, "sched_getaffinity", lambda pid: {0})
-    assert devices.cpu_threads(0) == 1
-    assert devices.cpu_threads(3) == 3
+    assert devices.cpu_threads(0) == (1, 1)
+    assert devices.cpu_threads(3) == (3, 3)
+
+
+def test_onnx_runtime_and_torch_take_their_own_thread_counts(minilm):
+    import torch
+
+    from workers.runtime import ModelRuntime
+
+    before = torch.get_num_threads()
+    try:
+        runtime = ModelRuntime(minilm.spec, "cpu", threads=1, onnx_threads=2, precision="fp32")
+        assert torch.get_num_threads() == 1
+        assert runtime._session.get_session_options().intra_op_num_threads == 2
+    finally:
+        torch.set_num_threads(before)
