@@ -11,6 +11,7 @@ throttling uses django-ratelimit.
 from __future__ import annotations
 
 import calendar
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -117,20 +118,35 @@ class UsageHits:
     tokens: int
 
 
+@dataclass(frozen=True)
+class WorkPush:
+    """Work for a model's workers that the admission script queues once the request is admitted
+    (embeddings/waiting.py builds it): the request's misses leave in the same round trip."""
+
+    list_key: str
+    alive_key: str
+    payload: bytes
+    max_depth: int
+    refused: Callable[[int], Exception]  # the error for "no worker alive" (-1) or a full queue (its depth)
+
+
 # Every limit of the data plane in one round trip (DECISIONS #14, #19): the auth epoch, the
-# caller's minute window, the text quotas and the usage of the request's cache hits.
-# KEYS: epoch, rate counter, day counter, month counter, usage hash, usage dirty set.
+# caller's minute window, the text quotas, the usage of the request's cache hits and the work
+# item of its misses.
+# KEYS: epoch, rate counter, day counter, month counter, usage hash, usage dirty set, work list,
+#       the work list's "a worker is alive" key.
 # ARGV: 1 expected epoch ('' = no check), 2 fresh epoch (for a missing one), 3 count the window
 #       (1/0), 4 window ttl, 5 requests per minute, 6 texts to count (0: read the quotas only),
 #       7 daily limit, 8 monthly limit, 9 day ttl, 10 month ttl, 11 hits, 12 hit tokens,
-#       13 usage member.
-# Returns {verdict, used today, used this month, requests in the window, epoch}: verdict 1
-# admitted; 0 / -1 refused by the daily / monthly quota (no text counted); -3 over the rate;
+#       13 usage member, 14 work item ('' = none), 15 the work list's max depth.
+# Returns {verdict, used today, used this month, requests in the window, epoch, queue depth}:
+# verdict 1 admitted (and the work queued); 0 / -1 refused by the daily / monthly quota (no text
+# counted); -3 over the rate; -4 no worker alive, -5 the work list is full (no text counted);
 # -9 epoch moved (nothing counted).
 _ADMIT = """
 local e = redis.call('GET', KEYS[1])
 if not e then e = ARGV[2]; redis.call('SET', KEYS[1], e) end
-if ARGV[1] ~= '' and e ~= ARGV[1] then return {-9, 0, 0, 0, e} end
+if ARGV[1] ~= '' and e ~= ARGV[1] then return {-9, 0, 0, 0, e, 0} end
 local n = 0
 if ARGV[3] == '1' then
   n = redis.call('INCR', KEYS[2])
@@ -138,11 +154,16 @@ if ARGV[3] == '1' then
 end
 local d = tonumber(redis.call('GET', KEYS[3]) or '0')
 local m = tonumber(redis.call('GET', KEYS[4]) or '0')
-if ARGV[3] == '1' and n > tonumber(ARGV[5]) then return {-3, d, m, n, e} end
+if ARGV[3] == '1' and n > tonumber(ARGV[5]) then return {-3, d, m, n, e, 0} end
+if ARGV[14] ~= '' then
+  if redis.call('EXISTS', KEYS[8]) == 0 then return {-4, d, m, n, e, 0} end
+  local depth = redis.call('LLEN', KEYS[7])
+  if depth >= tonumber(ARGV[15]) then return {-5, d, m, n, e, depth} end
+end
 local t = tonumber(ARGV[6])
 if t > 0 then
-  if d + t > tonumber(ARGV[7]) then return {0, d, m, n, e} end
-  if m + t > tonumber(ARGV[8]) then return {-1, d, m, n, e} end
+  if d + t > tonumber(ARGV[7]) then return {0, d, m, n, e, 0} end
+  if m + t > tonumber(ARGV[8]) then return {-1, d, m, n, e, 0} end
   d = redis.call('INCRBY', KEYS[3], t)
   redis.call('EXPIRE', KEYS[3], ARGV[9])
   m = redis.call('INCRBY', KEYS[4], t)
@@ -153,20 +174,23 @@ if tonumber(ARGV[11]) > 0 then
   if tonumber(ARGV[12]) > 0 then redis.call('HINCRBY', KEYS[5], 'tokens', ARGV[12]) end
   redis.call('SADD', KEYS[6], ARGV[13])
 end
-return {1, d, m, n, e}
+if ARGV[14] ~= '' then redis.call('RPUSH', KEYS[7], ARGV[14]) end
+return {1, d, m, n, e, 0}
 """
 
 
 def admit(*, tenant: Tenant, texts: int = 0, caller: Caller | None = None,
-          usage: UsageHits | None = None) -> tuple[QuotaState, RateState | None]:
+          usage: UsageHits | None = None, work: WorkPush | None = None) -> tuple[QuotaState, RateState | None]:
     """Counts a request against the tenant's limits in one Redis round trip, all or nothing.
 
     With `caller`: checks its auth epoch and counts the request in its key's minute window.
     `texts` are counted against the daily and monthly quotas; `usage` records the request's
-    cache hits. Returns the quota state and the window's state (None without a caller).
+    cache hits; `work` is queued for the workers once all of that passed. Returns the quota
+    state and the window's state (None without a caller).
 
-    Raises AuthEpochMoved (nothing counted), RateLimited (the window is spent; .rate, .quota)
-    or QuotaExceeded (a quota would be crossed; .quota, .rate; no text counted).
+    Raises AuthEpochMoved (nothing counted), RateLimited (the window is spent; .rate, .quota),
+    work.refused(...) (no worker alive or its queue full; counted in the window only) or
+    QuotaExceeded (a quota would be crossed; .quota, .rate; no text counted).
     """
     tier = tenant.tier
     now = time_now()
@@ -174,20 +198,24 @@ def admit(*, tenant: Tenant, texts: int = 0, caller: Caller | None = None,
     stamp = int(now.timestamp())
     reset_in = 60 - stamp % 60
     counting = caller is not None and getattr(settings, "RATELIMIT_ENABLE", True)
-    verdict, used_d, used_m, count, epoch = script(_ADMIT)(
+    verdict, used_d, used_m, count, epoch, depth = script(_ADMIT)(
         keys=[EPOCH_KEY, f"rate:{caller.principal_id if caller else ''}:{stamp // 60}", day_key, month_key,
-              usage.key if usage else "", usage.dirty if usage else ""],
+              usage.key if usage else "", usage.dirty if usage else "", work.list_key if work else "",
+              work.alive_key if work else ""],
         args=[caller.epoch if caller else "", epoch_new(), 1 if counting else 0, reset_in + 1,
               tier.requests_per_minute, texts, tier.daily_limit, tier.monthly_limit,
               # Keys outlive their period by a day so a late refund never re-creates a fresh counter.
               int((day_reset - now).total_seconds()) + 86400, int((month_reset - now).total_seconds()) + 86400,
-              usage.hits if usage else 0, usage.tokens if usage else 0, usage.member if usage else ""],
+              usage.hits if usage else 0, usage.tokens if usage else 0, usage.member if usage else "",
+              work.payload if work else "", work.max_depth if work else 0],
         client=redis_client(),
     )
     if verdict == -9:
         raise AuthEpochMoved(epoch.decode() if isinstance(epoch, bytes) else str(epoch))
     if caller is not None:
         caller.admitted = True
+    if verdict in (-4, -5):
+        raise work.refused(-1 if verdict == -4 else int(depth))
     limit = tier.requests_per_minute
     rate = None
     if caller is not None:

@@ -105,15 +105,6 @@ def _check_lengths(spec: ModelSpec, inputs: list[str]) -> None:
             )
 
 
-def _compute(spec: ModelSpec, texts: list[str], keys: list[bytes], scope: int, wait: float, tenant: int):
-    """Sends texts to the model's workers and waits: (tokens, raw vectors)."""
-    if spec.compute == "byok":  # the tenant's provider, through the provider queue
-        from providers.services import provider_submit
-
-        item = provider_submit(spec=spec, texts=texts, keys=keys, scope=scope, wait=wait)
-        return waiting.work_wait(item, wait=wait, dims=None)
-    item = waiting.work_submit(model=spec.name, texts=texts, keys=keys, scope=scope, wait=wait, tenant=tenant)
-    return waiting.work_wait(item, wait=wait, dims=spec.dims)
 
 
 @dataclass(frozen=True)
@@ -137,6 +128,21 @@ class EmbedPlan:
     @property
     def hit_tokens(self) -> int:
         return sum(int(self.hits[k].tokens) for k in self.keys if k in self.hits)
+
+
+def _work_item(plan: EmbedPlan, *, tenant: Tenant, wait: float) -> waiting.WorkItem | None:
+    """The work item for the misses of `plan` on the platform's workers (None: nothing to compute,
+    or a provider model). The workers count the misses' usage, duplicates included."""
+    if not plan.missing or plan.spec.compute != "local":
+        return None
+    counts = None
+    if len(plan.missing) < len(plan.keys) - plan.hit_count:  # some missing text comes more than once
+        times: dict[bytes, int] = {}
+        for key in plan.keys:
+            times[key] = times.get(key, 0) + 1
+        counts = [times[k] for k in plan.missing]
+    return waiting.work_item(model=plan.spec.name, texts=[plan.inputs[plan.unique[k]] for k in plan.missing],
+                             keys=plan.missing, scope=plan.scope, wait=wait, tenant=tenant.pk, counts=counts)
 
 
 def embed_plan(*, tenant: Tenant, texts: list[str], options: EmbedOptions) -> EmbedPlan:
@@ -167,15 +173,25 @@ def embed_plan(*, tenant: Tenant, texts: list[str], options: EmbedOptions) -> Em
                      missing=[k for k in unique if k not in hits])
 
 
-def embed_finish(plan: EmbedPlan, *, tenant: Tenant, wait: float) -> EmbedResult:
+def embed_finish(plan: EmbedPlan, *, tenant: Tenant, wait: float, item: waiting.WorkItem | None = None) -> EmbedResult:
     """Has the workers compute what the cache lacks, then assembles the vectors in input order;
-    duplicates are computed once. Raises Overloaded (no worker / queue full) and WaitTimeout."""
+    duplicates are computed once. `item`: the misses' work item, already queued (embed_serve
+    queues it with the admission). Raises Overloaded (no worker / queue full) and WaitTimeout."""
     spec, keys = plan.spec, plan.keys
     found: dict[bytes, tuple[np.ndarray, int]] = {k: (h.vector, h.tokens) for k, h in plan.hits.items()}
     if plan.missing:
         missing = plan.missing
-        tokens, vectors = _compute(spec, [plan.inputs[plan.unique[k]] for k in missing], missing, plan.scope, wait,
-                                   tenant.pk)
+        if spec.compute == "byok":  # the tenant's provider, through the provider queue
+            from providers.services import provider_submit
+
+            texts = [plan.inputs[plan.unique[k]] for k in missing]
+            item = provider_submit(spec=spec, texts=texts, keys=missing, scope=plan.scope, wait=wait)
+            tokens, vectors = waiting.work_wait(item, wait=wait, dims=None)
+        else:
+            if item is None:
+                item = _work_item(plan, tenant=tenant, wait=wait)
+                waiting.work_queue(item)
+            tokens, vectors = waiting.work_wait(item, wait=wait, dims=spec.dims)
         cache.hot_remember(model=spec.name, version=spec.version, scope=plan.scope, keys=missing, tokens=tokens,
                            vectors=vectors)
         for j, key in enumerate(missing):
@@ -206,16 +222,19 @@ def embed_serve(*, tenant: Tenant, texts: list[str], options: EmbedOptions, wait
     admits it in one Redis round trip (accounts/quotas.admit: the caller's auth epoch, its
     requests per minute, every text against the daily and monthly quotas all-or-nothing, the
     hits' usage). Raises AuthEpochMoved, RateLimited or QuotaExceeded from there. A request
-    that then fails is refunded; the misses' usage is recorded once computed. With
+    that then fails is refunded; the misses' usage is recorded once computed (for the platform's
+    models by the worker that computed them, in the round trip of its reply). With
     `job_fallback`, work not done within `wait` becomes a Job (returned instead of the result)
     rather than a WaitTimeout; its texts stay counted once.
     """
     batch_size_check(tier=tenant.tier, texts=len(texts))
     plan = embed_plan(tenant=tenant, texts=texts, options=options)
     hits = usage_hits(tenant_id=tenant.pk, model=plan.spec.name, hits=plan.hit_count, tokens=plan.hit_tokens)
-    quota, rate = admit(tenant=tenant, texts=len(texts), caller=caller, usage=hits)
+    item = _work_item(plan, tenant=tenant, wait=wait)  # queued by the admission itself, if admitted
+    quota, rate = admit(tenant=tenant, texts=len(texts), caller=caller, usage=hits,
+                        work=waiting.work_push(item) if item is not None else None)
     try:
-        result = embed_finish(plan, tenant=tenant, wait=wait)
+        result = embed_finish(plan, tenant=tenant, wait=wait, item=item)
     except WaitTimeout:
         if job_fallback:
             try:
@@ -230,7 +249,7 @@ def embed_serve(*, tenant: Tenant, texts: list[str], options: EmbedOptions, wait
     except BaseException:
         quota_refund(tenant=tenant, texts=len(texts), state=quota, usage=hits)
         raise
-    if plan.missing:
+    if plan.missing and plan.spec.compute == "byok":  # the platform's workers count their own misses
         usage_record(tenant_id=tenant.pk, model=result.model.name, cache_misses=len(texts) - hits.hits,
                      tokens=result.total_tokens - hits.tokens)
     return result, quota, rate

@@ -1,8 +1,9 @@
 """The hand-off between a web request and the workers, over Redis.
 
-submit(): one work item per request (all its missing texts) is RPUSHed to the model's
-list; the worker drains many items into one forward pass and answers each on its own
-reply key, which the request BLPOPs. The wire format is defined here and only here.
+One work item per request (all its missing texts) is RPUSHed to the model's list, by the
+admission script (accounts.quotas.admit with work_push) or by work_submit; the worker drains
+many items into one forward pass and answers each on its own reply key, which the request
+BLPOPs. The wire format is defined here and only here.
 
 Reply frame: b"K" + int32[n] token counts + float32[n, dims] vectors (little-endian),
 or b"E" + a UTF-8 message for an item the worker could not embed.
@@ -18,6 +19,7 @@ import numpy as np
 import orjson
 from django.conf import settings
 
+from accounts.quotas import WorkPush
 from embedplatform.errors import WAIT_TIMED_OUT, WORKERS_UNAVAILABLE, ApiError, InvalidInput, Overloaded, WaitTimeout
 from embedplatform.logs import request_id_get
 from embedplatform.redisconn import redis_client, script
@@ -36,19 +38,28 @@ class WorkItem:
     deadline: float
     priority: str = "hi"
     rid: str | None = None  # the request id (embedplatform/logs.py), for the drain loop's logs
-    tenant: int = 0  # whose usage the compute time is counted to
+    tenant: int = 0  # whose usage the misses (texts, tokens, compute time) are counted to; 0: nobody's
+    counts: list[int] | None = None  # how many of the request's inputs each text stands for (None: one each)
 
     def dumps(self) -> bytes:
         return orjson.dumps(
             {"id": self.id, "model": self.model, "texts": self.texts, "keys": [k.hex() for k in self.keys],
-             "scope": self.scope, "deadline": self.deadline, "rid": self.rid, "tenant": self.tenant}
+             "scope": self.scope, "deadline": self.deadline, "rid": self.rid, "tenant": self.tenant,
+             "counts": self.counts}
         )
 
     @classmethod
     def loads(cls, raw: bytes) -> WorkItem:
         d = orjson.loads(raw)
         return cls(id=d["id"], model=d["model"], texts=d["texts"], keys=[bytes.fromhex(k) for k in d["keys"]],
-                   scope=d["scope"], deadline=d["deadline"], rid=d.get("rid"), tenant=d.get("tenant", 0))
+                   scope=d["scope"], deadline=d["deadline"], rid=d.get("rid"), tenant=d.get("tenant", 0),
+                   counts=d.get("counts"))
+
+    def usage(self, tokens) -> tuple[int, int]:
+        """(inputs, tokens) this item's texts stand for in its request, given each text's token count."""
+        if self.counts is None:
+            return len(self.texts), int(sum(int(t) for t in tokens))
+        return sum(self.counts), int(sum(int(t) * c for t, c in zip(tokens, self.counts, strict=True)))
 
 
 def reply_ok(tokens: np.ndarray, vectors: np.ndarray) -> bytes:
@@ -104,16 +115,42 @@ return redis.call('RPUSH', KEYS[1], ARGV[1])
 """
 
 
-def work_submit(*, model: str, texts: list[str], keys: list[bytes], scope: int, wait: float, tenant: int = 0) -> WorkItem:
-    """Queues the texts for the model's workers. Raises Overloaded when none is alive or the queue is full."""
-    item = WorkItem(id=uuid.uuid4().hex, model=model, texts=texts, keys=keys, scope=scope, deadline=time.time() + wait,
-                    rid=request_id_get(), tenant=tenant)
-    result = script(_SUBMIT)(keys=[work_list(model, item.priority), alive_key(model)],
+def work_item(*, model: str, texts: list[str], keys: list[bytes], scope: int, wait: float, tenant: int = 0,
+              counts: list[int] | None = None) -> WorkItem:
+    """A work item for the model's workers, who also count the misses' usage to `tenant`
+    (`counts`: see WorkItem); work_submit or the admission script (work_push) queues it."""
+    return WorkItem(id=uuid.uuid4().hex, model=model, texts=texts, keys=keys, scope=scope, deadline=time.time() + wait,
+                    rid=request_id_get(), tenant=tenant, counts=counts)
+
+
+def _refused(model: str, depth: int) -> Overloaded:
+    """503 for work that cannot be queued: no worker alive (depth -1) or `depth` items waiting."""
+    if depth < 0:
+        return Overloaded(WORKERS_UNAVAILABLE.format(model=model), retry_after=5, code="no_worker")
+    return Overloaded(f"The `{model}` queue is full ({depth} requests waiting); retry shortly.", retry_after=2)
+
+
+def work_push(item: WorkItem) -> WorkPush:
+    """`item` for accounts.quotas.admit to queue in the admission's round trip (same checks as work_submit)."""
+    return WorkPush(list_key=work_list(item.model, item.priority), alive_key=alive_key(item.model),
+                    payload=item.dumps(), max_depth=settings.MAX_QUEUE_DEPTH,
+                    refused=lambda depth: _refused(item.model, depth))
+
+
+def work_queue(item: WorkItem) -> None:
+    """Queues `item` for its model's workers. Raises Overloaded when none is alive or the queue is full."""
+    result = script(_SUBMIT)(keys=[work_list(item.model, item.priority), alive_key(item.model)],
                              args=[item.dumps(), settings.MAX_QUEUE_DEPTH], client=redis_client())
-    if result == -1:
-        raise Overloaded(WORKERS_UNAVAILABLE.format(model=model), retry_after=5, code="no_worker")
-    if result <= -2:
-        raise Overloaded(f"The `{model}` queue is full ({-2 - result} requests waiting); retry shortly.", retry_after=2)
+    if result <= -1:
+        raise _refused(item.model, -1 if result == -1 else -2 - result)
+
+
+def work_submit(*, model: str, texts: list[str], keys: list[bytes], scope: int, wait: float, tenant: int = 0,
+                counts: list[int] | None = None) -> WorkItem:
+    """work_item + work_queue: queues the texts for the model's workers. Raises Overloaded when
+    none is alive or the queue is full."""
+    item = work_item(model=model, texts=texts, keys=keys, scope=scope, wait=wait, tenant=tenant, counts=counts)
+    work_queue(item)
     return item
 
 

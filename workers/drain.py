@@ -198,20 +198,29 @@ class Drainer:
         # finds it cached, and a job is never told "done" before its vectors are durable.
         self._store(runtime.spec, live, index, tokens, vectors)
         pipe = self.redis.pipeline(transaction=False)
+        share = compute_ms / sum(len(it.texts) for it in live)
         for it in live:
             rows = [index[k] for k in it.keys]
+            # Usage goes in the replies' round trip, ahead of the reply: a client that reads its
+            # usage after its answer finds the misses counted.
+            self._usage(pipe, model, it, tokens[rows], share * len(it.texts))
             self._reply(pipe, it, reply_ok(tokens[rows], vectors[rows]))
         pipe.execute()  # the waiters first; the bookkeeping below is nobody's latency
         stats = stats_key(self.name)
         pipe.hincrby(stats, "batches", 1)
         pipe.hincrby(stats, "items", len(live))
         pipe.hincrby(stats, "texts", len(texts))
-        share = compute_ms / sum(len(it.texts) for it in live)
-        for it in live:
-            if it.tenant:
-                usage_record(tenant_id=it.tenant, model=model, compute_ms=share * len(it.texts), pipe=pipe)
         pipe.execute()
         return len(texts)
+
+    @staticmethod
+    def _usage(pipe, model: str, item: WorkItem, tokens, compute_ms: float) -> None:
+        """The misses of `item`'s request (its inputs, duplicates included, and their tokens) and
+        the compute time spent on them, in today's counters of its tenant (accounts.services)."""
+        if item.tenant:
+            inputs, n_tokens = item.usage(tokens)
+            usage_record(tenant_id=item.tenant, model=model, cache_misses=inputs, tokens=n_tokens,
+                         compute_ms=compute_ms, pipe=pipe)
 
     def _interactive_waiting(self) -> bool:
         pipe = self.redis.pipeline(transaction=False)
@@ -315,12 +324,15 @@ class Drainer:
         pipe = self.redis.pipeline(transaction=False)
         done = 0
         for it in items:
+            started = time.perf_counter()
             try:
                 tokens, vectors = runtime.encode(it.texts, max_texts=self.max_texts, max_tokens=self.max_tokens)
             except Exception as exc:
                 self._reply(pipe, it, reply_error(f"{exc.__class__.__name__}: {exc}"[:500]))
                 continue
+            compute_ms = (time.perf_counter() - started) * 1000
             self._store(runtime.spec, [it], {k: i for i, k in enumerate(it.keys)}, tokens, vectors)
+            self._usage(pipe, runtime.spec.name, it, tokens, compute_ms)
             self._reply(pipe, it, reply_ok(tokens, vectors))
             done += len(it.texts)
         pipe.execute()

@@ -134,6 +134,44 @@ def test_usage_is_recorded_in_batches_and_shown(alice, bob, client_for, drainer)
     assert DailyUsage.objects.get(tenant=alice.tenant).cache_misses == 5
 
 
+def test_a_missing_text_sent_three_times_counts_three_misses_and_their_tokens(alice, client_for, drainer):
+    """The worker counts a request's misses (duplicates included), as the request would have."""
+    client = client_for(alice)
+    body = _embed(client, ["dup dup", "dup dup", "other", "dup dup"]).json()
+    assert [item["index"] for item in body["data"]] == [0, 1, 2, 3]
+    usage = client.get("/v1/usage").json()
+    assert (usage["cache_hits"], usage["cache_misses"]) == (0, 4)
+    assert usage["today"]["tokens"] == body["usage"]["prompt_tokens"] > 0
+    assert usage["today"]["compute_ms"] > 0
+
+
+def test_work_the_admission_cannot_queue_is_503_and_counts_no_text(alice, client_for, redis_db, tiers, settings):
+    """The misses' work item is queued by the admission script: refused whole when no worker is
+    alive or the queue is full, with nothing counted but the request in its minute window."""
+    from workers.queues import alive_key, work_list
+
+    client = client_for(alice)
+    response = _embed(client, ["nobody", "serves", "me"])
+    assert response.status_code == 503 and response.json()["error"]["code"] == "no_worker"
+    assert quotas.quota_state(tenant=alice.tenant).used_today == 0
+
+    redis_db.set(alive_key(MODEL), "a-worker")
+    settings.MAX_QUEUE_DEPTH = 1
+    redis_db.rpush(work_list(MODEL, "hi"), b"someone else's work")
+    response = _embed(client, ["still", "nobody"])
+    assert response.status_code == 503
+    assert "queue is full (1 requests waiting)" in response.json()["error"]["message"]
+    assert quotas.quota_state(tenant=alice.tenant).used_today == 0
+    assert redis_db.llen(work_list(MODEL, "hi")) == 1  # nothing of ours was queued
+    assert redis_db.keys("usage:*") == []
+
+    redis_db.delete(work_list(MODEL, "hi"))
+    response = _embed(client, ["queued now"], wait=0.2)  # admitted and queued; nobody drains it
+    assert response.status_code in (202, 504)
+    (raw,) = redis_db.lrange(work_list(MODEL, "hi"), 0, -1)
+    assert b"queued now" in raw
+
+
 def test_usage_rejects_bad_dates(alice, client_for, redis_db, tiers):
     client = client_for(alice)
     assert client.get("/v1/usage?from=yesterday").status_code == 400
