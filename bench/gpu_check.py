@@ -48,7 +48,7 @@ def main() -> int:
     spec = ModelSpec(name="all-MiniLM-L6-v2", path=args.model_dir, dims=384, max_tokens=256, version="gpu-check")
     ref_texts = _texts(256)
     if args.make_reference:
-        runtime = ModelRuntime(spec, "cpu", backend="torch")  # the reference: torch on the CPU
+        runtime = ModelRuntime(spec, "cpu", backend="torch", precision="fp32")  # the reference: float32 torch on the CPU
         _, vectors = runtime.encode(ref_texts)
         np.savez(args.reference, vectors=vectors)
         print(json.dumps({"reference": args.reference, "n": len(ref_texts)}))
