@@ -14,7 +14,8 @@ Two backends run the transformer (DECISIONS #20):
 
 On a CPU with AMX (bfloat16 tile instructions, Intel Sapphire Rapids and later) passes of
 BF16_MIN_TEXTS texts or more run the transformer's matrix products in bfloat16 (its Linear
-weights kept in bfloat16, the rest under torch.autocast; pooling and normalization in float32):
+weights kept in bfloat16, the rest under torch.autocast, traced and frozen into one TorchScript
+graph; pooling and normalization in float32):
 1.7-2x the float32 throughput at the pass sizes interactive traffic makes (DECISIONS #21).
 EMBED_PRECISION=fp32 turns it off; at load it must match float32 to cosine >= 0.9999.
 """
@@ -93,7 +94,8 @@ class ModelRuntime:
             raise ValueError(f"model {spec.name} at {spec.path} gives {dims} dims; EMBED_MODELS says {spec.dims}")
         self.backend = "torch"
         self._session = None
-        self._bf16 = None  # the transformer with bfloat16 Linear weights (_bf16_load)
+        self._bf16 = None  # the transformer with bfloat16 Linear weights, traced (_bf16_load)
+        self._bf16_inputs: list[str] = []
         if precision not in ("auto", "fp32", "bf16"):
             raise ValueError(f"EMBED_PRECISION={precision!r}: use auto, fp32 or bf16")
         wanted = backend or backend_default(device)
@@ -123,13 +125,22 @@ class ModelRuntime:
             out[pack] = self._forward([ids[i] for i in pack])
         return np.asarray(lengths, dtype=np.int32), out
 
+    def _features(self, ids: list[list[int]]) -> dict:
+        """Token ids padded into the transformer's input tensors."""
+        features = self.tokenizer.pad({"input_ids": ids}, padding=True, return_tensors="pt")
+        if "token_type_ids" not in features and "token_type_ids" in self.tokenizer.model_input_names:
+            features["token_type_ids"] = self._torch.zeros_like(features["input_ids"])
+        return features
+
+    def _input_names(self) -> list[str]:
+        """The transformer inputs the exported and traced graphs take, in order."""
+        return [n for n in self.tokenizer.model_input_names if n in ("input_ids", "attention_mask", "token_type_ids")]
+
     def _forward(self, ids: list[list[int]], backend: str | None = None) -> np.ndarray:
         """One forward pass over token ids: float32[len(ids), dims]. `backend` forces one
         (onnx, bf16 or torch); by default the pass size picks it."""
         torch = self._torch
-        features = self.tokenizer.pad({"input_ids": ids}, padding=True, return_tensors="pt")
-        if "token_type_ids" not in features and "token_type_ids" in self.tokenizer.model_input_names:
-            features["token_type_ids"] = torch.zeros_like(features["input_ids"])
+        features = self._features(ids)
         if backend is None:
             backend = "bf16" if self._bf16 is not None and len(ids) >= BF16_MIN_TEXTS else self.backend
         with torch.inference_mode():
@@ -139,7 +150,7 @@ class ModelRuntime:
                     hidden = torch.from_numpy(self._session.run(None, feed)[0])
                 else:
                     with torch.autocast("cpu", dtype=torch.bfloat16):
-                        hidden = self._bf16(**features).last_hidden_state
+                        hidden = self._bf16(*[features[name] for name in self._bf16_inputs])
                     hidden = hidden.float()
                 features = {"token_embeddings": hidden, "attention_mask": features["attention_mask"]}
                 for module in self._post_modules:
@@ -161,8 +172,7 @@ class ModelRuntime:
             first = self.model[0]
             if not isinstance(first, Transformer):
                 raise ValueError(f"its first module is {type(first).__name__}, not a Transformer")
-            self._onnx_inputs = [n for n in self.tokenizer.model_input_names
-                                 if n in ("input_ids", "attention_mask", "token_type_ids")]
+            self._onnx_inputs = self._input_names()
             path = self._onnx_export(onnx_dir)
             options = ort.SessionOptions()
             options.intra_op_num_threads = max(1, threads)
@@ -206,7 +216,8 @@ class ModelRuntime:
             for module in transformer.modules():
                 if isinstance(module, torch.nn.Linear):
                     module.to(torch.bfloat16)
-            self._bf16 = transformer
+            self._bf16_inputs = self._input_names()
+            self._bf16 = self._bf16_trace(_last_hidden(transformer, self._bf16_inputs))
             if self._session is None:
                 self._post_modules = list(self.model)[1:]
             cosine = self._check("bf16")
@@ -215,6 +226,23 @@ class ModelRuntime:
         except Exception as exc:
             self._bf16 = None
             logger.warning("model %s stays in float32: bfloat16 passes could not serve it (%s)", self.spec.name, exc)
+
+    def _bf16_trace(self, module):
+        """`module` traced and frozen by TorchScript (one graph instead of eager modules: 804
+        against 690-709 texts/s at passes of 8-18 texts, one thread, same vectors), or as it is
+        when tracing fails. The load check then compares what is kept with float32."""
+        torch = self._torch
+        ids = self.tokenizer(_CHECK_TEXTS[:2], truncation=True, max_length=self.model.max_seq_length)["input_ids"]
+        features = self._features(ids)
+        try:
+            with warnings.catch_warnings(), torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+                warnings.simplefilter("ignore")  # TracerWarnings about branches on shapes; the check decides
+                traced = torch.jit.trace(module, tuple(features[n] for n in self._bf16_inputs), check_trace=False,
+                                         strict=False)
+                return torch.jit.freeze(traced.eval())
+        except Exception as exc:
+            logger.info("model %s: bfloat16 passes run eagerly (tracing failed: %s)", self.spec.name, exc)
+            return module
 
     def _onnx_export(self, onnx_dir: Path | None) -> Path:
         """The cached export of this model (keyed by its files and the exporter), made if missing.
@@ -252,14 +280,10 @@ class ModelRuntime:
         return path
 
 
-def onnx_export(model_path: str, out: str, names: list[str]) -> None:
-    """Exports the transformer of the sentence-transformers model at `model_path` to `out`: inputs
-    `names` (batch and token axes dynamic), output last_hidden_state."""
+def _last_hidden(transformer, names: list[str]):
+    """`transformer` as a module of positional inputs `names` that returns last_hidden_state
+    (what the ONNX export and the TorchScript trace take)."""
     import torch
-    from sentence_transformers import SentenceTransformer
-
-    model = SentenceTransformer(model_path, device="cpu", local_files_only=True)
-    transformer = model[0].auto_model.eval()
 
     class LastHidden(torch.nn.Module):
         def __init__(self, inner):
@@ -269,13 +293,24 @@ def onnx_export(model_path: str, out: str, names: list[str]) -> None:
         def forward(self, *args):
             return self.inner(**dict(zip(names, args, strict=True))).last_hidden_state
 
+    return LastHidden(transformer)
+
+
+def onnx_export(model_path: str, out: str, names: list[str]) -> None:
+    """Exports the transformer of the sentence-transformers model at `model_path` to `out`: inputs
+    `names` (batch and token axes dynamic), output last_hidden_state."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(model_path, device="cpu", local_files_only=True)
+    transformer = model[0].auto_model.eval()
     sample = model.tokenizer(["hello world", "a longer sample text"], padding=True, return_tensors="pt")
     if "token_type_ids" in names and "token_type_ids" not in sample:
         sample["token_type_ids"] = torch.zeros_like(sample["input_ids"])
     axes = {n: {0: "batch", 1: "tokens"} for n in names} | {"last_hidden_state": {0: "batch", 1: "tokens"}}
     with warnings.catch_warnings(), torch.inference_mode():
         warnings.simplefilter("ignore")
-        torch.onnx.export(LastHidden(transformer), tuple(sample[n] for n in names), out, input_names=names,
+        torch.onnx.export(_last_hidden(transformer, names), tuple(sample[n] for n in names), out, input_names=names,
                           output_names=["last_hidden_state"], dynamic_axes=axes, opset_version=ONNX_OPSET,
                           dynamo=False)
 

@@ -140,6 +140,27 @@ def test_bfloat16_passes_match_sentence_transformers_float32(minilm_bf16):
     assert tokens[2] == 256
 
 
+def test_bfloat16_passes_run_one_frozen_torchscript_graph(minilm_bf16):
+    import torch
+
+    assert isinstance(minilm_bf16._bf16, torch.jit.ScriptModule)
+
+
+def test_a_model_tracing_cannot_serve_runs_its_bfloat16_passes_eagerly(minilm, monkeypatch):
+    import torch
+
+    from workers.runtime import ModelRuntime
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("this model cannot be traced")
+
+    monkeypatch.setattr(torch.jit, "trace", refuse)
+    runtime = ModelRuntime(minilm.spec, "cpu", precision="bf16")
+    assert runtime._bf16 is not None and not isinstance(runtime._bf16, torch.jit.ScriptModule)
+    _, vectors = runtime.encode(TEXTS)
+    assert _cos(vectors, runtime.model.encode(TEXTS)).min() > 0.9999
+
+
 def test_precision_fp32_keeps_every_pass_in_float32(minilm):
     from workers.runtime import ModelRuntime
 
