@@ -93,6 +93,7 @@ def main() -> None:
 
     for i in range(200):
         assert call(i - 200 if args.miss else i) == 200
+    gc_spent = gc_timer()
     split = steps_split() if args.split else None
     profiler = cProfile.Profile() if args.profile else None
     cpu, wall = time.process_time(), time.perf_counter()
@@ -104,6 +105,7 @@ def main() -> None:
         profiler.disable()
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
     print(f"{args.path}: {wall / args.n * 1e6:.0f} us wall, {cpu / args.n * 1e6:.0f} us CPU per request (n={args.n})")
+    print(f"  gc: {gc_spent[0] / args.n * 1e6:.0f} us per request in {gc_spent[1]} collections")
     if split:
         for name, seconds in split.items():
             print(f"  {name}: {seconds / args.n * 1e6:.0f} us CPU per request")
@@ -112,6 +114,24 @@ def main() -> None:
     if worker is not None:
         worker.terminate()
         worker.wait(20)
+
+
+def gc_timer() -> list:
+    """[seconds, collections] the garbage collector spends from now on (gc.callbacks)."""
+    import gc
+
+    spent: list = [0.0, 0]
+    began = [0.0]
+
+    def timed(phase, info):
+        if phase == "start":
+            began[0] = time.perf_counter()
+        else:
+            spent[0] += time.perf_counter() - began[0]
+            spent[1] += 1
+
+    gc.callbacks.append(timed)
+    return spent
 
 
 def steps_split() -> dict[str, float]:
