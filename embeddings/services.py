@@ -13,9 +13,10 @@ from dataclasses import dataclass
 
 import numpy as np
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import OperationalError, connection, transaction
 from django.db.models.functions import Now
 from django.utils import timezone
+from psycopg import errors as psycopg_errors
 
 from accounts.models import Tenant
 from accounts.quotas import (
@@ -407,10 +408,19 @@ def job_chunks_claim(*, models: list[tuple[str, str]], lease_seconds: float, lim
     which names `owner` (the worker) for operators.
     """
     lease = f"{uuid.uuid4().hex[:12]}@{owner}"[:32] if owner else uuid.uuid4().hex
-    with transaction.atomic(), connection.cursor() as cur:
-        cur.execute("SET LOCAL synchronous_commit TO OFF")  # a claim lost to a crash leaves the chunk queued
-        cur.execute(_CLAIM, [[m for m, _ in models], [v for _, v in models], limit * 4, limit, lease, lease_seconds])
-        rows = cur.fetchall()
+    try:
+        with transaction.atomic(), connection.cursor() as cur:
+            cur.execute("SET LOCAL synchronous_commit TO OFF")  # a claim lost to a crash leaves the chunk queued
+            # A poll never queues behind a table lock (DDL, TRUNCATE, VACUUM FULL): it gives up and
+            # the next poll tries again. Waiting could also close a cycle with a statement that locks
+            # the job tables in the other order (a TRUNCATE of both did: "deadlock detected").
+            cur.execute("SET LOCAL lock_timeout TO '500ms'")
+            cur.execute(_CLAIM, [[m for m, _ in models], [v for _, v in models], limit * 4, limit, lease, lease_seconds])
+            rows = cur.fetchall()
+    except OperationalError as exc:
+        if isinstance(exc.__cause__, psycopg_errors.LockNotAvailable):
+            return []
+        raise
     return [
         ClaimedChunk(id=r[0], job_id=str(r[1]), tenant_id=r[2], model=r[3], version=r[4], scope=r[5], start=r[6],
                      texts=r[7] if isinstance(r[7], list) else json.loads(r[7]), lease=lease, attempts=r[8])

@@ -186,6 +186,27 @@ def test_interactive_requests_go_ahead_of_job_chunks(job_loop, alice, redis_db, 
     assert loop.run_once(block=0.1) == 8
 
 
+def test_a_claim_gives_up_on_a_locked_table_instead_of_queueing(alice, redis_db, transactional_db):
+    """Another session holds the chunk table (as DDL or a TRUNCATE would): the poll returns no
+    chunk within its lock timeout, and claims again once the lock is gone."""
+    import psycopg
+    from django.db import connection
+
+    job_create(tenant=alice.tenant, texts=["locked out"], options=EmbedOptions(model=MODEL))
+    params = connection.get_connection_params()
+    other = psycopg.connect(**{k: v for k, v in params.items() if k != "cursor_factory"})
+    try:
+        other.execute(f"LOCK TABLE {JobChunk._meta.db_table} IN ACCESS EXCLUSIVE MODE")
+        began = time.monotonic()
+        assert job_chunk_claim(models=[(MODEL, "gt-0.1.0")], lease_seconds=60) is None
+        assert time.monotonic() - began < 5
+    finally:
+        other.rollback()
+        other.close()
+    claimed = job_chunk_claim(models=[(MODEL, "gt-0.1.0")], lease_seconds=60)
+    assert claimed is not None and claimed.texts == ["locked out"]
+
+
 def test_chunks_of_different_tenants_interleave(alice, bob, redis_db, transactional_db, settings):
     settings.JOB_CHUNK_TEXTS = 4
     big = job_create(tenant=alice.tenant, texts=[f"a{i}" for i in range(40)], options=EmbedOptions(model=MODEL))
