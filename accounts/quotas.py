@@ -130,6 +130,19 @@ class WorkPush:
     refused: Callable[[int], Exception]  # the error for "no worker alive" (-1) or a full queue (its depth)
 
 
+# Whether work may join a model's list: nil when yes, -1 when no worker is alive, else the
+# list's depth (it is full). The one definition of that check: the admission script below and
+# embeddings/waiting.py's work_queue both open with it.
+WORK_REFUSAL_LUA = """
+local function work_refusal(list_key, alive_key, max_depth)
+  if redis.call('EXISTS', alive_key) == 0 then return -1 end
+  local depth = redis.call('LLEN', list_key)
+  if depth >= tonumber(max_depth) then return depth end
+  return nil
+end
+"""
+
+
 # Every limit of the data plane in one round trip (DECISIONS #14, #19): the auth epoch, the
 # caller's minute window, the text quotas, the usage of the request's cache hits and the work
 # item of its misses.
@@ -141,9 +154,9 @@ class WorkPush:
 #       13 usage member, 14 work item ('' = none), 15 the work list's max depth.
 # Returns {verdict, used today, used this month, requests in the window, epoch, queue depth}:
 # verdict 1 admitted (and the work queued); 0 / -1 refused by the daily / monthly quota (no text
-# counted); -3 over the rate; -4 no worker alive, -5 the work list is full (no text counted);
-# -9 epoch moved (nothing counted).
-_ADMIT = """
+# counted); -3 over the rate; -4 the work refused (no text counted; the last field is
+# work_refusal's answer); -9 epoch moved (nothing counted).
+_ADMIT = WORK_REFUSAL_LUA + """
 local e = redis.call('GET', KEYS[1])
 if not e then e = ARGV[2]; redis.call('SET', KEYS[1], e) end
 if ARGV[1] ~= '' and e ~= ARGV[1] then return {-9, 0, 0, 0, e, 0} end
@@ -156,9 +169,8 @@ local d = tonumber(redis.call('GET', KEYS[3]) or '0')
 local m = tonumber(redis.call('GET', KEYS[4]) or '0')
 if ARGV[3] == '1' and n > tonumber(ARGV[5]) then return {-3, d, m, n, e, 0} end
 if ARGV[14] ~= '' then
-  if redis.call('EXISTS', KEYS[8]) == 0 then return {-4, d, m, n, e, 0} end
-  local depth = redis.call('LLEN', KEYS[7])
-  if depth >= tonumber(ARGV[15]) then return {-5, d, m, n, e, depth} end
+  local refused = work_refusal(KEYS[7], KEYS[8], ARGV[15])
+  if refused then return {-4, d, m, n, e, refused} end
 end
 local t = tonumber(ARGV[6])
 if t > 0 then
@@ -214,8 +226,8 @@ def admit(*, tenant: Tenant, texts: int = 0, caller: Caller | None = None,
         raise AuthEpochMoved(epoch.decode() if isinstance(epoch, bytes) else str(epoch))
     if caller is not None:
         caller.admitted = True
-    if verdict in (-4, -5):
-        raise work.refused(-1 if verdict == -4 else int(depth))
+    if verdict == -4:
+        raise work.refused(int(depth))
     limit = tier.requests_per_minute
     rate = None
     if caller is not None:

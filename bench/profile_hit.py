@@ -156,7 +156,7 @@ def steps_split() -> dict[str, float]:
 
     for module, names in [(embeddings.services, ["embed_plan", "embed_finish", "admit", "usage_record", "usage_hits"]),
                           (embeddings.cache, ["cache_lookup"]),
-                          (embeddings.waiting, ["work_submit", "work_wait"])]:
+                          (embeddings.waiting, ["work_wait"])]:
         for name in names:
             wrap(module, name)
     return spent

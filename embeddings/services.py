@@ -174,10 +174,11 @@ def embed_plan(*, tenant: Tenant, texts: list[str], options: EmbedOptions) -> Em
                      missing=[k for k in unique if k not in hits])
 
 
-def embed_finish(plan: EmbedPlan, *, tenant: Tenant, wait: float, item: waiting.WorkItem | None = None) -> EmbedResult:
+def embed_finish(plan: EmbedPlan, *, wait: float, item: waiting.WorkItem | None) -> EmbedResult:
     """Has the workers compute what the cache lacks, then assembles the vectors in input order;
-    duplicates are computed once. `item`: the misses' work item, already queued (embed_serve
-    queues it with the admission). Raises Overloaded (no worker / queue full) and WaitTimeout."""
+    duplicates are computed once. `item`: the work item of the misses on the platform's models,
+    already queued by the admission (embed_serve); a provider model's misses are sent from here.
+    Raises Overloaded (no provider worker) and WaitTimeout."""
     spec, keys = plan.spec, plan.keys
     found: dict[bytes, tuple[np.ndarray, int]] = {k: (h.vector, h.tokens) for k, h in plan.hits.items()}
     if plan.missing:
@@ -189,9 +190,6 @@ def embed_finish(plan: EmbedPlan, *, tenant: Tenant, wait: float, item: waiting.
             item = provider_submit(spec=spec, texts=texts, keys=missing, scope=plan.scope, wait=wait)
             tokens, vectors = waiting.work_wait(item, wait=wait, dims=None)
         else:
-            if item is None:
-                item = _work_item(plan, tenant=tenant, wait=wait)
-                waiting.work_queue(item)
             tokens, vectors = waiting.work_wait(item, wait=wait, dims=spec.dims)
         cache.hot_remember(model=spec.name, version=spec.version, scope=plan.scope, keys=missing, tokens=tokens,
                            vectors=vectors)
@@ -235,7 +233,7 @@ def embed_serve(*, tenant: Tenant, texts: list[str], options: EmbedOptions, wait
     quota, rate = admit(tenant=tenant, texts=len(texts), caller=caller, usage=hits,
                         work=waiting.work_push(item) if item is not None else None)
     try:
-        result = embed_finish(plan, tenant=tenant, wait=wait, item=item)
+        result = embed_finish(plan, wait=wait, item=item)
     except WaitTimeout:
         if job_fallback:
             try:
@@ -511,6 +509,8 @@ def job_sweep() -> int:
     if models:
         waiting.jobs_signal(models)
     return len(requeue)
+
+
 # --- Seeding ---------------------------------------------------------------------------------
 
 @dataclass

@@ -19,7 +19,7 @@ import numpy as np
 import orjson
 from django.conf import settings
 
-from accounts.quotas import WorkPush
+from accounts.quotas import WORK_REFUSAL_LUA, WorkPush
 from embedplatform.errors import WAIT_TIMED_OUT, WORKERS_UNAVAILABLE, ApiError, InvalidInput, Overloaded, WaitTimeout
 from embedplatform.logs import request_id_get
 from embedplatform.redisconn import redis_client, script
@@ -106,19 +106,20 @@ def reply_parse(raw: bytes, *, n: int, dims: int | None) -> tuple[np.ndarray, np
     return tokens, vectors
 
 
-# One round trip: refuse when no worker is alive (-1) or the queue is full (-2), else push.
-_SUBMIT = """
-if redis.call('EXISTS', KEYS[2]) == 0 then return -1 end
-local depth = redis.call('LLEN', KEYS[1])
-if depth >= tonumber(ARGV[2]) then return -2 - depth end
-return redis.call('RPUSH', KEYS[1], ARGV[1])
+# One round trip: the admission's check (accounts/quotas.py), then the push. {1} when queued,
+# {0, refusal} when not.
+_QUEUE = WORK_REFUSAL_LUA + """
+local refused = work_refusal(KEYS[1], KEYS[2], ARGV[2])
+if refused then return {0, refused} end
+redis.call('RPUSH', KEYS[1], ARGV[1])
+return {1}
 """
 
 
 def work_item(*, model: str, texts: list[str], keys: list[bytes], scope: int, wait: float, tenant: int = 0,
               counts: list[int] | None = None) -> WorkItem:
     """A work item for the model's workers, who also count the misses' usage to `tenant`
-    (`counts`: see WorkItem); work_submit or the admission script (work_push) queues it."""
+    (`counts`: see WorkItem); the admission script (work_push) or work_queue queues it."""
     return WorkItem(id=uuid.uuid4().hex, model=model, texts=texts, keys=keys, scope=scope, deadline=time.time() + wait,
                     rid=request_id_get(), tenant=tenant, counts=counts)
 
@@ -131,7 +132,7 @@ def _refused(model: str, depth: int) -> Overloaded:
 
 
 def work_push(item: WorkItem) -> WorkPush:
-    """`item` for accounts.quotas.admit to queue in the admission's round trip (same checks as work_submit)."""
+    """`item` for accounts.quotas.admit to queue in the admission's round trip (the same check as work_queue)."""
     return WorkPush(list_key=work_list(item.model, item.priority), alive_key=alive_key(item.model),
                     payload=item.dumps(), max_depth=settings.MAX_QUEUE_DEPTH,
                     refused=lambda depth: _refused(item.model, depth))
@@ -139,10 +140,10 @@ def work_push(item: WorkItem) -> WorkPush:
 
 def work_queue(item: WorkItem) -> None:
     """Queues `item` for its model's workers. Raises Overloaded when none is alive or the queue is full."""
-    result = script(_SUBMIT)(keys=[work_list(item.model, item.priority), alive_key(item.model)],
-                             args=[item.dumps(), settings.MAX_QUEUE_DEPTH], client=redis_client())
-    if result <= -1:
-        raise _refused(item.model, -1 if result == -1 else -2 - result)
+    result = script(_QUEUE)(keys=[work_list(item.model, item.priority), alive_key(item.model)],
+                            args=[item.dumps(), settings.MAX_QUEUE_DEPTH], client=redis_client())
+    if not result[0]:
+        raise _refused(item.model, int(result[1]))
 
 
 def work_submit(*, model: str, texts: list[str], keys: list[bytes], scope: int, wait: float, tenant: int = 0,

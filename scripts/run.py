@@ -82,7 +82,7 @@ def cmd_web(env) -> list[str]:
     """Granian (a Rust HTTP server) calling Django's WSGI app on a few Python threads per process.
 
     Requests beyond the threads wait in Granian, not in Python: fewer threads contend for the GIL
-    and a cache hit costs less CPU (docs/DECISIONS.md #20, docs/BENCHMARKS.md).
+    and a cache hit costs less CPU (docs/DECISIONS.md #8, docs/BENCHMARKS.md).
     """
     port = env.get("PORT", "8000")
     return [

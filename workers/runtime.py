@@ -94,6 +94,7 @@ class ModelRuntime:
             raise ValueError(f"model {spec.name} at {spec.path} gives {dims} dims; EMBED_MODELS says {spec.dims}")
         self.backend = "torch"
         self._session = None
+        self._post_modules = list(self.model)[1:]  # pooling, normalization: after ONNX or bfloat16 passes
         self._bf16 = None  # the transformer with bfloat16 Linear weights, traced (_bf16_load)
         self._bf16_inputs: list[str] = []
         if precision not in ("auto", "fp32", "bf16"):
@@ -181,7 +182,6 @@ class ModelRuntime:
             # processes, and spinning took their CPU (measured: +15% texts/s at 32 clients without).
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-            self._post_modules = list(self.model)[1:]
             cosine = self._check("onnx")
             if cosine < MIN_COSINE:
                 raise ValueError(f"the export gives cosine {cosine:.6f} to torch")
@@ -218,8 +218,6 @@ class ModelRuntime:
                     module.to(torch.bfloat16)
             self._bf16_inputs = self._input_names()
             self._bf16 = self._bf16_trace(_last_hidden(transformer, self._bf16_inputs))
-            if self._session is None:
-                self._post_modules = list(self.model)[1:]
             cosine = self._check("bf16")
             if cosine < MIN_COSINE:
                 raise ValueError(f"it gives cosine {cosine:.6f} to float32")

@@ -146,8 +146,9 @@ CACHES = {
 # EMBED_MODELS: a JSON string or a path to a JSON file; see embeddings/registry.py.
 EMBED_MODELS: str = env.str("EMBED_MODELS", default="")
 EMBED_DEVICE: str = env.str("EMBED_DEVICE", default=env.str("DEVICE", default="cpu"))
-# CPU only: model threads of a worker (0 = half the cores, at least one: it shares the machine
-# with the web tier; workers/devices.py cpu_threads).
+# CPU only: model threads of a worker, for torch and ONNX Runtime alike (0 = torch half the
+# cores, at least one, since it shares the machine with the web tier; ONNX Runtime, which runs
+# the passes of one or two texts, all of them: workers/devices.py cpu_threads).
 EMBED_THREADS: int = env.int("EMBED_THREADS", default=0)
 # What runs the transformer: `onnx` (ONNX Runtime, exported once under VAR_DIR/onnx; CPU only)
 # or `torch`. Default: onnx on the CPU, torch on a GPU (workers/runtime.py, DECISIONS #20).
