@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 from django.conf import settings
@@ -121,7 +122,7 @@ class EmbedPlan:
     hits: dict[bytes, cache.Hit]
     missing: list[bytes]
 
-    @property
+    @cached_property  # read by the admission's usage and by the work item
     def hit_count(self) -> int:
         """Inputs (duplicates included) answered from the cache."""
         return sum(1 for k in self.keys if k in self.hits)
