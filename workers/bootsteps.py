@@ -36,8 +36,8 @@ class DrainStep(bootsteps.StartStopStep):
 
     def __init__(self, worker, **kwargs):
         super().__init__(worker, **kwargs)
-        self.thread: threading.Thread | None = None
-        self.drainer = None
+        self.threads: list[threading.Thread] = []
+        self.drainers: list = []
         self._stopping = threading.Event()
 
     def _models(self, worker) -> list[str]:
@@ -57,8 +57,9 @@ class DrainStep(bootsteps.StartStopStep):
         if not models:
             logger.info("this worker consumes no model queue; no drain loop")
             return
-        self.thread = threading.Thread(target=self._run, args=(models, worker.hostname), name="drain", daemon=True)
-        self.thread.start()
+        loader = threading.Thread(target=self._run, args=(models, worker.hostname), name="drain", daemon=True)
+        self.threads.append(loader)
+        loader.start()
 
     def _provider_heartbeat(self, hostname: str) -> None:
         """Tells the API a provider worker is alive (so BYOK misses get a fast 503 when none is)."""
@@ -95,23 +96,35 @@ class DrainStep(bootsteps.StartStopStep):
         except Exception:
             logger.exception("could not load models %s; this worker serves nothing", models)
             return
+        # Drain loops: one per pass the runtimes run well side by side (ModelRuntime.parallel_passes:
+        # two on a CPU without AMX, DECISIONS #22), unless EMBED_DRAIN_THREADS says. Each takes
+        # whatever waits when it is free, requests and job chunks alike; this thread runs the first.
+        count = settings.EMBED_DRAIN_THREADS or min(rt.parallel_passes for rt in runtimes.values())
+        name = hostname.replace(":", "_")
+        self.drainers = [
+            Drainer(
+                runtimes=runtimes,
+                redis=redis_client(),
+                max_texts=settings.MAX_BATCH_TEXTS,
+                max_tokens=settings.MAX_BATCH_TOKENS,
+                upsert=_cache_upsert,
+                name=name if i == 0 else f"{name}-{i + 1}",
+                jobs=JobFeed(lease_seconds=settings.JOB_LEASE_SECONDS, poll_seconds=settings.JOB_POLL_SECONDS,
+                             chunks_per_pass=max(1, settings.JOB_PASS_TEXTS // settings.JOB_CHUNK_TEXTS)),
+            )
+            for i in range(count)
+        ]
         if self._stopping.is_set():
             return
-        self.drainer = Drainer(
-            runtimes=runtimes,
-            redis=redis_client(),
-            max_texts=settings.MAX_BATCH_TEXTS,
-            max_tokens=settings.MAX_BATCH_TOKENS,
-            upsert=_cache_upsert,
-            name=hostname.replace(":", "_"),
-            jobs=JobFeed(lease_seconds=settings.JOB_LEASE_SECONDS, poll_seconds=settings.JOB_POLL_SECONDS,
-                         chunks_per_pass=max(1, settings.JOB_PASS_TEXTS // settings.JOB_CHUNK_TEXTS)),
-        )
-        self.drainer.run()
+        for i, drainer in enumerate(self.drainers[1:], start=2):
+            thread = threading.Thread(target=drainer.run, name=f"drain-{i}", daemon=True)
+            self.threads.append(thread)
+            thread.start()
+        self.drainers[0].run()
 
     def stop(self, worker):
         self._stopping.set()
-        if self.drainer is not None:
-            self.drainer.stop()
-        if self.thread is not None:
-            self.thread.join(timeout=10)
+        for drainer in self.drainers:
+            drainer.stop()
+        for thread in list(self.threads):
+            thread.join(timeout=10)

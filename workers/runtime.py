@@ -12,12 +12,19 @@ Two backends run the transformer (DECISIONS #20):
          and the export is checked against torch at load; a model that cannot be exported
          or does not match runs on torch.
 
-On a CPU with AMX (bfloat16 tile instructions, Intel Sapphire Rapids and later) passes of
-BF16_MIN_TEXTS texts or more run the transformer's matrix products in bfloat16 (its Linear
-weights kept in bfloat16, the rest under torch.autocast, traced and frozen into one TorchScript
-graph; pooling and normalization in float32):
-1.7-2x the float32 throughput at the pass sizes interactive traffic makes (DECISIONS #21).
-EMBED_PRECISION=fp32 turns it off; at load it must match float32 to cosine >= 0.9999.
+Small passes (under BIG_PASS_TEXTS texts: the machine is quiet) and big ones (they come under
+load, when the web tier wants cores too) run differently on a CPU:
+  - with AMX (bfloat16 tile instructions, Intel Sapphire Rapids and later) big passes run the
+    transformer's matrix products in bfloat16 (its Linear weights kept in bfloat16, the rest
+    under torch.autocast, traced and frozen into one TorchScript graph; pooling and
+    normalization in float32): 1.7-2x the float32 throughput at the pass sizes interactive
+    traffic makes (DECISIONS #21). EMBED_PRECISION=fp32 turns it off; at load it must match
+    float32 to cosine >= 0.9999.
+  - without it, big passes run on a second ONNX Runtime session with `threads` threads (half
+    the cores by default) and the worker runs two drain loops (parallel_passes), so two passes
+    run side by side instead of one pass splitting every operator across all cores (DECISIONS
+    #22). Same graph, same vectors.
+Small passes run on the ONNX Runtime session with `onnx_threads` (all cores by default).
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -45,9 +53,10 @@ ONNX_OPSET = 17
 MIN_COSINE = 0.9999
 _CHECK_TEXTS = ["warm up", "The quick brown fox jumps over the lazy dog near the river bank.",
                 "Ünïcödé, 中文 and emoji 🎉 in one line", "word " * 300]
-# Passes of one or two texts stay in float32 on ONNX Runtime: there bfloat16 is no faster
-# (one thread, this repo's 2-core box: 4.2 against 8.0 ms for one text; 10.4 against 12.0 ms for three).
-BF16_MIN_TEXTS = 3
+# Passes of one or two texts run on the ONNX Runtime session with all the cores: bfloat16 is no
+# faster there (one thread, this repo's 2-core box: 4.2 against 8.0 ms for one text; 10.4
+# against 12.0 ms for three), and one thread is slower (DECISIONS #22).
+BIG_PASS_TEXTS = 3
 
 
 def backend_default(device: str) -> str:
@@ -73,8 +82,9 @@ def _cosine_min(got: np.ndarray, want: np.ndarray) -> float:
 class ModelRuntime:
     def __init__(self, spec: ModelSpec, device: str, threads: int = 0, backend: str | None = None,
                  onnx_dir: Path | None = None, precision: str = "auto", onnx_threads: int = 0):
-        """`threads`: torch's intra-op threads on the CPU (0: torch's default); `onnx_threads`:
-        ONNX Runtime's (0: as `threads`)."""
+        """`threads`: the CPU threads of a big pass (torch's intra-op threads, and those of the big
+        passes' ONNX Runtime session; 0: torch's default); `onnx_threads`: those of the small
+        passes' ONNX Runtime session (0: as `threads`)."""
         import torch
         from sentence_transformers import SentenceTransformer
 
@@ -94,31 +104,47 @@ class ModelRuntime:
             raise ValueError(f"model {spec.name} at {spec.path} gives {dims} dims; EMBED_MODELS says {spec.dims}")
         self.backend = "torch"
         self._session = None
+        self._session_big = None  # ONNX Runtime with `threads` threads for big passes, without bfloat16
+        # The fast tokenizer is not safe to call from two drain threads at once ("Already borrowed").
+        self._tokenizer_lock = threading.Lock()
         self._post_modules = list(self.model)[1:]  # pooling, normalization: after ONNX or bfloat16 passes
         self._bf16 = None  # the transformer with bfloat16 Linear weights, traced (_bf16_load)
         self._bf16_inputs: list[str] = []
         if precision not in ("auto", "fp32", "bf16"):
             raise ValueError(f"EMBED_PRECISION={precision!r}: use auto, fp32 or bf16")
+        small = onnx_threads or threads or torch.get_num_threads()  # the small passes' ONNX Runtime threads
         wanted = backend or backend_default(device)
         if wanted not in ("torch", "onnx"):
             raise ValueError(f"EMBED_BACKEND={wanted!r}: use torch or onnx")
         if wanted == "onnx":
             if device != "cpu":
                 raise ValueError(f"EMBED_BACKEND=onnx runs on the CPU, not {device}; use torch there")
-            self._onnx_load(onnx_dir, onnx_threads or threads or torch.get_num_threads())
+            self._onnx_load(onnx_dir, small)
         if device == "cpu" and (precision == "bf16" or (precision == "auto" and cpu_has_amx())):
             self._bf16_load()
-        self.encode(["warm up"] * BF16_MIN_TEXTS)
+        if self._session is not None and self._bf16 is None and 0 < threads < small:
+            self._session_big = self._onnx_session(self._onnx_path, threads)
+        self.encode(["warm up"] * BIG_PASS_TEXTS)
         self.encode(["warm up"])
-        logger.info("loaded %s on %s (%s%s) in %.1fs", spec.name, device, self.backend,
-                    ", bfloat16 passes" if self._bf16 is not None else "", time.perf_counter() - started)
+        big = (", bfloat16 big passes" if self._bf16 is not None else
+               f", big passes on {threads} thread(s), {self.parallel_passes} at once" if self._session_big else "")
+        logger.info("loaded %s on %s (%s%s) in %.1fs", spec.name, device, self.backend, big,
+                    time.perf_counter() - started)
+
+    @property
+    def parallel_passes(self) -> int:
+        """How many passes this runtime runs well side by side (the worker's drain loops by
+        default): two where big passes have their own ONNX Runtime session with part of the
+        cores, else one."""
+        return 2 if self._session_big is not None else 1
 
     # --- encode -------------------------------------------------------------------------------
 
     def encode(self, texts: list[str], *, max_texts: int = 64, max_tokens: int = 16384) -> tuple[np.ndarray, np.ndarray]:
         """(token counts int32[n], vectors float32[n, dims]) in the order of `texts`."""
         max_len = self.model.max_seq_length
-        enc = self.tokenizer(texts, truncation=True, max_length=max_len, padding=False, return_attention_mask=False)
+        with self._tokenizer_lock:
+            enc = self.tokenizer(texts, truncation=True, max_length=max_len, padding=False, return_attention_mask=False)
         ids = enc["input_ids"]
         lengths = [len(x) for x in ids]
         out = np.empty((len(texts), self.spec.dims), dtype=np.float32)
@@ -128,7 +154,8 @@ class ModelRuntime:
 
     def _features(self, ids: list[list[int]]) -> dict:
         """Token ids padded into the transformer's input tensors."""
-        features = self.tokenizer.pad({"input_ids": ids}, padding=True, return_tensors="pt")
+        with self._tokenizer_lock:
+            features = self.tokenizer.pad({"input_ids": ids}, padding=True, return_tensors="pt")
         if "token_type_ids" not in features and "token_type_ids" in self.tokenizer.model_input_names:
             features["token_type_ids"] = self._torch.zeros_like(features["input_ids"])
         return features
@@ -139,16 +166,19 @@ class ModelRuntime:
 
     def _forward(self, ids: list[list[int]], backend: str | None = None) -> np.ndarray:
         """One forward pass over token ids: float32[len(ids), dims]. `backend` forces one
-        (onnx, bf16 or torch); by default the pass size picks it."""
+        (onnx, onnx_big, bf16 or torch); by default the pass size picks it."""
         torch = self._torch
         features = self._features(ids)
         if backend is None:
-            backend = "bf16" if self._bf16 is not None and len(ids) >= BF16_MIN_TEXTS else self.backend
+            backend = self.backend
+            if len(ids) >= BIG_PASS_TEXTS:
+                backend = "bf16" if self._bf16 is not None else "onnx_big" if self._session_big is not None else backend
         with torch.inference_mode():
-            if backend in ("onnx", "bf16"):
-                if backend == "onnx":
+            if backend in ("onnx", "onnx_big", "bf16"):
+                if backend != "bf16":
+                    session = self._session_big if backend == "onnx_big" else self._session
                     feed = {name: features[name].numpy() for name in self._onnx_inputs}
-                    hidden = torch.from_numpy(self._session.run(None, feed)[0])
+                    hidden = torch.from_numpy(session.run(None, feed)[0])
                 else:
                     with torch.autocast("cpu", dtype=torch.bfloat16):
                         hidden = self._bf16(*[features[name] for name in self._bf16_inputs])
@@ -167,21 +197,14 @@ class ModelRuntime:
     def _onnx_load(self, onnx_dir: Path | None, threads: int) -> None:
         """Exports (once) and loads the transformer for ONNX Runtime; stays on torch on any failure."""
         try:
-            import onnxruntime as ort
             from sentence_transformers.models import Transformer
 
             first = self.model[0]
             if not isinstance(first, Transformer):
                 raise ValueError(f"its first module is {type(first).__name__}, not a Transformer")
             self._onnx_inputs = self._input_names()
-            path = self._onnx_export(onnx_dir)
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = max(1, threads)
-            options.inter_op_num_threads = 1
-            # Idle threads sleep instead of spinning: the worker shares its cores with the web
-            # processes, and spinning took their CPU (measured: +15% texts/s at 32 clients without).
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            self._onnx_path = self._onnx_export(onnx_dir)
+            self._session = self._onnx_session(self._onnx_path, threads)
             cosine = self._check("onnx")
             if cosine < MIN_COSINE:
                 raise ValueError(f"the export gives cosine {cosine:.6f} to torch")
@@ -189,6 +212,18 @@ class ModelRuntime:
         except Exception as exc:
             self._session = None
             logger.warning("model %s stays on torch: ONNX Runtime could not serve it (%s)", self.spec.name, exc)
+
+    @staticmethod
+    def _onnx_session(path: Path, threads: int):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = max(1, threads)
+        options.inter_op_num_threads = 1
+        # Idle threads sleep instead of spinning: the worker shares its cores with the web
+        # processes, and spinning took their CPU (measured: +15% texts/s at 32 clients without).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
     def _check(self, backend: str) -> float:
         """The lowest cosine between `backend` and float32 torch over the check texts (one pass

@@ -150,6 +150,11 @@ EMBED_DEVICE: str = env.str("EMBED_DEVICE", default=env.str("DEVICE", default="c
 # cores, at least one, since it shares the machine with the web tier; ONNX Runtime, which runs
 # the passes of one or two texts, all of them: workers/devices.py cpu_threads).
 EMBED_THREADS: int = env.int("EMBED_THREADS", default=0)
+# Drain loops per worker process, each running its own forward passes (0 = as many as the model
+# runtime runs well side by side: two on a CPU without AMX, else one; DECISIONS #22).
+EMBED_DRAIN_THREADS: int = env.int("EMBED_DRAIN_THREADS", default=0)
+if EMBED_DRAIN_THREADS < 0:
+    raise ImproperlyConfigured(f"EMBED_DRAIN_THREADS={EMBED_DRAIN_THREADS}: use 0 (automatic) or a count.")
 # What runs the transformer: `onnx` (ONNX Runtime, exported once under VAR_DIR/onnx; CPU only)
 # or `torch`. Default: onnx on the CPU, torch on a GPU (workers/runtime.py, DECISIONS #20).
 EMBED_BACKEND: str = env.str("EMBED_BACKEND", default="onnx" if EMBED_DEVICE == "cpu" else "torch")

@@ -6,9 +6,11 @@ import uuid
 
 import numpy as np
 import pytest
+from django.db import connection
 
 from embeddings import waiting
 from embeddings.cache import cache_lookup, cache_upsert, text_key
+from embeddings.registry import model_get
 from workers.drain import Drainer
 from workers.queues import reply_key
 
@@ -114,3 +116,64 @@ def test_under_concurrent_load_batches_hold_many_requests(drainer):
     assert stats.items == 32 * 6
     assert stats.items / stats.batches >= 4, stats.batch_items
     assert max(stats.batch_items) >= 16, stats.batch_items
+
+
+@pytest.fixture(scope="module")
+def minilm_split():
+    """A runtime whose big passes have their own one-thread ONNX Runtime session (a CPU without
+    AMX): the worker runs two drain loops on it."""
+    import torch
+
+    from workers.runtime import ModelRuntime
+
+    before = torch.get_num_threads()
+    try:
+        runtime = ModelRuntime(model_get(MODEL), "cpu", threads=1, onnx_threads=2, precision="fp32")
+    finally:
+        torch.set_num_threads(before)
+    assert runtime.parallel_passes == 2
+    return runtime
+
+
+def test_two_drain_loops_on_one_runtime_answer_every_request_right(transactional_db, redis_db, minilm_split):
+    loops = [Drainer(runtimes={MODEL: minilm_split}, redis=redis_db, max_texts=64, max_tokens=16384,
+                     upsert=cache_upsert, name=f"pair-{i}", block=0.1) for i in range(2)]
+    loops[0].heartbeat(force=True)
+
+    def drain(loop):
+        try:
+            loop.run()
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=drain, args=(loop,), daemon=True) for loop in loops]
+    for t in threads:
+        t.start()
+    answers, failures = {}, []
+
+    def client(n):
+        for j in range(6):
+            texts = [f"client {n} request {j} {uuid.uuid4().hex[:8]}"] * (1 + j % 2) + [f"extra {n} {j}"]
+            try:
+                answers[(n, j)] = (texts, waiting.work_wait(_submit(texts), wait=30, dims=384)[1])
+            except Exception as exc:
+                failures.append(repr(exc))
+
+    try:
+        clients = [threading.Thread(target=client, args=(n,)) for n in range(12)]
+        for t in clients:
+            t.start()
+        for t in clients:
+            t.join(timeout=120)
+    finally:
+        for loop in loops:
+            loop.stop()
+        for t in threads:
+            t.join(timeout=10)
+    assert not failures, failures[:3]
+    assert len(answers) == 72
+    for texts, vectors in answers.values():
+        reference = minilm_split.model.encode(texts)
+        assert vectors.shape == (len(texts), 384)
+        assert (np.sum(vectors * reference, axis=1) > 0.9999).all()  # each text's own vector, in order
+    assert all(loop.stats.texts > 0 for loop in loops), [loop.stats.texts for loop in loops]

@@ -118,15 +118,19 @@ def minilm_bf16(minilm):
     return runtime
 
 
+def test_with_bfloat16_big_passes_have_no_session_of_their_own_and_run_one_at_a_time(minilm_bf16):
+    assert minilm_bf16._session_big is None and minilm_bf16.parallel_passes == 1
+
+
 def test_passes_of_three_texts_or_more_run_in_bfloat16_smaller_ones_on_onnx_runtime(minilm_bf16, monkeypatch):
-    from workers.runtime import BF16_MIN_TEXTS
+    from workers.runtime import BIG_PASS_TEXTS
 
     onnx, bf16 = _Counting(minilm_bf16._session), _Counting(minilm_bf16._bf16)
     monkeypatch.setattr(minilm_bf16, "_session", onnx)
     monkeypatch.setattr(minilm_bf16, "_bf16", bf16)
-    minilm_bf16.encode(TEXTS[:BF16_MIN_TEXTS - 1])
+    minilm_bf16.encode(TEXTS[:BIG_PASS_TEXTS - 1])
     assert (onnx.calls, bf16.calls) == (1, 0)
-    minilm_bf16.encode(TEXTS[:BF16_MIN_TEXTS])
+    minilm_bf16.encode(TEXTS[:BIG_PASS_TEXTS])
     assert (onnx.calls, bf16.calls) == (1, 1)
 
 
@@ -211,15 +215,33 @@ def test_a_cpu_worker_gives_torch_half_the_cores_and_onnx_runtime_all_unless_tol
     assert devices.cpu_threads(3) == (3, 3)
 
 
-def test_onnx_runtime_and_torch_take_their_own_thread_counts(minilm):
+def test_without_bfloat16_big_passes_run_on_an_onnx_session_of_their_own_with_fewer_threads(minilm, monkeypatch):
     import torch
 
-    from workers.runtime import ModelRuntime
+    from workers.runtime import BIG_PASS_TEXTS, ModelRuntime
 
     before = torch.get_num_threads()
     try:
         runtime = ModelRuntime(minilm.spec, "cpu", threads=1, onnx_threads=2, precision="fp32")
         assert torch.get_num_threads() == 1
-        assert runtime._session.get_session_options().intra_op_num_threads == 2
     finally:
         torch.set_num_threads(before)
+    assert runtime._bf16 is None and runtime.parallel_passes == 2  # the worker runs two drain loops
+    assert runtime._session.get_session_options().intra_op_num_threads == 2
+    assert runtime._session_big.get_session_options().intra_op_num_threads == 1
+    small, big = _Counting(runtime._session), _Counting(runtime._session_big)
+    monkeypatch.setattr(runtime, "_session", small)
+    monkeypatch.setattr(runtime, "_session_big", big)
+    _, one = runtime.encode(TEXTS[:BIG_PASS_TEXTS - 1])
+    assert (small.calls, big.calls) == (1, 0)
+    _, many = runtime.encode(TEXTS)
+    assert (small.calls, big.calls) == (1, 1)
+    reference = minilm.model.encode(TEXTS)
+    assert _cos(many, reference).min() > 0.9999 and _cos(one, reference[:BIG_PASS_TEXTS - 1]).min() > 0.9999
+
+
+def test_one_thread_count_for_all_passes_means_one_session(minilm):
+    from workers.runtime import ModelRuntime
+
+    runtime = ModelRuntime(minilm.spec, "cpu", threads=2, onnx_threads=2, precision="fp32")
+    assert runtime._session_big is None and runtime.parallel_passes == 1
