@@ -29,12 +29,13 @@ def pin_env(device: str) -> dict[str, str]:
 
 
 def cpu_threads(configured: int) -> tuple[int, int]:
-    """(torch threads, ONNX Runtime threads) of a CPU worker: EMBED_THREADS for both when set.
+    """(big-pass threads, small-pass threads) of a CPU worker: EMBED_THREADS for both when set.
 
-    By default torch, which runs the passes of 3+ texts (those come under load, when the web
-    tier, PostgreSQL and Redis want the other cores), gets half the cores this process may run
-    on, at least one; ONNX Runtime, which runs passes of one or two texts (when the machine is
-    quiet), gets them all. On this repo's 2-core box: one torch thread gave 285-356 single-text
+    By default the passes of 3+ texts (they come under load, when the web tier, PostgreSQL and
+    Redis want the other cores) get half the cores this process may run on, at least one: torch
+    in bfloat16 on AMX, else a second ONNX Runtime session, with two drain loops (DECISIONS #22).
+    The ONNX Runtime session of the passes of one or two texts (when the machine is quiet) gets
+    them all. On this repo's 2-core box: one torch thread gave 285-356 single-text
     misses/s from 32 clients against 238-283 with two; two ONNX Runtime threads a p50 of
     10.4-10.6 ms from one client against 11.5-11.8 with one (DECISIONS #21)."""
     if configured > 0:

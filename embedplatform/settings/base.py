@@ -146,9 +146,9 @@ CACHES = {
 # EMBED_MODELS: a JSON string or a path to a JSON file; see embeddings/registry.py.
 EMBED_MODELS: str = env.str("EMBED_MODELS", default="")
 EMBED_DEVICE: str = env.str("EMBED_DEVICE", default=env.str("DEVICE", default="cpu"))
-# CPU only: model threads of a worker, for torch and ONNX Runtime alike (0 = torch half the
-# cores, at least one, since it shares the machine with the web tier; ONNX Runtime, which runs
-# the passes of one or two texts, all of them: workers/devices.py cpu_threads).
+# CPU only: model threads of a worker, for all its passes when set (0 = passes of 3+ texts half
+# the cores, at least one, since they share the machine with the web tier; passes of one or two
+# texts all of them: workers/devices.py cpu_threads).
 EMBED_THREADS: int = env.int("EMBED_THREADS", default=0)
 # Drain loops per worker process, each running its own forward passes (0 = as many as the model
 # runtime runs well side by side: two on a CPU without AMX, else one; DECISIONS #22).
