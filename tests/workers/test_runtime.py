@@ -203,7 +203,7 @@ def test_amx_is_read_from_the_cpu_flags(tmp_path, flags, expected):
     assert cpu_has_amx(str(tmp_path / "missing")) is False
 
 
-def test_a_cpu_worker_gives_torch_half_the_cores_and_onnx_runtime_all_unless_told(monkeypatch):
+def test_a_cpu_worker_gives_big_passes_half_the_cores_and_small_passes_all_unless_told(monkeypatch):
     from workers import devices
 
     monkeypatch.setattr(devices.os, "sched_getaffinity", lambda pid: {0, 1})
