@@ -10,6 +10,7 @@ not spent on the model load. See docs/DECISIONS.md.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import threading
 
@@ -48,6 +49,11 @@ class DrainStep(bootsteps.StartStopStep):
 
     def start(self, worker):
         from workers.queues import PROVIDER_QUEUE
+
+        # At interpreter exit (a worker that was never stopped, e.g. one a test started in-process),
+        # quiet the threads before the servers they talk to go away: atexit runs this ahead of
+        # the embedded Redis' own shutdown, which registered first.
+        atexit.register(self._quiet)
 
         if PROVIDER_QUEUE in set((worker.app.amqp.queues.consume_from or {}).keys()):
             self.beat = threading.Thread(target=self._provider_heartbeat, args=(worker.hostname,),
@@ -122,9 +128,12 @@ class DrainStep(bootsteps.StartStopStep):
             thread.start()
         self.drainers[0].run()
 
-    def stop(self, worker):
+    def _quiet(self) -> None:
         self._stopping.set()
         for drainer in self.drainers:
             drainer.stop()
+
+    def stop(self, worker):
+        self._quiet()
         for thread in list(self.threads):
             thread.join(timeout=10)
