@@ -117,6 +117,9 @@ class DrainStep(bootsteps.StartStopStep):
                 name=name if i == 0 else f"{name}-{i + 1}",
                 jobs=JobFeed(lease_seconds=settings.JOB_LEASE_SECONDS, poll_seconds=settings.JOB_POLL_SECONDS,
                              chunks_per_pass=max(1, settings.JOB_PASS_TEXTS // settings.JOB_CHUNK_TEXTS)),
+                # Loops of fewer threads take longer per forward pass: keep a job's forward
+                # passes as short as one loop's were, so sync requests wait no longer behind it.
+                job_pass_texts=max(1, settings.MAX_BATCH_TEXTS // count),
             )
             for i in range(count)
         ]

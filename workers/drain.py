@@ -64,6 +64,7 @@ class Drainer:
         name: str | None = None,
         block: float = 1.0,
         jobs=None,
+        job_pass_texts: int | None = None,
     ):
         self.runtimes = runtimes  # model name -> ModelRuntime
         self.redis = redis
@@ -78,6 +79,9 @@ class Drainer:
         self._lists = [work_list(m, "hi") for m in runtimes] + [work_list(m, "lo") for m in runtimes]
         # Jobs (workers/jobfeed.py): chunks are claimed from Postgres when no request waits.
         self.jobs = jobs
+        # A job pass runs in forward passes of this many texts, serving waiting requests between
+        # them (_encode_yielding): what a sync request waits for behind a job.
+        self.job_pass_texts = job_pass_texts or max_texts
         self._signals = [job_signal_key(m) for m in runtimes] if jobs is not None else []
         self._served = [(m, rt.spec.version) for m, rt in runtimes.items()]
         self._next_claim = 0.0
@@ -236,10 +240,11 @@ class Drainer:
         tokens = np.empty(len(texts), dtype=np.int32)
         vectors = np.empty((len(texts), runtime.spec.dims), dtype=np.float32)
         seconds = 0.0
-        for start in range(0, len(order), self.max_texts):
+        step = self.job_pass_texts
+        for start in range(0, len(order), step):
             if start and self._interactive_waiting():
                 self._serve(*self._take(0.01))
-            part = order[start:start + self.max_texts]
+            part = order[start:start + step]
             began = time.perf_counter()
             tokens[part], vectors[part] = runtime.encode(
                 [texts[i] for i in part], max_texts=self.max_texts, max_tokens=self.max_tokens

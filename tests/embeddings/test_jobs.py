@@ -186,6 +186,36 @@ def test_interactive_requests_go_ahead_of_job_chunks(job_loop, alice, redis_db, 
     assert loop.run_once(block=0.1) == 8
 
 
+def test_a_job_pass_runs_in_forward_passes_of_job_pass_texts_serving_requests_in_between(
+        job_loop, alice, redis_db, minilm, transactional_db, settings):
+    """Two drain loops of one thread each keep a job's forward passes as short as one loop's
+    were (bootsteps: MAX_BATCH_TEXTS // loops): a request that arrives during one is served next."""
+    settings.JOB_CHUNK_TEXTS = 8
+    job = job_create(tenant=alice.tenant, texts=[f"bulk {i}" for i in range(8)], options=EmbedOptions(model=MODEL))
+    passes, submitted = [], []
+
+    class Recording:  # the real runtime, recording each forward pass; a request arrives during the first
+        spec = minilm.spec
+
+        def encode(self, texts, **kwargs):
+            passes.append(len(texts))
+            if not submitted:
+                submitted.append(waiting.work_submit(model=MODEL, texts=["in between"], keys=[text_key("in between")],
+                                                     scope=alice.tenant.pk, wait=10))
+            return minilm.encode(texts, **kwargs)
+
+    loop = job_loop(runtimes={MODEL: Recording()}, redis=redis_db, max_texts=64, max_tokens=16384, upsert=cache_upsert,
+                    name="steps", jobs=JobFeed(lease_seconds=30, poll_seconds=0), job_pass_texts=4)
+    loop.heartbeat(force=True)
+    assert loop.run_once(block=0.1) == 8
+    loop.flush()
+    assert passes == [4, 1, 4]  # the request went between the job's two forward passes
+    _, vectors = waiting.work_wait(submitted[0], wait=1, dims=384)
+    assert float(np.dot(vectors[0], minilm.model.encode(["in between"])[0])) > 0.999
+    job.refresh_from_db()
+    assert job.done == 8
+
+
 def test_a_claim_gives_up_on_a_locked_table_instead_of_queueing(alice, redis_db, transactional_db):
     """Another session holds the chunk table (as DDL or a TRUNCATE would): the poll returns no
     chunk within its lock timeout, and claims again once the lock is gone."""
