@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import statistics
 import sys
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -34,7 +33,7 @@ def main() -> None:
     import django
 
     django.setup()
-    from django.db import connection
+    from django.db import connections
 
     from embeddings import waiting
     from embeddings.cache import cache_upsert, text_key
@@ -48,16 +47,7 @@ def main() -> None:
         loops = [Drainer(runtimes={MODEL: runtime}, redis=waiting.redis_client(), max_texts=64, max_tokens=16384,
                          upsert=cache_upsert, name=f"loops-c1-{i}", block=0.2) for i in range(n_loops)]
         loops[0].heartbeat(force=True)
-
-        def drain(loop: Drainer) -> None:
-            try:
-                loop.run()
-            finally:
-                connection.close()
-
-        threads = [threading.Thread(target=drain, args=(loop,), daemon=True) for loop in loops]
-        for t in threads:
-            t.start()
+        threads = [loop.start(on_exit=connections.close_all) for loop in loops]
         latencies = []
         try:
             for _ in range(n):

@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ import httpx
 import pytest
 import redis as redis_lib
 from django.conf import settings
-from django.db import connection
+from django.db import connection, connections
 from rest_framework.test import APIClient
 
 from accounts.models import ApiKey, Tenant, Tier
@@ -155,15 +154,7 @@ def drainer(transactional_db, redis_db, minilm):
                    upsert=cache_upsert, name="test-drainer", block=0.1,
                    jobs=JobFeed(lease_seconds=30, poll_seconds=0.2))
     loop.heartbeat(force=True)
-
-    def run():
-        try:
-            loop.run()
-        finally:
-            connection.close()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
+    thread = loop.start(on_exit=connections.close_all)
     yield loop
     loop.stop()
     thread.join(timeout=10)

@@ -16,7 +16,7 @@ import threading
 
 from celery import bootsteps
 from django.conf import settings
-from django.db import connection
+from django.db import connection, connections
 
 logger = logging.getLogger(__name__)
 
@@ -119,17 +119,18 @@ class DrainStep(bootsteps.StartStopStep):
                              chunks_per_pass=max(1, settings.JOB_PASS_TEXTS // settings.JOB_CHUNK_TEXTS)),
                 # Loops of fewer threads take longer per forward pass: keep a job's forward
                 # passes as short as one loop's were, so sync requests wait no longer behind it.
-                job_pass_texts=max(1, settings.MAX_BATCH_TEXTS // count),
+                job_forward_texts=max(1, settings.MAX_BATCH_TEXTS // count),
             )
             for i in range(count)
         ]
         if self._stopping.is_set():
             return
-        for i, drainer in enumerate(self.drainers[1:], start=2):
-            thread = threading.Thread(target=drainer.run, name=f"drain-{i}", daemon=True)
-            self.threads.append(thread)
-            thread.start()
-        self.drainers[0].run()
+        self.threads += [d.start(name=f"drain-{i}", on_exit=connections.close_all)
+                         for i, d in enumerate(self.drainers[1:], start=2)]
+        try:
+            self.drainers[0].run()
+        finally:
+            connection.close()
 
     def _quiet(self) -> None:
         self._stopping.set()

@@ -64,7 +64,7 @@ class Drainer:
         name: str | None = None,
         block: float = 1.0,
         jobs=None,
-        job_pass_texts: int | None = None,
+        job_forward_texts: int | None = None,
     ):
         self.runtimes = runtimes  # model name -> ModelRuntime
         self.redis = redis
@@ -79,9 +79,9 @@ class Drainer:
         self._lists = [work_list(m, "hi") for m in runtimes] + [work_list(m, "lo") for m in runtimes]
         # Jobs (workers/jobfeed.py): chunks are claimed from Postgres when no request waits.
         self.jobs = jobs
-        # A job pass runs in forward passes of this many texts, serving waiting requests between
+        # A job pass (JOB_PASS_TEXTS) runs in forward passes of this many texts, serving waiting requests between
         # them (_encode_yielding): what a sync request waits for behind a job.
-        self.job_pass_texts = job_pass_texts or max_texts
+        self.job_forward_texts = job_forward_texts or max_texts
         self._signals = [job_signal_key(m) for m in runtimes] if jobs is not None else []
         self._served = [(m, rt.spec.version) for m, rt in runtimes.items()]
         self._next_claim = 0.0
@@ -136,6 +136,23 @@ class Drainer:
                 time.sleep(0.1)
         self.close()
         self._clear_heartbeat()
+
+    def start(self, *, name: str = "drain", on_exit: Callable[[], None] | None = None) -> threading.Thread:
+        """Runs run() in a daemon thread of its own and returns it; `on_exit` runs in that thread
+        once the loop has ended. The worker and the tests pass Django's `connections.close_all`,
+        which closes the connections of the thread it runs in (`connection.close` would be bound
+        to the caller's)."""
+
+        def target() -> None:
+            try:
+                self.run()
+            finally:
+                if on_exit is not None:
+                    on_exit()
+
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+        return thread
 
     def _clear_heartbeat(self) -> None:
         with contextlib.suppress(redis_lib.RedisError):
@@ -240,7 +257,7 @@ class Drainer:
         tokens = np.empty(len(texts), dtype=np.int32)
         vectors = np.empty((len(texts), runtime.spec.dims), dtype=np.float32)
         seconds = 0.0
-        step = self.job_pass_texts
+        step = self.job_forward_texts
         for start in range(0, len(order), step):
             if start and self._interactive_waiting():
                 self._serve(*self._take(0.01))

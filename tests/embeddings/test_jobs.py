@@ -186,7 +186,7 @@ def test_interactive_requests_go_ahead_of_job_chunks(job_loop, alice, redis_db, 
     assert loop.run_once(block=0.1) == 8
 
 
-def test_a_job_pass_runs_in_forward_passes_of_job_pass_texts_serving_requests_in_between(
+def test_a_job_pass_runs_in_forward_passes_of_job_forward_texts_serving_requests_in_between(
         job_loop, alice, redis_db, minilm, transactional_db, settings):
     """Two drain loops of one thread each keep a job's forward passes as short as one loop's
     were (bootsteps: MAX_BATCH_TEXTS // loops): a request that arrives during one is served next."""
@@ -205,7 +205,7 @@ def test_a_job_pass_runs_in_forward_passes_of_job_pass_texts_serving_requests_in
             return minilm.encode(texts, **kwargs)
 
     loop = job_loop(runtimes={MODEL: Recording()}, redis=redis_db, max_texts=64, max_tokens=16384, upsert=cache_upsert,
-                    name="steps", jobs=JobFeed(lease_seconds=30, poll_seconds=0), job_pass_texts=4)
+                    name="steps", jobs=JobFeed(lease_seconds=30, poll_seconds=0), job_forward_texts=4)
     loop.heartbeat(force=True)
     assert loop.run_once(block=0.1) == 8
     loop.flush()

@@ -6,7 +6,7 @@ import uuid
 
 import numpy as np
 import pytest
-from django.db import connection
+from django.db import connections
 
 from embeddings import waiting
 from embeddings.cache import cache_lookup, cache_upsert, text_key
@@ -139,16 +139,7 @@ def test_two_drain_loops_on_one_runtime_answer_every_request_right(transactional
     loops = [Drainer(runtimes={MODEL: minilm_split}, redis=redis_db, max_texts=64, max_tokens=16384,
                      upsert=cache_upsert, name=f"pair-{i}", block=0.1) for i in range(2)]
     loops[0].heartbeat(force=True)
-
-    def drain(loop):
-        try:
-            loop.run()
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=drain, args=(loop,), daemon=True) for loop in loops]
-    for t in threads:
-        t.start()
+    threads = [loop.start(on_exit=connections.close_all) for loop in loops]
     answers, failures = {}, []
 
     def client(n):
