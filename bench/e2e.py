@@ -66,7 +66,7 @@ def bench_raw(onnx_dir: str | None = None) -> dict:
         assert runtime.backend == "onnx"
         encoders.append(("onnx_", lambda batch, size: runtime.encode(batch, max_texts=size)))
         bf16 = ModelRuntime(spec, "cpu", onnx_dir=Path(onnx_dir), precision="auto")
-        if bf16._bf16 is not None:  # this CPU has AMX: the workers' passes of 6+ texts run like this
+        if bf16._bf16 is not None:  # this CPU has bfloat16 instructions: the workers' big passes run like this
             encoders.append(("bf16_", lambda batch, size: bf16.encode(batch, max_texts=size)))
     for prefix, encode in encoders:
         encode(texts[:64], 32)

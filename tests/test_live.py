@@ -88,12 +88,12 @@ def test_concurrent_single_text_requests_share_forward_passes(live_stack, alice)
 
 
 def test_ready_names_the_worker_and_base64_round_trips(live_stack, alice):
-    from workers.runtime import cpu_has_amx
+    from workers.runtime import cpu_bf16
 
     ready = httpx.get(f"{live_stack.url}/health/ready").json()
     assert ready["status"] == "ok" and ready["workers"][MODEL]
-    # One drain loop per pass the CPU runs well side by side: two without AMX (DECISIONS #22).
-    loops = 1 if cpu_has_amx() or len(os.sched_getaffinity(0)) < 2 else 2
+    # One drain loop per pass the CPU runs well side by side: two but on AMX (DECISIONS #22, #23).
+    loops = 1 if cpu_bf16() == "amx" or len(os.sched_getaffinity(0)) < 2 else 2
     assert ready["workers"][MODEL] == [live_stack.worker_name] + [f"{live_stack.worker_name}-2"] * (loops - 1)
     r = httpx.post(f"{live_stack.url}/v1/embed", json={"text": "round trip", "encoding_format": "base64"},
                    headers={"Authorization": f"Bearer {alice.key}"}).json()

@@ -14,16 +14,17 @@ Two backends run the transformer (DECISIONS #20):
 
 Small passes (under BIG_PASS_TEXTS texts: the machine is quiet) and big ones (they come under
 load, when the web tier wants cores too) run differently on a CPU:
-  - with AMX (bfloat16 tile instructions, Intel Sapphire Rapids and later) big passes run the
-    transformer's matrix products in bfloat16 (its Linear weights kept in bfloat16, the rest
-    under torch.autocast, traced and frozen into one TorchScript graph; pooling and
-    normalization in float32): 1.7-2x the float32 throughput at the pass sizes interactive
-    traffic makes (DECISIONS #21). EMBED_PRECISION=fp32 turns it off; at load it must match
-    float32 to cosine >= 0.9999.
-  - without it, big passes run on a second ONNX Runtime session with `threads` threads (half
-    the cores by default) and the worker runs two drain loops (parallel_passes), so two passes
-    run side by side instead of one pass splitting every operator across all cores (DECISIONS
-    #22). Same graph, same vectors.
+  - with bfloat16 instructions (AMX tiles, Intel Sapphire Rapids and later; AVX512-BF16, AMD
+    Zen 4 and later) big passes run the transformer's matrix products in bfloat16 (its Linear
+    weights kept in bfloat16, the rest under torch.autocast, traced and frozen into one
+    TorchScript graph; pooling and normalization in float32): 1.5-2x the float32 throughput at
+    the pass sizes interactive traffic makes (DECISIONS #21, #23). EMBED_PRECISION=fp32 turns
+    it off; at load it must match float32 to cosine >= 0.9999.
+  - without them, big passes run on a second ONNX Runtime session with `threads` threads (half
+    the cores by default). Same graph, same vectors.
+Either way big passes get part of the cores (`threads`, half by default), and but for bfloat16
+on AMX the worker runs two drain loops (parallel_passes), so two passes run side by side instead
+of one pass splitting every operator across all cores (DECISIONS #22, #23).
 Small passes run on the ONNX Runtime session with `onnx_threads` (all cores by default).
 """
 
@@ -63,16 +64,19 @@ def backend_default(device: str) -> str:
     return "onnx" if device == "cpu" else "torch"
 
 
-def cpu_has_amx(cpuinfo: str = "/proc/cpuinfo") -> bool:
-    """Whether this CPU has AMX bfloat16 tiles (the `amx_bf16` flag in /proc/cpuinfo)."""
+def cpu_bf16(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The bfloat16 matrix instructions of this CPU, from the flags in /proc/cpuinfo: "amx" (AMX
+    tiles, `amx_bf16`: Intel Sapphire Rapids and later), "avx512" (`avx512_bf16` dot products:
+    AMD Zen 4 and later, Intel Cooper Lake) or "" (none: bfloat16 would be emulated, slowly)."""
     try:
         with open(cpuinfo) as f:
             for line in f:
                 if line.startswith("flags"):
-                    return "amx_bf16" in line.split()
+                    flags = set(line.split())
+                    return "amx" if "amx_bf16" in flags else "avx512" if "avx512_bf16" in flags else ""
     except OSError:
         pass
-    return False
+    return ""
 
 
 def _cosine_min(got: np.ndarray, want: np.ndarray) -> float:
@@ -120,23 +124,29 @@ class ModelRuntime:
             if device != "cpu":
                 raise ValueError(f"EMBED_BACKEND=onnx runs on the CPU, not {device}; use torch there")
             self._onnx_load(onnx_dir, small)
-        if device == "cpu" and (precision == "bf16" or (precision == "auto" and cpu_has_amx())):
+        bf16_isa = cpu_bf16() if device == "cpu" else ""
+        if device == "cpu" and (precision == "bf16" or (precision == "auto" and bf16_isa)):
             self._bf16_load()
         if self._session is not None and self._bf16 is None and 0 < threads < small:
             self._session_big = self._onnx_session(self._onnx_path, threads)
+        # Big passes on part of the cores run two at once (the worker's drain loops), except
+        # bfloat16 ones on AMX, where a second loop gave nothing (DECISIONS #21, #22).
+        part = 0 < threads < small and (self._session_big is not None or (self._bf16 is not None and bf16_isa != "amx"))
+        self._parallel_passes = 2 if part else 1
         self.encode(["warm up"] * BIG_PASS_TEXTS)
         self.encode(["warm up"])
-        big = (", bfloat16 big passes" if self._bf16 is not None else
-               f", big passes on {threads} thread(s), {self.parallel_passes} at once" if self._session_big else "")
+        big = ", bfloat16 big passes" if self._bf16 is not None else ", big passes" if self._session_big else ""
+        if big and part:
+            big += f" on {threads} thread(s), {self.parallel_passes} at once"
         logger.info("loaded %s on %s (%s%s) in %.1fs", spec.name, device, self.backend, big,
                     time.perf_counter() - started)
 
     @property
     def parallel_passes(self) -> int:
         """How many passes this runtime runs well side by side (the worker's drain loops by
-        default): two where big passes have their own ONNX Runtime session with part of the
-        cores, else one."""
-        return 2 if self._session_big is not None else 1
+        default): two where big passes run on part of the cores (their own ONNX Runtime
+        session, or bfloat16 without AMX), else one."""
+        return self._parallel_passes
 
     # --- encode -------------------------------------------------------------------------------
 

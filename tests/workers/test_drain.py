@@ -118,20 +118,24 @@ def test_under_concurrent_load_batches_hold_many_requests(drainer):
     assert max(stats.batch_items) >= 16, stats.batch_items
 
 
-@pytest.fixture(scope="module")
-def minilm_split():
-    """A runtime whose big passes have their own one-thread ONNX Runtime session (a CPU without
-    AMX): the worker runs two drain loops on it."""
+@pytest.fixture(scope="module", params=["fp32", "bf16"])
+def minilm_split(request):
+    """A runtime whose big passes run on one thread, two at once: on their own ONNX Runtime
+    session (a CPU without bfloat16) or in bfloat16 (AVX512-BF16, DECISIONS #23). The worker runs
+    two drain loops on it."""
     import torch
 
-    from workers.runtime import ModelRuntime
+    from workers import runtime as runtime_module
 
     before = torch.get_num_threads()
     try:
-        runtime = ModelRuntime(model_get(MODEL), "cpu", threads=1, onnx_threads=2, precision="fp32")
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(runtime_module, "cpu_bf16", lambda: "avx512")
+            runtime = runtime_module.ModelRuntime(model_get(MODEL), "cpu", threads=1, onnx_threads=2,
+                                                  precision=request.param)
     finally:
         torch.set_num_threads(before)
-    assert runtime.parallel_passes == 2
+    assert runtime.parallel_passes == 2 and (runtime._bf16 is not None) == (request.param == "bf16")
     return runtime
 
 

@@ -118,8 +118,28 @@ def minilm_bf16(minilm):
     return runtime
 
 
-def test_with_bfloat16_big_passes_have_no_session_of_their_own_and_run_one_at_a_time(minilm_bf16):
-    assert minilm_bf16._session_big is None and minilm_bf16.parallel_passes == 1
+def test_with_bfloat16_big_passes_have_no_session_of_their_own(minilm_bf16):
+    assert minilm_bf16._session_big is None and minilm_bf16.parallel_passes == 1  # all the cores: one at a time
+
+
+@pytest.mark.parametrize(("isa", "bf16", "loops"), [("", False, 2), ("avx512", True, 2), ("amx", True, 1)])
+def test_auto_precision_and_the_passes_run_side_by_side_follow_the_cpu(minilm, monkeypatch, isa, bf16, loops):
+    """bfloat16 where the CPU has bfloat16 instructions; big passes on part of the cores run two
+    at once, but for bfloat16 on AMX (DECISIONS #21-#23)."""
+    import torch
+
+    from workers import runtime as runtime_module
+
+    monkeypatch.setattr(runtime_module, "cpu_bf16", lambda: isa)
+    before = torch.get_num_threads()
+    try:
+        runtime = runtime_module.ModelRuntime(minilm.spec, "cpu", threads=1, onnx_threads=2, precision="auto")
+    finally:
+        torch.set_num_threads(before)
+    assert (runtime._bf16 is not None) is bf16 and (runtime._session_big is None) is bf16
+    assert runtime.parallel_passes == loops
+    _, vectors = runtime.encode(TEXTS)
+    assert _cos(vectors, minilm.model.encode(TEXTS)).min() > 0.9999
 
 
 def test_passes_of_three_texts_or_more_run_in_bfloat16_smaller_ones_on_onnx_runtime(minilm_bf16, monkeypatch):
@@ -193,14 +213,15 @@ def test_an_unknown_precision_is_refused(minilm):
         ModelRuntime(minilm.spec, "cpu", precision="fp8")
 
 
-@pytest.mark.parametrize(("flags", "expected"), [("fpu avx512f amx_bf16 amx_tile", True), ("fpu avx2 avx512_bf16", False)])
-def test_amx_is_read_from_the_cpu_flags(tmp_path, flags, expected):
-    from workers.runtime import cpu_has_amx
+@pytest.mark.parametrize(("flags", "expected"), [("fpu avx512f avx512_bf16 amx_bf16 amx_tile", "amx"),
+                                               ("fpu avx2 avx512f avx512_bf16", "avx512"), ("fpu avx2 fma", "")])
+def test_bfloat16_instructions_are_read_from_the_cpu_flags(tmp_path, flags, expected):
+    from workers.runtime import cpu_bf16
 
     info = tmp_path / "cpuinfo"
     info.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
-    assert cpu_has_amx(str(info)) is expected
-    assert cpu_has_amx(str(tmp_path / "missing")) is False
+    assert cpu_bf16(str(info)) == expected
+    assert cpu_bf16(str(tmp_path / "missing")) == ""
 
 
 def test_a_cpu_worker_gives_big_passes_half_the_cores_and_small_passes_all_unless_told(monkeypatch):
