@@ -59,10 +59,7 @@ def main() -> None:
             print(" ", k.decode(), {f.decode(): int(v) for f, v in client.hgetall(k).items()})
             client.delete(k)
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            p.wait(timeout=20)
+        e2e.stack_stop(procs)
 
 
 if __name__ == "__main__":

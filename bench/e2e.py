@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
+import signal
 import statistics
 import subprocess
 import sys
@@ -212,10 +214,10 @@ def start_stack(env: dict, port: int) -> list[subprocess.Popen]:
     subprocess.run([py, "manage.py", "migrate", "--noinput"], env=env, cwd=ROOT, check=True, capture_output=True)
     logs = Path(env["VAR_DIR"])
     procs = [
-        subprocess.Popen([py, "scripts/run.py", "worker"], env=env, cwd=ROOT,
+        subprocess.Popen([py, "scripts/run.py", "worker"], env=env, cwd=ROOT, start_new_session=True,
                          stdout=(logs / "worker.log").open("wb"), stderr=subprocess.STDOUT),
         subprocess.Popen([py, "scripts/run.py", "web"], env={**env, "PORT": str(port)}, cwd=ROOT,
-                         stdout=(logs / "web.log").open("wb"), stderr=subprocess.STDOUT),
+                         start_new_session=True, stdout=(logs / "web.log").open("wb"), stderr=subprocess.STDOUT),
     ]
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -225,9 +227,26 @@ def start_stack(env: dict, port: int) -> list[subprocess.Popen]:
         except httpx.HTTPError:
             pass
         time.sleep(0.5)
-    for p in procs:
-        p.kill()
+    stack_stop(procs, timeout=5)
     raise SystemExit(f"stack not ready; logs in {logs}")
+
+
+def stack_stop(procs: list[subprocess.Popen], timeout: float = 30) -> None:
+    """Stops what start_stack started: SIGTERM to each (granian and Celery stop their children),
+    SIGKILL after `timeout`, then SIGKILL to whatever is left in each one's process group. Killing
+    only the parent would leave granian's worker processes listening on the port, answering the
+    next run's requests with this run's SECRET_KEY."""
+    for p in procs:
+        p.terminate()
+    deadline = time.monotonic() + timeout
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(p.pid, signal.SIGKILL)
 
 
 def main() -> None:
@@ -242,10 +261,7 @@ def main() -> None:
         key = bench_key(env, "e2e")
         path = bench_path(f"http://127.0.0.1:{args.port}", key, args.scale)
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            p.wait(timeout=20)
+        stack_stop(procs)
     result = {"raw": raw, "path": path, "cpu_count": os.cpu_count()}
     out = ROOT / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)

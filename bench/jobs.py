@@ -25,7 +25,7 @@ import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench.e2e import bench_env, bench_key, short_texts, start_stack  # noqa: E402
+from bench.e2e import bench_env, bench_key, short_texts, stack_stop, start_stack  # noqa: E402
 
 MODEL = "all-MiniLM-L6-v2"
 
@@ -160,10 +160,7 @@ def main() -> None:
         result["rss_mb"] = {name: {"start": sampler.first[name] / mb, "peak_job": run_peak[name] / mb,
                                    "peak_with_stream": sampler.peak[name] / mb} for name in sampler.pids}
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            p.wait(timeout=30)
+        stack_stop(procs)
     out = ROOT / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)
     (out / "jobs.json").write_text(json.dumps(result, indent=2))

@@ -13,9 +13,11 @@ flower   Flower in the foreground.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -96,6 +98,35 @@ def cmd_web(env) -> list[str]:
     ]
 
 
+def port_taken(host: str, port: int) -> bool:
+    """Whether something already listens on host:port.
+
+    Checked before the web starts: granian binds with SO_REUSEPORT, so a second web on a taken
+    port would start without an error and the kernel would split connections between the two
+    (a stale server from another run, with another SECRET_KEY, then answers some requests 401)."""
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a port in TIME_WAIT is free
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return True
+            raise
+    return False
+
+
+def ports_check(env, names: tuple[str, ...]) -> None:
+    """Exits with a message naming the setting to change when a port the processes need is taken."""
+    defaults = {"PORT": "8000", "FLOWER_PORT": "5555"}
+    host = env.get("HOST", "127.0.0.1")
+    for name in names:
+        port = int(env.get(name, defaults[name]))
+        if port_taken(host if name == "PORT" else "127.0.0.1", port):
+            raise SystemExit(f"port {port} is in use (another `make run`, or another server): stop it, "
+                             f"or set {name}=<another port>")
+
+
 def cmd_worker(env, device: str) -> tuple[list[str], dict[str, str]]:
     pinned = {**env, **pin_env(device)}
     if device == "cpu":
@@ -172,6 +203,7 @@ def _wait_forever(stop) -> None:
 
 
 def run_all(env, device: str) -> int:
+    ports_check(env, ("PORT", "FLOWER_PORT"))
     _on_stop_signals()
     services = Services(env)
     procs: list[tuple[str, subprocess.Popen]] = []
@@ -245,6 +277,7 @@ def main() -> int:
         _wait_forever(services.stop)
         return 0
     if args.what == "web":
+        ports_check(env, ("PORT",))
         if not args.no_migrate:
             migrate(env)
         cmd, penv = cmd_web(env), web_env(env)
@@ -255,6 +288,7 @@ def main() -> int:
     elif args.what == "provider-worker":
         cmd, penv = cmd_provider_worker(env), env
     else:
+        ports_check(env, ("FLOWER_PORT",))
         cmd, penv = cmd_flower(env), env
     os.execve(cmd[0], cmd, penv)
     return 0

@@ -4,7 +4,9 @@ the tests' own Redis DB, an in-process drain loop on the real model, and a live 
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -218,10 +220,10 @@ def live_stack(django_db_setup, django_db_blocker):
          "-n", "live@%h", "--loglevel", "INFO"],
         env=env, cwd=ROOT, stdout=(logs / "worker.log").open("wb")
     )
-    web = subprocess.Popen(  # the production command (granian), one process
+    web = subprocess.Popen(  # the production command (granian), one process; its own group (_stop)
         [sys.executable, "scripts/run.py", "web", "--no-migrate"],
         env={**env, "PORT": str(port), "WEB_WORKERS": "1", "WEB_THREADS": "40"}, cwd=ROOT,
-        stdout=(logs / "web.log").open("wb"), stderr=subprocess.STDOUT,
+        stdout=(logs / "web.log").open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 90
@@ -237,22 +239,32 @@ def live_stack(django_db_setup, django_db_blocker):
             pass
         time.sleep(0.5)
     if ready is None or ready.status_code != 200:
-        for p in (worker, web):
-            p.kill()
+        _stop(worker, timeout=1)
+        _stop(web, timeout=1, group=True)
         pytest.fail(
             f"live stack did not become ready: {ready and ready.text}\n"
             f"worker log:\n{(logs / 'worker.log').read_text()[-3000:]}\nweb log:\n{(logs / 'web.log').read_text()[-3000:]}"
         )
     names = ready.json()["workers"]["all-MiniLM-L6-v2"]
     yield LiveStack(url=url, redis=client, env=env, worker_name=names[0])
-    for p in (web, worker):
-        p.terminate()
-    for p in (web, worker):
-        try:
-            p.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            p.kill()
+    _stop(web, group=True)
+    _stop(worker)
     client.flushdb()
+
+
+def _stop(proc: subprocess.Popen, timeout: float = 15, group: bool = False) -> None:
+    """SIGTERM, SIGKILL after `timeout`; then, with `group` (a process started in a session of its
+    own: the web), SIGKILL to what is left of its process group: killing granian's parent alone
+    leaves its worker process listening."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    if group:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
 
 
 @pytest.fixture
