@@ -121,7 +121,10 @@ def ports_check(env, names: tuple[str, ...]) -> None:
     defaults = {"PORT": "8000", "FLOWER_PORT": "5555"}
     host = env.get("HOST", "127.0.0.1")
     for name in names:
-        port = int(env.get(name, defaults[name]))
+        value = env.get(name, defaults[name])
+        if not value.isdigit() or not 0 < int(value) < 65536:
+            raise SystemExit(f"{name}={value!r} is not a port number (1-65535)")
+        port = int(value)
         if port_taken(host if name == "PORT" else "127.0.0.1", port):
             raise SystemExit(f"port {port} is in use (another `make run`, or another server): stop it, "
                              f"or set {name}=<another port>")

@@ -37,3 +37,10 @@ def test_the_web_refuses_a_port_in_use_and_names_the_setting(tmp_path):
                               capture_output=True, text=True, timeout=60)
     assert done.returncode == 1
     assert f"port {port} is in use" in done.stderr and "set PORT=" in done.stderr
+
+
+def test_a_port_that_is_not_a_number_is_named(tmp_path):
+    done = subprocess.run([sys.executable, "scripts/run.py", "web", "--no-migrate"], cwd=ROOT,
+                          env={"PATH": "/usr/bin:/bin", "PORT": "80OO", "VAR_DIR": str(tmp_path)},
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and "PORT='80OO' is not a port number" in done.stderr

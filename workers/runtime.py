@@ -22,9 +22,9 @@ load, when the web tier wants cores too) run differently on a CPU:
     it off; at load it must match float32 to cosine >= 0.9999.
   - without them, big passes run on a second ONNX Runtime session with `threads` threads (half
     the cores by default). Same graph, same vectors.
-Either way big passes get part of the cores (`threads`, half by default), and but for bfloat16
-on AMX the worker runs two drain loops (parallel_passes), so two passes run side by side instead
-of one pass splitting every operator across all cores (DECISIONS #22, #23).
+Either way big passes get part of the cores (`threads`, half by default) and, except for
+bfloat16 on AMX, the worker runs two drain loops (parallel_passes): two passes run side by side
+instead of one pass splitting every operator across all cores (DECISIONS #22, #23).
 Small passes run on the ONNX Runtime session with `onnx_threads` (all cores by default).
 """
 
@@ -130,7 +130,7 @@ class ModelRuntime:
         if self._session is not None and self._bf16 is None and 0 < threads < small:
             self._session_big = self._onnx_session(self._onnx_path, threads)
         # Big passes on part of the cores run two at once (the worker's drain loops), except
-        # bfloat16 ones on AMX, where a second loop gave nothing (DECISIONS #21, #22).
+        # bfloat16 ones on AMX, where a second loop gave nothing (DECISIONS #21, #23).
         part = 0 < threads < small and (self._session_big is not None or (self._bf16 is not None and bf16_isa != "amx"))
         self._parallel_passes = 2 if part else 1
         self.encode(["warm up"] * BIG_PASS_TEXTS)
