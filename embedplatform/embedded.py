@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import warnings
 from pathlib import Path
 from urllib.parse import quote
 
@@ -68,14 +69,23 @@ def celery_broker_for(redis_url_: str) -> str:
     return redis_url_
 
 
+def _pgserver():
+    """The pgserver module. Importing it asks platformdirs for the user's runtime directory (for
+    its lock file), which warns where XDG_RUNTIME_DIR is unset (ssh sessions, containers, CI) and
+    falls back to /tmp/runtime-<uid>: that is fine, so the warning is not shown to every user."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+        import pgserver
+    return pgserver
+
+
 def start_postgres(var_dir: Path):
     """Start (or attach to) the embedded PostgreSQL and create our database.
 
     Returns the pgserver handle. The server outlives this process (cleanup_mode=None);
     call `stop_postgres` to stop it. Idempotent: a running server is reused.
     """
-    import pgserver
-
+    pgserver = _pgserver()
     data = pg_dir(var_dir)
     data.mkdir(parents=True, exist_ok=True)
     server = pgserver.get_server(data, cleanup_mode=None)
@@ -88,8 +98,7 @@ def start_postgres(var_dir: Path):
 def stop_postgres(server) -> None:
     import atexit
 
-    from pgserver import pg_ctl
-
+    pg_ctl = _pgserver().pg_ctl
     try:  # drop pgserver's handle, so a later start_postgres() in this process starts afresh
         server._cleanup()
         atexit.unregister(server._cleanup)
