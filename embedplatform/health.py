@@ -9,6 +9,7 @@ import time
 from django.conf import settings
 from django.db import connection
 from django.http import JsonResponse
+from django.utils.log import log_response
 
 from embeddings.registry import model_specs
 from embeddings.waiting import redis_client
@@ -105,4 +106,8 @@ def ready(request):
     response = JsonResponse(body, status=status)
     if status != 200:
         response["Retry-After"] = "5"
+        # Not ready is a state that probes report (a worker still loading its model, say), not a
+        # server error: a warning that names what fails, instead of Django's ERROR for any 5xx.
+        log_response("Not ready: %s", "; ".join(body["failing"].values()), response=response, request=request,
+                     level="warning")
     return response

@@ -69,6 +69,16 @@ def test_a_503_names_every_failing_dependency(client, checks):
     assert MODEL in body["failing"][f"workers:{MODEL}"]
 
 
+def test_a_503_is_logged_as_a_warning_naming_what_fails_not_as_a_server_error(client, checks, caplog):
+    state, _ = checks
+    state["workers"] = {MODEL: []}
+    with caplog.at_level("INFO", logger="django.request"):
+        assert client.get("/health/ready").status_code == 503
+    records = [r for r in caplog.records if r.name == "django.request"]
+    assert [r.levelname for r in records] == ["WARNING"]
+    assert f"no live worker serves {MODEL}" in records[0].getMessage()
+
+
 def test_ready_names_the_live_workers_per_model(client, checks):
     r = client.get("/health/ready")
     assert r.status_code == 200
