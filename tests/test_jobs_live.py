@@ -57,7 +57,7 @@ def test_two_workers_share_a_job_and_a_killed_one_loses_nothing(alice, worker_pr
     texts = [f"durable {i} {uuid.uuid4().hex[:8]}" for i in range(3000)]
     job = job_create(tenant=alice.tenant, texts=texts, options=EmbedOptions(model=MODEL))
 
-    def both_working() -> bool:  # summed over each worker's drain loops (two without AMX: DECISIONS #22)
+    def both_working() -> bool:  # summed over each worker's drain loops (one or two: DECISIONS #22, #23)
         chunks = [sum(int(redis.hget(k, "job_chunks") or 0) for k in redis.scan_iter(match=f"embed:stats:{w}@*"))
                   for w in ("a", "b")]
         return all(c > 0 for c in chunks)

@@ -97,7 +97,7 @@ def test_ready_names_the_worker_and_base64_round_trips(live_stack, alice):
 
     ready = httpx.get(f"{live_stack.url}/health/ready").json()
     assert ready["status"] == "ok" and ready["workers"][MODEL]
-    # One drain loop per pass the CPU runs well side by side: two but on AMX (DECISIONS #22, #23).
+    # One drain loop per pass the CPU runs well side by side: two, except with bfloat16 on AMX (DECISIONS #22, #23).
     loops = 1 if cpu_bf16() == "amx" or len(os.sched_getaffinity(0)) < 2 else 2
     assert ready["workers"][MODEL] == [live_stack.worker_name] + [f"{live_stack.worker_name}-2"] * (loops - 1)
     r = httpx.post(f"{live_stack.url}/v1/embed", json={"text": "round trip", "encoding_format": "base64"},

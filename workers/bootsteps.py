@@ -103,8 +103,9 @@ class DrainStep(bootsteps.StartStopStep):
             logger.exception("could not load models %s; this worker serves nothing", models)
             return
         # Drain loops: one per pass the runtimes run well side by side (ModelRuntime.parallel_passes:
-        # two on a CPU but for bfloat16 on AMX, DECISIONS #22, #23), unless EMBED_DRAIN_THREADS says. Each takes
-        # whatever waits when it is free, requests and job chunks alike; this thread runs the first.
+        # two on a CPU, except with bfloat16 on AMX; DECISIONS #22, #23), unless EMBED_DRAIN_THREADS
+        # says. Each takes whatever waits when it is free, requests and job chunks alike; this
+        # thread runs the first.
         count = settings.EMBED_DRAIN_THREADS or min(rt.parallel_passes for rt in runtimes.values())
         name = hostname.replace(":", "_")
         self.drainers = [

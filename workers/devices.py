@@ -33,7 +33,8 @@ def cpu_threads(configured: int) -> tuple[int, int]:
 
     By default the passes of 3+ texts (they come under load, when the web tier, PostgreSQL and
     Redis want the other cores) get half the cores this process may run on, at least one: torch
-    in bfloat16 on AMX, else a second ONNX Runtime session, with two drain loops (DECISIONS #22).
+    in bfloat16 on AMX or AVX512-BF16, else a second ONNX Runtime session; two such passes at once
+    in two drain loops but for bfloat16 on AMX (DECISIONS #22, #23).
     The ONNX Runtime session of the passes of one or two texts (when the machine is quiet) gets
     them all. On this repo's 2-core box: one torch thread gave 285-356 single-text
     misses/s from 32 clients against 238-283 with two; two ONNX Runtime threads a p50 of

@@ -131,7 +131,7 @@ class ModelRuntime:
             self._session_big = self._onnx_session(self._onnx_path, threads)
         # Big passes on part of the cores run two at once (the worker's drain loops), except
         # bfloat16 ones on AMX, where a second loop gave nothing (DECISIONS #21, #23).
-        part = 0 < threads < small and (self._session_big is not None or (self._bf16 is not None and bf16_isa != "amx"))
+        part = self._session_big is not None or (self._bf16 is not None and bf16_isa != "amx" and 0 < threads < small)
         self._parallel_passes = 2 if part else 1
         self.encode(["warm up"] * BIG_PASS_TEXTS)
         self.encode(["warm up"])

@@ -151,7 +151,7 @@ EMBED_DEVICE: str = env.str("EMBED_DEVICE", default=env.str("DEVICE", default="c
 # texts all of them: workers/devices.py cpu_threads).
 EMBED_THREADS: int = env.int("EMBED_THREADS", default=0)
 # Drain loops per worker process, each running its own forward passes (0 = as many as the model
-# runtime runs well side by side: two on a CPU without AMX, else one; DECISIONS #22).
+# runtime runs well side by side: two on a CPU but for bfloat16 on AMX, else one; DECISIONS #22, #23).
 EMBED_DRAIN_THREADS: int = env.int("EMBED_DRAIN_THREADS", default=0)
 if EMBED_DRAIN_THREADS < 0:
     raise ImproperlyConfigured(f"EMBED_DRAIN_THREADS={EMBED_DRAIN_THREADS}: use 0 (automatic) or a count.")
@@ -161,8 +161,8 @@ EMBED_BACKEND: str = env.str("EMBED_BACKEND", default="onnx" if EMBED_DEVICE == 
 if EMBED_BACKEND not in ("onnx", "torch"):
     raise ImproperlyConfigured(f"EMBED_BACKEND={EMBED_BACKEND!r}: use onnx (CPU) or torch.")
 # CPU only: `auto` runs passes of 3+ texts with bfloat16 matrix products where the CPU has AMX
-# (checked against float32 at load: cosine >= 0.9999), `fp32` never, `bf16` even without AMX
-# (slow there; for tests). workers/runtime.py, DECISIONS #21.
+# or AVX512-BF16 (checked against float32 at load: cosine >= 0.9999), `fp32` never, `bf16` even
+# without them (slow there; for tests). workers/runtime.py, DECISIONS #21, #23.
 EMBED_PRECISION: str = env.str("EMBED_PRECISION", default="auto")
 if EMBED_PRECISION not in ("auto", "fp32", "bf16"):
     raise ImproperlyConfigured(f"EMBED_PRECISION={EMBED_PRECISION!r}: use auto, fp32 or bf16.")

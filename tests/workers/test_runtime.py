@@ -125,7 +125,7 @@ def test_with_bfloat16_big_passes_have_no_session_of_their_own(minilm_bf16):
 @pytest.mark.parametrize(("isa", "bf16", "loops"), [("", False, 2), ("avx512", True, 2), ("amx", True, 1)])
 def test_auto_precision_and_the_passes_run_side_by_side_follow_the_cpu(minilm, monkeypatch, isa, bf16, loops):
     """bfloat16 where the CPU has bfloat16 instructions; big passes on part of the cores run two
-    at once, but for bfloat16 on AMX (DECISIONS #21-#23)."""
+    at once, except bfloat16 ones on AMX (DECISIONS #21-#23)."""
     import torch
 
     from workers import runtime as runtime_module
