@@ -8,13 +8,16 @@ the process's hot tier), misses go to the workers, which write them.
 from __future__ import annotations
 
 import json
+import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
 from django.conf import settings
 from django.db import OperationalError, connection, transaction
+from django.db.models import F
 from django.db.models.functions import Now
 from django.utils import timezone
 from psycopg import errors as psycopg_errors
@@ -50,6 +53,8 @@ from embedplatform.errors import (
     WaitTimeout,
 )
 from providers.ssrf import EndpointRefused, endpoint_check
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -404,9 +409,10 @@ def job_chunks_claim(*, models: list[tuple[str, str]], lease_seconds: float, lim
 
     Fair turns: higher tier priority first, then the chunks of concurrent jobs (and tenants)
     interleave instead of one job running to its end. Each claim has its own lease token,
-    which names `owner` (the worker) for operators.
+    which names `owner` (the drain loop's liveness token, then its name for operators: see
+    lease_owner and job_orphans_requeue).
     """
-    lease = f"{uuid.uuid4().hex[:12]}@{owner}"[:32] if owner else uuid.uuid4().hex
+    lease = f"{uuid.uuid4().hex[:8]}@{owner}"[:32] if owner else uuid.uuid4().hex
     try:
         with transaction.atomic(), connection.cursor() as cur:
             cur.execute("SET LOCAL synchronous_commit TO OFF")  # a claim lost to a crash leaves the chunk queued
@@ -464,11 +470,17 @@ def job_chunk_complete(*, chunk: ClaimedChunk, cached: list[bool], tokens: int, 
     return True
 
 
-def job_chunk_release(*, chunk: ClaimedChunk, error: str) -> None:
-    """Gives a chunk back after a failure: re-queued, or (after JOB_MAX_ATTEMPTS claims) the job fails."""
+def job_chunk_release(*, chunk: ClaimedChunk, error: str, counts: bool = True) -> None:
+    """Gives a chunk back after a failure: re-queued, or (after JOB_MAX_ATTEMPTS claims) the job fails.
+
+    `counts=False` is for a failure that was not the chunk's (the database or Redis went away
+    mid-pass): the chunk is re-queued and its claim is not counted against its attempts.
+    """
     with transaction.atomic():
         owned = JobChunk.objects.filter(pk=chunk.id, status=JobChunk.Status.RUNNING, lease=chunk.lease)
-        if chunk.attempts < settings.JOB_MAX_ATTEMPTS:
+        if not counts:
+            owned.update(status=JobChunk.Status.QUEUED, lease="", lease_until=None, attempts=F("attempts") - 1)
+        elif chunk.attempts < settings.JOB_MAX_ATTEMPTS:
             owned.update(status=JobChunk.Status.QUEUED, lease="", lease_until=None)
         elif owned.update(status=JobChunk.Status.CANCELLED, lease_until=None):
             last = chunk.start + len(chunk.texts) - 1
@@ -486,30 +498,66 @@ def _job_fail(*, job_id, error: str) -> None:
         job_webhook_enqueue(Job.objects.get(pk=job_id))
 
 
-def job_sweep() -> int:
-    """Re-queues chunks whose lease ran out (their worker died or hung), fails the jobs of chunks
-    that used up JOB_MAX_ATTEMPTS, and pokes the workers of every model with unfinished jobs.
-    Returns the number of chunks re-queued. Run periodically by celery beat (workers.job_sweep).
-    """
+def lease_owner(lease: str) -> str:
+    """The liveness token of the drain loop that holds a lease ("<claim>@<token>:<name>"), or ""."""
+    _, at, owner = lease.partition("@")
+    return owner.partition(":")[0] if at else ""
+
+
+def _chunks_requeue(stale: list[tuple[int, int, str, int, str]], *, why: str) -> int:
+    """Re-queues running chunks (id, attempts, job_id, start, lease), each only while it still has
+    that lease; a chunk that used up JOB_MAX_ATTEMPTS fails its job instead. Returns the re-queued count."""
+    requeued = 0
     with transaction.atomic():
-        stale = list(
-            JobChunk.objects.select_for_update(skip_locked=True)
-            .filter(status=JobChunk.Status.RUNNING, lease_until__lt=Now())
-            .values_list("id", "attempts", "job_id", "start")
-        )
-        requeue = [cid for cid, attempts, _, _ in stale if attempts < settings.JOB_MAX_ATTEMPTS]
-        JobChunk.objects.filter(pk__in=requeue).update(status=JobChunk.Status.QUEUED, lease="", lease_until=None)
-        spent = [row for row in stale if row[1] >= settings.JOB_MAX_ATTEMPTS]
-        JobChunk.objects.filter(pk__in=[cid for cid, *_ in spent]).update(
-            status=JobChunk.Status.CANCELLED, lease_until=None
-        )
-        for _, attempts, job_id, start in spent:
-            _job_fail(job_id=job_id, error=f"the chunk at text {start} was claimed {attempts} times and its "
-                                           "worker stopped answering each time")
+        for cid, attempts, job_id, start, lease in stale:
+            held = JobChunk.objects.filter(pk=cid, status=JobChunk.Status.RUNNING, lease=lease)
+            if attempts < settings.JOB_MAX_ATTEMPTS:
+                requeued += held.update(status=JobChunk.Status.QUEUED, lease="", lease_until=None)
+            elif held.update(status=JobChunk.Status.CANCELLED, lease_until=None):
+                _job_fail(job_id=job_id, error=f"the chunk at text {start} was claimed {attempts} times and {why} "
+                                               "each time")
+    return requeued
+
+
+def job_orphans_requeue(*, alive: Callable[[list[str]], set[str]]) -> int:
+    """Re-queues running chunks whose drain loop is gone (killed, OOM, machine lost) at once,
+    instead of after their lease runs out: `alive(tokens)` returns the tokens (lease_owner) of the
+    loops that still beat. Run by every drain loop every few seconds and by job_sweep.
+    Returns the number of chunks re-queued."""
+    running = list(
+        JobChunk.objects.filter(status=JobChunk.Status.RUNNING)
+        .exclude(lease="")
+        .values_list("id", "attempts", "job_id", "start", "lease")
+    )
+    tokens = {lease_owner(row[4]) for row in running} - {""}
+    if not tokens:
+        return 0
+    live = alive(sorted(tokens))
+    orphans = [row for row in running if lease_owner(row[4]) and lease_owner(row[4]) not in live]
+    if not orphans:
+        return 0
+    requeued = _chunks_requeue(orphans, why="its worker died")
+    if requeued:
+        logger.warning("re-queued %d job chunks whose worker stopped beating", requeued)
+        waiting.jobs_signal({m for m in Job.objects.filter(pk__in={r[2] for r in orphans}).values_list("model", flat=True)})
+    return requeued
+
+
+def job_sweep() -> int:
+    """Re-queues chunks whose worker is gone (its heartbeat stopped: job_orphans_requeue) or whose
+    lease ran out (a worker that hung), fails the jobs of chunks that used up JOB_MAX_ATTEMPTS, and
+    pokes the workers of every model with unfinished jobs. Returns the number of chunks re-queued.
+    Run periodically by celery beat (workers.job_sweep)."""
+    requeued = job_orphans_requeue(alive=waiting.owners_alive)
+    stale = list(
+        JobChunk.objects.filter(status=JobChunk.Status.RUNNING, lease_until__lt=Now())
+        .values_list("id", "attempts", "job_id", "start", "lease")
+    )
+    requeued += _chunks_requeue(stale, why="its worker stopped answering")
     models = set(Job.objects.filter(status__in=[Job.Status.QUEUED, Job.Status.RUNNING]).values_list("model", flat=True))
     if models:
         waiting.jobs_signal(models)
-    return len(requeue)
+    return requeued
 
 
 # --- Seeding ---------------------------------------------------------------------------------

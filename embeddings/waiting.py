@@ -23,7 +23,7 @@ from accounts.quotas import WORK_REFUSAL_LUA, WorkPush
 from embedplatform.errors import WAIT_TIMED_OUT, WORKERS_UNAVAILABLE, ApiError, InvalidInput, Overloaded, WaitTimeout
 from embedplatform.logs import request_id_get
 from embedplatform.redisconn import redis_client, script
-from workers.queues import alive_key, job_signal_key, reply_key, work_list
+from workers.queues import alive_key, job_signal_key, owner_key, reply_key, taken_key, work_list
 
 REPLY_TTL_SECONDS = 120
 
@@ -155,12 +155,56 @@ def work_submit(*, model: str, texts: list[str], keys: list[bytes], scope: int, 
     return item
 
 
+# How often a waiting request checks that the drain loop that took its item still beats.
+TAKEN_CHECK_SECONDS = 1.0
+WORKER_DIED = ("The worker computing this request stopped (it was restarted or killed) and no other worker "
+               "serves `{model}` now; retry shortly.")
+
+
 def work_wait(item: WorkItem, *, wait: float, dims: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """Blocks until the worker answers `item`, at most `wait` seconds (then WaitTimeout)."""
-    popped = redis_client().blpop([reply_key(item.id)], timeout=max(wait, 0.01))
-    if popped is None:
-        raise WaitTimeout(WAIT_TIMED_OUT.format(seconds=wait))
-    return reply_parse(popped[1], n=len(item.texts), dims=dims)
+    """Blocks until the worker answers `item`, at most `wait` seconds (then WaitTimeout).
+
+    Waits in slices of TAKEN_CHECK_SECONDS; between them it checks that the drain loop that took
+    the item (workers.queues.taken_key) still beats. When that loop died with the item (a killed
+    worker), the item goes back to the head of its list for another worker, once; when no worker
+    is alive, or it was already handed back once, the request ends at once with Overloaded (503)
+    instead of waiting out its time.
+    """
+    client = redis_client()
+    deadline = time.monotonic() + wait
+    requeued = False
+    while True:
+        left = deadline - time.monotonic()
+        step = min(left, TAKEN_CHECK_SECONDS)
+        popped = client.blpop([reply_key(item.id)], timeout=max(step, 0.01))
+        if popped is not None:
+            return reply_parse(popped[1], n=len(item.texts), dims=dims)
+        if left <= TAKEN_CHECK_SECONDS:
+            raise WaitTimeout(WAIT_TIMED_OUT.format(seconds=wait))
+        if _taker_died(client, item):
+            if requeued or not client.exists(alive_key(item.model)):
+                raise Overloaded(WORKER_DIED.format(model=item.model), retry_after=2, code="worker_died")
+            _requeue(client, item)
+            requeued = True
+
+
+def _taker_died(client, item: WorkItem) -> bool:
+    token = client.get(taken_key(item.id))
+    return token is not None and not client.exists(owner_key(token.decode()))
+
+
+# The item back at the head of its list, unless its reply arrived meanwhile.
+_REQUEUE = """
+if redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
+redis.call('DEL', KEYS[2])
+redis.call('LPUSH', KEYS[1], ARGV[1])
+return 1
+"""
+
+
+def _requeue(client, item: WorkItem) -> None:
+    script(_REQUEUE)(keys=[work_list(item.model, item.priority), taken_key(item.id), reply_key(item.id)],
+                     args=[item.dumps()], client=client)
 
 
 def jobs_signal(models) -> None:
@@ -171,3 +215,11 @@ def jobs_signal(models) -> None:
             pipe.rpush(job_signal_key(model), "job")
             pipe.ltrim(job_signal_key(model), -100, -1)
         pipe.execute()
+
+
+def owners_alive(tokens: list[str]) -> set[str]:
+    """Which of these drain-loop tokens still beat (workers.queues.owner_key)."""
+    if not tokens:
+        return set()
+    found = redis_client().mget([owner_key(t) for t in tokens])
+    return {t for t, v in zip(tokens, found, strict=True) if v is not None}

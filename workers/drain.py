@@ -16,6 +16,7 @@ import logging
 import socket
 import threading
 import time
+import uuid
 from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -23,18 +24,62 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import redis as redis_lib
+from django.db import InterfaceError, OperationalError
 
 from accounts.services import usage_record
 from embeddings.cache import text_key
 from embeddings.waiting import REPLY_TTL_SECONDS, WorkItem, reply_error, reply_ok
 from embedplatform import metrics
 from embedplatform.logs import batch_request_ids
-from workers.queues import alive_key, heartbeat_key, job_signal_key, reply_key, stats_key, work_list
+from workers.queues import (
+    alive_key,
+    heartbeat_key,
+    job_signal_key,
+    owner_key,
+    reply_key,
+    stats_key,
+    taken_key,
+    work_list,
+)
 
 logger = logging.getLogger(__name__)
 
-HEARTBEAT_TTL = 10
-HEARTBEAT_EVERY = 2.0
+# A loop beats from a thread of its own every HEARTBEAT_EVERY seconds, whatever its forward pass
+# is doing; HEARTBEAT_TTL after its last beat it counts as dead and its work is taken over
+# (job chunks by the other loops, taken requests by the web that waits for them).
+HEARTBEAT_TTL = 6
+HEARTBEAT_EVERY = 1.5
+ORPHANS_EVERY = 2.0  # how often a loop looks for job chunks held by a dead loop
+BACKOFF_FIRST, BACKOFF_MAX = 0.1, 5.0  # seconds after a failed step, doubling while it keeps failing
+
+# Failures that are not the work's fault: a dependency is away. Work given back after one keeps its attempts.
+OUTAGES = (OperationalError, InterfaceError, redis_lib.ConnectionError, redis_lib.TimeoutError)
+
+
+class Backoff:
+    """Consecutive failures of one kind of step: the delay before the next try doubles up to a
+    bound, and only the first failure of a run is logged with its traceback (an outage of the
+    database would otherwise log one per step)."""
+
+    def __init__(self, what: str, first: float = BACKOFF_FIRST, most: float = BACKOFF_MAX):
+        self.what, self.first, self.most = what, first, most
+        self.failures = 0
+
+    def failed(self, exc: BaseException) -> float:
+        """Records a failure and returns the delay before the next try."""
+        self.failures += 1
+        delay = min(self.first * 2 ** (self.failures - 1), self.most)
+        if self.failures == 1:
+            logger.error("%s failed; retrying with backoff", self.what, exc_info=exc)
+        elif self.failures & (self.failures - 1) == 0:  # 2, 4, 8, ...: a short line now and then
+            logger.warning("%s still failing (%d times in a row: %s: %s); next try in %.1fs",
+                           self.what, self.failures, exc.__class__.__name__, str(exc)[:200], delay)
+        return delay
+
+    def succeeded(self) -> None:
+        if self.failures:
+            logger.info("%s works again after %d failures", self.what, self.failures)
+        self.failures = 0
 
 
 @dataclass
@@ -72,6 +117,10 @@ class Drainer:
         self.max_tokens = max_tokens
         self.upsert = upsert
         self.name = name or f"{socket.gethostname()}-{threading.get_native_id()}"
+        # This loop's liveness token: its job leases and taken work items carry it, and
+        # owner_key(token) lives while it beats (a restarted worker gets a new one, so its
+        # predecessor's work is recognised as orphaned).
+        self.token = uuid.uuid4().hex[:8]
         self.stats = DrainStats()
         self.block = block
         self._stop = threading.Event()
@@ -90,6 +139,11 @@ class Drainer:
         # pass is in flight, so memory stays flat and chunks finish in order.
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="job-writer") if jobs is not None else None
         self._pending: Future | None = None
+        self._next_orphans = 0.0
+        self._unreleased: list[tuple] = []  # (chunk, error, counts): give-backs that failed, retried later
+        self._step_backoff = Backoff("drain step")
+        self._job_backoff = Backoff("job claim")
+        self._store_backoff = Backoff("cache upsert of a request's vectors")  # only its log lines are used
 
     def stop(self) -> None:
         self._stop.set()
@@ -119,21 +173,34 @@ class Drainer:
         for model in self.runtimes:
             pipe.set(heartbeat_key(model, self.name), int(time.time()), ex=HEARTBEAT_TTL)
             pipe.set(alive_key(model), self.name, ex=HEARTBEAT_TTL)
+        pipe.set(owner_key(self.token), self.name, ex=HEARTBEAT_TTL)
         pipe.execute()
         self._last_beat = now
 
-    def run(self) -> None:
-        logger.info("drain loop %s serving %s", self.name, ", ".join(self.runtimes))
+    def _beat_forever(self) -> None:
+        """The heartbeat thread: beats while the loop runs, however long a forward pass takes."""
+        failing = False
         while not self._stop.is_set():
             try:
-                self.heartbeat()
+                self.heartbeat(force=True)
+                failing = False
+            except redis_lib.RedisError as exc:
+                if not failing:
+                    logger.warning("heartbeat failed (%s); retrying", exc.__class__.__name__)
+                failing = True
+            self._stop.wait(HEARTBEAT_EVERY)
+
+    def run(self) -> None:
+        logger.info("drain loop %s (%s) serving %s", self.name, self.token, ", ".join(self.runtimes))
+        beat = threading.Thread(target=self._beat_forever, name=f"heartbeat-{self.name}", daemon=True)
+        beat.start()
+        while not self._stop.is_set():
+            try:
                 self.run_once(block=self.block)
-            except redis_lib.ConnectionError as exc:
-                logger.warning("redis unavailable (%s); retrying in 1s", exc)
-                time.sleep(1.0)
-            except Exception:
-                logger.exception("drain step failed")
-                time.sleep(0.1)
+                self._step_backoff.succeeded()
+            except Exception as exc:  # Redis or the database away, or a bug: back off, never spin
+                self._stop.wait(self._step_backoff.failed(exc))
+        beat.join(timeout=HEARTBEAT_EVERY + 1)
         self.close()
         self._clear_heartbeat()
 
@@ -156,7 +223,7 @@ class Drainer:
 
     def _clear_heartbeat(self) -> None:
         with contextlib.suppress(redis_lib.RedisError):
-            self.redis.delete(*[heartbeat_key(m, self.name) for m in self.runtimes])
+            self.redis.delete(*[heartbeat_key(m, self.name) for m in self.runtimes], owner_key(self.token))
 
     def _take(self, block: float) -> tuple[str, list[WorkItem]]:
         """Blocks for the first item, then takes what else waits for that model, hi before lo."""
@@ -169,25 +236,62 @@ class Drainer:
         first = WorkItem.loads(popped[1])
         items = [first]
         room = self.max_texts - len(first.texts)
+        # Each taken item is marked with this loop's token, so that the request waiting for it
+        # can tell when this loop dies with it (embeddings.waiting.work_wait): the first in the
+        # round trip that takes the others.
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.set(taken_key(first.id), self.token, ex=REPLY_TTL_SECONDS)
         if room > 0:
             # Both lists in one round trip, hi before lo. Items are indivisible and each list
             # may give up to (room) items, so a take can overshoot max_texts: the runtime splits
             # whatever it gets into passes of at most max_texts.
-            pipe = self.redis.pipeline(transaction=False)
             pipe.lpop(work_list(first.model, "hi"), room)
             pipe.lpop(work_list(first.model, "lo"), room)
-            for raw in [r for got in pipe.execute() for r in (got or [])]:
-                items.append(WorkItem.loads(raw))
-        return first.model, items
+        more = [WorkItem.loads(raw) for got in pipe.execute()[1:] for raw in (got or [])]
+        if more:
+            pipe = self.redis.pipeline(transaction=False)
+            for it in more:
+                pipe.set(taken_key(it.id), self.token, ex=REPLY_TTL_SECONDS)
+            pipe.execute()
+        return first.model, items + more
 
     def run_once(self, block: float = 1.0) -> int:
-        if self.jobs is not None and self._job_turn():
-            chunks = self.jobs.claim(self._served, owner=self.name)
-            if chunks:
-                return sum(self._run_chunks([c for c in chunks if c.model == m]) for m in {c.model for c in chunks})
-            self._next_claim = time.monotonic() + self.jobs.poll_seconds
-            self.flush()  # no more chunks: let the last pass finish before idling
+        if self.jobs is not None:
+            self._job_upkeep()
+            if self._job_turn():
+                try:
+                    chunks = self.jobs.claim(self._served, owner=f"{self.token}:{self.name}")
+                    self._job_backoff.succeeded()
+                except Exception as exc:  # the database away: serve requests meanwhile, claim again later
+                    chunks = []
+                    self._next_claim = time.monotonic() + max(self.jobs.poll_seconds, self._job_backoff.failed(exc))
+                if chunks:
+                    return sum(self._run_chunks([c for c in chunks if c.model == m]) for m in {c.model for c in chunks})
+                if not self._job_backoff.failures:
+                    self._next_claim = time.monotonic() + self.jobs.poll_seconds
+                self.flush()  # no more chunks: let the last pass finish before idling
         return self._serve(*self._take(block))
+
+    def _job_upkeep(self) -> None:
+        """Every few seconds: gives back chunks whose release failed earlier (the database was
+        away), and re-queues chunks held by loops that stopped beating (a killed worker), so that
+        their job resumes within seconds rather than after a lease."""
+        now = time.monotonic()
+        if now < self._next_orphans:
+            return
+        self._next_orphans = now + ORPHANS_EVERY
+        try:
+            while self._unreleased:
+                chunk, error, counts = self._unreleased[0]
+                self.jobs.release(chunk, error=error, counts=counts)
+                self._unreleased.pop(0)
+            self.jobs.orphans(alive=self._owners_alive)
+        except Exception as exc:
+            self._next_orphans = now + max(ORPHANS_EVERY, self._job_backoff.failed(exc))
+
+    def _owners_alive(self, tokens: list[str]) -> set[str]:
+        found = self.redis.mget([owner_key(t) for t in tokens])
+        return {t for t, v in zip(tokens, found, strict=True) if v is not None}
 
     def _serve(self, model: str, items: list[WorkItem]) -> int:
         """One forward pass for interactive work items of `model`; stores, then wakes each."""
@@ -298,6 +402,11 @@ class Drainer:
                 compute_ms = seconds * 1000
                 metrics.batch_observe(model=model, texts=len(texts), tokens=int(tokens.sum()), seconds=seconds)
         except Exception as exc:
+            if len(chunks) > 1 and not isinstance(exc, OUTAGES):
+                # One chunk's texts may be what failed: each chunk on its own, so the others of the
+                # pass (other jobs, other tenants) are not charged an attempt for it.
+                logger.warning("a pass of %d job chunks failed (%s); retrying chunk by chunk", len(chunks), exc)
+                return sum(self._run_chunks([chunk]) for chunk in chunks)
             self._release(chunks, exc)
             return 0
         self.flush()  # the previous pass is stored before this one is handed over
@@ -314,33 +423,52 @@ class Drainer:
 
     def _finish_chunks(self, chunks, keys, hits, index, tokens, vectors, compute_ms) -> None:
         """On the writer thread: store the new vectors (not swallowed: a chunk is done only once
-        its vectors are stored), then mark each chunk done, once, even if its lease was taken over."""
+        its vectors are stored), then mark each chunk done, once, even if its lease was taken over.
+
+        Each scope (tenant) is stored on its own and each chunk completed on its own: a failure
+        gives back only the chunks it concerns, never another tenant's that shared the pass."""
         model, version = chunks[0].model, chunks[0].version
-        try:
-            if index and self.upsert is not None:
-                by_scope: dict[int, dict[bytes, int]] = defaultdict(dict)
-                for chunk, chunk_keys, chunk_hits in zip(chunks, keys, hits, strict=True):
-                    for key in chunk_keys:
-                        if key not in chunk_hits:
-                            by_scope[chunk.scope][key] = index[key]
-                for scope, rows in by_scope.items():
+        failed: dict[int, Exception] = {}  # chunk id -> why
+        if index and self.upsert is not None:
+            by_scope: dict[int, dict[bytes, int]] = defaultdict(dict)
+            for chunk, chunk_keys, chunk_hits in zip(chunks, keys, hits, strict=True):
+                for key in chunk_keys:
+                    if key not in chunk_hits:
+                        by_scope[chunk.scope][key] = index[key]
+            for scope, rows in by_scope.items():
+                try:
                     self.upsert(model=model, version=version, scope=scope,
                                 rows=[(k, tokens[i], vectors[i]) for k, i in rows.items()])
-            total = sum(len(c.texts) for c in chunks)
-            for chunk, chunk_keys, chunk_hits in zip(chunks, keys, hits, strict=True):
-                n_tokens = sum(int(chunk_hits[k].tokens) if k in chunk_hits else int(tokens[index[k]]) for k in chunk_keys)
+                except Exception as exc:
+                    failed.update({c.id: exc for c in chunks if c.scope == scope})
+        total = sum(len(c.texts) for c in chunks)
+        for chunk, chunk_keys, chunk_hits in zip(chunks, keys, hits, strict=True):
+            if chunk.id in failed:
+                continue
+            n_tokens = sum(int(chunk_hits[k].tokens) if k in chunk_hits else int(tokens[index[k]]) for k in chunk_keys)
+            try:
                 self.jobs.complete(chunk, cached=[k in chunk_hits for k in chunk_keys], tokens=n_tokens,
                                    compute_ms=compute_ms * len(chunk.texts) / total)
-        except Exception as exc:
-            self._release(chunks, exc)
+            except Exception as exc:
+                failed[chunk.id] = exc
+        for chunk in chunks:
+            if chunk.id in failed:
+                self._release([chunk], failed[chunk.id])
 
     def _release(self, chunks, exc: Exception) -> None:
-        logger.error("job chunks %s failed: %s", ", ".join(f"{c.job_id}@{c.start}" for c in chunks), exc, exc_info=exc)
+        """Gives chunks back after `exc`. An outage (database, Redis) is not the chunks' fault and
+        costs them no attempt; a give-back that fails (the database is what is away) is kept and
+        retried by _job_upkeep, so the chunks resume once the database is back, not after a lease."""
+        counts = not isinstance(exc, OUTAGES)
+        log = logger.error if counts else logger.warning
+        log("job chunks %s failed: %s: %s", ", ".join(f"{c.job_id}@{c.start}" for c in chunks),
+            exc.__class__.__name__, exc, exc_info=exc if counts else None)
+        error = f"{exc.__class__.__name__}: {exc}"[:500]
         for chunk in chunks:
             try:
-                self.jobs.release(chunk, error=f"{exc.__class__.__name__}: {exc}"[:500])
+                self.jobs.release(chunk, error=error, counts=counts)
             except Exception:
-                logger.exception("could not give back chunk %s@%d; the sweeper will", chunk.job_id, chunk.start)
+                self._unreleased.append((chunk, error, counts))
 
     def _one_by_one(self, runtime, items: list[WorkItem]) -> int:
         pipe = self.redis.pipeline(transaction=False)
@@ -380,6 +508,7 @@ class Drainer:
                     model=spec.name, version=spec.version, scope=scope,
                     rows=[(k, tokens[i], vectors[i]) for k, i in rows.items()],
                 )
-            except Exception:
+                self._store_backoff.succeeded()
+            except Exception as exc:
                 # The callers already have their vectors; a lost cache write costs a recompute later.
-                logger.exception("cache upsert of %d vectors failed", len(rows))
+                self._store_backoff.failed(exc)

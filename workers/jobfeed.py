@@ -9,7 +9,13 @@ from __future__ import annotations
 from django.db import close_old_connections, connection
 
 from embeddings import cache
-from embeddings.services import ClaimedChunk, job_chunk_complete, job_chunk_release, job_chunks_claim
+from embeddings.services import (
+    ClaimedChunk,
+    job_chunk_complete,
+    job_chunk_release,
+    job_chunks_claim,
+    job_orphans_requeue,
+)
 
 
 class JobFeed:
@@ -30,8 +36,13 @@ class JobFeed:
     def complete(self, chunk: ClaimedChunk, *, cached: list[bool], tokens: int, compute_ms: float) -> bool:
         return job_chunk_complete(chunk=chunk, cached=cached, tokens=tokens, compute_ms=compute_ms)
 
-    def release(self, chunk: ClaimedChunk, *, error: str) -> None:
-        job_chunk_release(chunk=chunk, error=error)
+    def release(self, chunk: ClaimedChunk, *, error: str, counts: bool = True) -> None:
+        job_chunk_release(chunk=chunk, error=error, counts=counts)
+
+    def orphans(self, *, alive) -> int:
+        """Re-queues chunks held by drain loops that stopped beating (`alive(tokens)` -> live tokens)."""
+        close_old_connections()
+        return job_orphans_requeue(alive=alive)
 
     def close(self) -> None:
         """Closes this thread's database connection (the drain loop's writer thread calls it last)."""

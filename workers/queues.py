@@ -60,3 +60,16 @@ def job_signal_key(model: str) -> str:
 def provider_alive_key() -> str:
     """Set with a short TTL by every worker consuming the provider queue (workers/bootsteps.py)."""
     return "embed:providers-alive"
+
+
+def owner_key(token: str) -> str:
+    """Set with a short TTL by each running drain loop, under the token its claims carry (job
+    chunk leases, taken work items). When the key is gone the loop is gone: its work is taken over
+    at once instead of after a lease period (embeddings/services.job_orphans_requeue,
+    embeddings/waiting.work_wait)."""
+    return f"embed:owner:{token}"
+
+
+def taken_key(item_id: str) -> str:
+    """The token of the drain loop that took a work item off its list (lives as long as a reply)."""
+    return f"embed:taken:{item_id}"
