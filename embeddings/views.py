@@ -78,9 +78,13 @@ class DataPlaneApi(APIView):
 
     def handle_exception(self, exc):
         request = self.request
+        # The user as authentication left it, without authenticating again: reading request.user
+        # after authentication raised (Redis or the database down) would raise again, out of
+        # DRF's exception handling (a 500 instead of the 503).
+        user = vars(request).get("_user")
         if (self.admits_in_view and not getattr(request, "counted", False)
                 and not isinstance(exc, (AuthenticationFailed, NotAuthenticated))
-                and getattr(request.user, "is_authenticated", False)):
+                and getattr(user, "is_authenticated", False)):
             try:
                 self._count(request)
             except Exception as counted:  # a key revoked meanwhile (401) or a spent window (429) comes first

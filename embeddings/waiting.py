@@ -22,7 +22,7 @@ from django.conf import settings
 from accounts.quotas import WORK_REFUSAL_LUA, WorkPush
 from embedplatform.errors import WAIT_TIMED_OUT, WORKERS_UNAVAILABLE, ApiError, InvalidInput, Overloaded, WaitTimeout
 from embedplatform.logs import request_id_get
-from embedplatform.redisconn import redis_client, script
+from embedplatform.redisconn import blocking_slice, redis_client, script
 from workers.queues import alive_key, job_signal_key, owner_key, reply_key, taken_key, work_list
 
 REPLY_TTL_SECONDS = 120
@@ -175,11 +175,11 @@ def work_wait(item: WorkItem, *, wait: float, dims: int | None) -> tuple[np.ndar
     requeued = False
     while True:
         left = deadline - time.monotonic()
-        step = min(left, TAKEN_CHECK_SECONDS)
+        step = min(left, TAKEN_CHECK_SECONDS, blocking_slice())  # a BLPOP inside the socket timeout
         popped = client.blpop([reply_key(item.id)], timeout=max(step, 0.01))
         if popped is not None:
             return reply_parse(popped[1], n=len(item.texts), dims=dims)
-        if left <= TAKEN_CHECK_SECONDS:
+        if left <= step:
             raise WaitTimeout(WAIT_TIMED_OUT.format(seconds=wait))
         if _taker_died(client, item):
             if requeued or not client.exists(alive_key(item.model)):

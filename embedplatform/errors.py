@@ -11,8 +11,10 @@ from __future__ import annotations
 import logging
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
-from django.db import DatabaseError, IntegrityError
+import psycopg
+from django.db import DatabaseError, DataError, IntegrityError
 from django.http import Http404, JsonResponse
+from kombu.exceptions import OperationalError as BrokerError
 from redis.exceptions import RedisError
 from rest_framework import exceptions as drf
 from rest_framework.response import Response
@@ -41,6 +43,7 @@ LOGIN_THROTTLED = "Too many login attempts; retry in {retry_after} s."
 NO_TENANT = "This user belongs to no tenant; sign up or use an API key."
 JWT_REQUIRED = "Managing {what} needs a user session: send `Authorization: Bearer <access token>` from POST /v1/auth/login (an API key cannot)."
 DEPENDENCY_DOWN = "The database or Redis is unavailable right now; retry shortly."
+VALUE_REFUSED = "The request holds a value that cannot be stored; check its text fields for NUL characters."
 WORKERS_UNAVAILABLE = "No worker is serving `{model}` right now; retry shortly."
 
 
@@ -179,15 +182,34 @@ def exception_handler(exc, context):
         if getattr(exc, "wait", None):
             headers["Retry-After"] = str(int(exc.wait))
         return Response(error_body(str(exc.detail), type=type_, code=code), status=exc.status_code, headers=headers)
-    if isinstance(exc, (DatabaseError, RedisError)) and not isinstance(exc, IntegrityError):
-        # A dependency went away (restart, failover, network): the request may be retried.
-        # The broken database connection is dropped at the end of this request.
-        logger.warning("dependency error in %s: %s", context.get("view"), exc.__class__.__name__)
-        return Response(error_body(DEPENDENCY_DOWN, type="server_error", code="dependency_unavailable"), status=503,
-                        headers={"Retry-After": "2"})
+    mapped = dependency_error(exc, where=context.get("view"))
+    if mapped is not None:
+        body, status, headers = mapped
+        return Response(body, status=status, headers=headers)
     # Anything else is a bug: log it with its traceback and answer with the envelope, no details.
     logger.exception("unhandled error in %s", context.get("view"))
     return Response(error_body("Internal server error.", type="server_error", code="internal_error"), status=500)
+
+
+def dependency_error(exc: BaseException, *, where=None) -> tuple[dict, int, dict[str, str]] | None:
+    """(body, status, headers) for an error of the database, Redis or the broker; None for any other.
+
+    A value the database refuses (DataError: a NUL in a text, a number out of range) is the
+    request's fault: 400, and retrying cannot help. Anything else from a dependency (connection
+    refused or lost, a timeout, a restart, a failover) is 503 with Retry-After: the request may be
+    retried. IntegrityError is neither: a broken invariant is a bug (500).
+    """
+    if isinstance(exc, (DataError, psycopg.DataError)):
+        logger.warning("value refused by the database in %s: %s", where, exc.__class__.__name__)
+        return error_body(VALUE_REFUSED, type="invalid_request_error", code="invalid_value"), 400, {}
+    if isinstance(exc, (IntegrityError, psycopg.IntegrityError)):
+        return None
+    if isinstance(exc, (DatabaseError, psycopg.Error, RedisError, BrokerError)):
+        # The broken database connection is dropped at the end of this request.
+        logger.warning("dependency error in %s: %s", where, exc.__class__.__name__)
+        return (error_body(DEPENDENCY_DOWN, type="server_error", code="dependency_unavailable"), 503,
+                {"Retry-After": "2"})
+    return None
 
 
 def handler404(request, exception=None):

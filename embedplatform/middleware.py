@@ -10,9 +10,12 @@ and runs it everywhere but under API_PREFIXES.
 from __future__ import annotations
 
 from django.contrib.auth.middleware import AuthenticationMiddleware as _Authentication
+from django.http import JsonResponse
 from django.contrib.messages.middleware import MessageMiddleware as _Messages
 from django.contrib.sessions.middleware import SessionMiddleware as _Sessions
 from django.middleware.csrf import CsrfViewMiddleware as _Csrf
+
+from embedplatform.errors import dependency_error
 
 API_PREFIXES = ("/v1/", "/health/", "/metrics")
 
@@ -38,3 +41,25 @@ class AuthenticationMiddleware(_BrowserOnly, _Authentication):
 
 class MessageMiddleware(_BrowserOnly, _Messages):
     pass
+
+
+class DependencyErrorMiddleware:
+    """The last line of the SPEC's "a dependency outage is a 503, never a 500".
+
+    DRF's exception handler (embedplatform/errors.py) maps the errors raised inside a view; this
+    maps the same errors (errors.dependency_error) when they escape the view anyway: raised
+    while handling another error, in finalize_response, or in a plain Django view.
+    """
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        return self.get_response(request)
+
+    def process_exception(self, request, exception):
+        mapped = dependency_error(exception, where=request.path)
+        if mapped is None:
+            return None  # Django's handler500 answers (with the envelope) and logs it
+        body, status, headers = mapped
+        return JsonResponse(body, status=status, headers=headers)

@@ -1,7 +1,10 @@
 """The one Redis client of a process (per thread), for everything but the Django cache.
 
-Work lists, replies, quotas and usage counters all use REDIS_URL. The client has no read
-timeout because BLPOP callers pass their own.
+Work lists, replies, quotas and usage counters all use REDIS_URL. The client connects within
+REDIS_CONNECT_TIMEOUT and gives up on a reply after REDIS_SOCKET_TIMEOUT, so a Redis that is
+down or cut off by the network is a RedisError (a 503) within seconds, never a hung thread. A
+blocking wait longer than that (BLPOP) waits in slices shorter than the socket timeout
+(embeddings/waiting.py work_wait; the drain loop blocks for about a second at a time).
 """
 
 from __future__ import annotations
@@ -10,25 +13,45 @@ import threading
 
 import redis
 from django.conf import settings
+from django.core.signals import setting_changed
+from django.dispatch import receiver
 
 _local = threading.local()
+_generation = 0  # bumped when a Redis setting changes (tests): every thread makes a new client
+_SETTINGS = {"REDIS_URL", "REDIS_CONNECT_TIMEOUT", "REDIS_SOCKET_TIMEOUT"}
 
 
 def redis_client() -> redis.Redis:
     """A per-thread client on settings.REDIS_URL, created on first use."""
     client = getattr(_local, "client", None)
-    if client is None:
-        client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=None, health_check_interval=30)
-        _local.client = client
+    if client is None or _local.generation != _generation:
+        client = redis.Redis.from_url(
+            settings.REDIS_URL,
+            socket_connect_timeout=settings.REDIS_CONNECT_TIMEOUT,
+            socket_timeout=settings.REDIS_SOCKET_TIMEOUT,
+            health_check_interval=30,
+        )
+        _local.client, _local.generation, _local.scripts = client, _generation, {}
     return client
+
+
+def blocking_slice() -> float:
+    """The longest a single blocking command (BLPOP) may block: well inside the socket timeout,
+    whose clock runs while the server blocks."""
+    return max(0.01, min(1.0, settings.REDIS_SOCKET_TIMEOUT / 2))
 
 
 def script(source: str):
     """A registered Lua script bound to this thread's client (EVALSHA, loads it on a miss)."""
-    scripts = getattr(_local, "scripts", None)
-    if scripts is None:
-        scripts = _local.scripts = {}
-    registered = scripts.get(source)
+    client = redis_client()
+    registered = _local.scripts.get(source)
     if registered is None:
-        registered = scripts[source] = redis_client().register_script(source)
+        registered = _local.scripts[source] = client.register_script(source)
     return registered
+
+
+@receiver(setting_changed)
+def _redis_setting_changed(*, setting: str, **kwargs) -> None:
+    global _generation
+    if setting in _SETTINGS:
+        _generation += 1

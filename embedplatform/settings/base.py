@@ -88,6 +88,9 @@ MIDDLEWARE = [
     "embedplatform.middleware.AuthenticationMiddleware",
     "embedplatform.middleware.MessageMiddleware",
     "django_prometheus.middleware.PrometheusAfterMiddleware",
+    # Last, so its process_exception runs first: a Redis/database error that escaped a view is a
+    # 503 with Retry-After (or a 400 for a value the database refuses), not Django's 500.
+    "embedplatform.middleware.DependencyErrorMiddleware",
 ]
 
 ROOT_URLCONF = "embedplatform.urls"
@@ -130,16 +133,43 @@ DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=600)
 # cache hit's database time). Off by default: a connection broken by a database restart fails
 # its request with 503 (embedplatform/errors.py) and is then replaced.
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = env.bool("CONN_HEALTH_CHECKS", default=False)
+# libpq's connect_timeout (seconds, at least 2): a database that is down or unreachable fails a
+# request with 503 (embedplatform/errors.py) within this time instead of the OS's minutes.
+DATABASE_CONNECT_TIMEOUT: Final = env.int("DATABASE_CONNECT_TIMEOUT", default=5)
+DATABASES["default"].setdefault("OPTIONS", {})["connect_timeout"] = DATABASE_CONNECT_TIMEOUT
 
 # --- Redis -------------------------------------------------------------------------------
 REDIS_URL: Final = env.str("REDIS_URL", default="") or embedded.redis_url(VAR_DIR)
+
+# Every Redis client (embedplatform/redisconn.py, the Django cache, the Celery broker) connects
+# within REDIS_CONNECT_TIMEOUT and waits at most REDIS_SOCKET_TIMEOUT for a reply: a Redis that
+# is down or cut off answers 503 within seconds instead of hanging web threads. Blocking waits
+# (BLPOP) wait in slices shorter than the socket timeout (embedplatform/redisconn.py).
+REDIS_CONNECT_TIMEOUT: Final = env.float("REDIS_CONNECT_TIMEOUT", default=2.0)
+REDIS_SOCKET_TIMEOUT: Final = env.float("REDIS_SOCKET_TIMEOUT", default=5.0)
+if not (REDIS_CONNECT_TIMEOUT > 0 and REDIS_SOCKET_TIMEOUT >= 2):
+    raise ImproperlyConfigured(
+        f"REDIS_CONNECT_TIMEOUT={REDIS_CONNECT_TIMEOUT}, REDIS_SOCKET_TIMEOUT={REDIS_SOCKET_TIMEOUT}: the connect "
+        "timeout must be over 0 s and the socket timeout at least 2 s (the workers' BLPOPs block 1 s at a time)."
+    )
 
 CACHES = {
     "default": {
         "BACKEND": "django_redis.cache.RedisCache",
         "LOCATION": REDIS_URL,
         "KEY_PREFIX": "ep",
+        # https://github.com/jazzband/django-redis#socket-timeout
+        "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": REDIS_CONNECT_TIMEOUT, "SOCKET_TIMEOUT": REDIS_SOCKET_TIMEOUT},
     }
+}
+# The broker's clients (settings/celery.py holds the rest of the CELERY_ block). kombu's BRPOP
+# blocks for brpop_timeout (1 s) at a time, well inside the socket timeout; kombu drops the
+# keepalive/connect options itself for a unix socket (the embedded Redis).
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html#broker-transport-options
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "socket_connect_timeout": REDIS_CONNECT_TIMEOUT,
+    "socket_timeout": REDIS_SOCKET_TIMEOUT,
+    "socket_keepalive": True,
 }
 
 # --- Embedding -----------------------------------------------------------------------------

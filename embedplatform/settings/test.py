@@ -50,8 +50,9 @@ if not EMBEDDED_REDIS:
     if "CELERY_BROKER_URL" not in env or env.str("CELERY_BROKER_URL") == env.str("REDIS_URL"):
         CELERY_BROKER_URL = REDIS_URL
 
-CACHES = {"default": {"BACKEND": "django_redis.cache.RedisCache", "LOCATION": REDIS_URL, "KEY_PREFIX": "ept"}}
+CACHES = {"default": {**CACHES["default"], "LOCATION": REDIS_URL, "KEY_PREFIX": "ept"}}  # noqa: F405 (timeouts kept)
 DATABASES["default"]["CONN_MAX_AGE"] = 0
+DATABASES["default"].setdefault("OPTIONS", {})["connect_timeout"] = DATABASE_CONNECT_TIMEOUT  # noqa: F405
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 # In-process Celery workers of the tests serve no metrics port (a test that wants one asks).
 WORKER_METRICS_PORT = env.int("WORKER_METRICS_PORT", default=0)
