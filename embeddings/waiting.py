@@ -164,11 +164,11 @@ WORKER_DIED = ("The worker computing this request stopped (it was restarted or k
 def work_wait(item: WorkItem, *, wait: float, dims: int | None) -> tuple[np.ndarray, np.ndarray]:
     """Blocks until the worker answers `item`, at most `wait` seconds (then WaitTimeout).
 
-    Waits in slices of TAKEN_CHECK_SECONDS; between them it checks that the drain loop that took
-    the item (workers.queues.taken_key) still beats. When that loop died with the item (a killed
-    worker), the item goes back to the head of its list for another worker, once; when no worker
-    is alive, or it was already handed back once, the request ends at once with Overloaded (503)
-    instead of waiting out its time.
+    Waits in slices of at most TAKEN_CHECK_SECONDS; between them one script checks on the item
+    (_CHECK). When the drain loop that took it died with it (a killed worker), the item goes back
+    to the head of its list for another worker, once. When no worker of the model is alive, to take
+    it or to take it over, the request ends at once with Overloaded (503 + Retry-After) instead of
+    waiting out its time.
     """
     client = redis_client()
     deadline = time.monotonic() + wait
@@ -181,30 +181,36 @@ def work_wait(item: WorkItem, *, wait: float, dims: int | None) -> tuple[np.ndar
             return reply_parse(popped[1], n=len(item.texts), dims=dims)
         if left <= step:
             raise WaitTimeout(WAIT_TIMED_OUT.format(seconds=wait))
-        if _taker_died(client, item):
-            if requeued or not client.exists(alive_key(item.model)):
-                raise Overloaded(WORKER_DIED.format(model=item.model), retry_after=2, code="worker_died")
-            _requeue(client, item)
+        state = script(_CHECK)(
+            keys=[taken_key(item.id), alive_key(item.model), work_list(item.model, item.priority), reply_key(item.id)],
+            args=[item.dumps(), int(requeued), owner_key("")], client=client,
+        )
+        if state == _REQUEUED:
             requeued = True
+        elif state == _NO_WORKER:
+            raise _refused(item.model, -1)
+        elif state == _TAKER_DIED:
+            raise Overloaded(WORKER_DIED.format(model=item.model), retry_after=2, code="worker_died")
 
 
-def _taker_died(client, item: WorkItem) -> bool:
-    token = client.get(taken_key(item.id))
-    return token is not None and not client.exists(owner_key(token.decode()))
+_WAITING, _REQUEUED, _NO_WORKER, _TAKER_DIED = 0, 1, 2, 3
 
-
-# The item back at the head of its list, unless its reply arrived meanwhile.
-_REQUEUE = """
-if redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
-redis.call('DEL', KEYS[2])
-redis.call('LPUSH', KEYS[1], ARGV[1])
+# One round trip between two slices of a wait: is the item still in good hands?
+# KEYS: taken marker, the model's alive key, the item's list, its reply key.
+# ARGV: the item as queued, 1 if it was handed back once already, the owner-key prefix.
+_CHECK = """
+if redis.call('EXISTS', KEYS[4]) == 1 then return 0 end
+local taker = redis.call('GET', KEYS[1])
+if not taker then
+  if redis.call('EXISTS', KEYS[2]) == 0 and redis.call('LREM', KEYS[3], 1, ARGV[1]) == 1 then return 2 end
+  return 0
+end
+if redis.call('EXISTS', ARGV[3] .. taker) == 1 then return 0 end
+if ARGV[2] == '1' or redis.call('EXISTS', KEYS[2]) == 0 then return 3 end
+redis.call('DEL', KEYS[1])
+redis.call('LPUSH', KEYS[3], ARGV[1])
 return 1
 """
-
-
-def _requeue(client, item: WorkItem) -> None:
-    script(_REQUEUE)(keys=[work_list(item.model, item.priority), taken_key(item.id), reply_key(item.id)],
-                     args=[item.dumps()], client=client)
 
 
 def jobs_signal(models) -> None:

@@ -228,3 +228,17 @@ def test_a_failing_step_backs_off_and_logs_one_traceback(loops, redis_db, caplog
     assert 3 <= len(calls) <= 10, len(calls)  # 0.1, 0.2, 0.4, 0.8 s apart: not a busy loop
     assert len(failures) <= 4
     assert sum(1 for r in failures if r.exc_info) == 1
+
+
+def test_a_queued_request_whose_only_worker_died_gets_503_at_once(loops, redis_db):
+    """The worker died before taking it: when no worker of the model beats any more, the request
+    leaves the list and ends with 503 (no_worker) instead of waiting out its time."""
+    loops("doomed")  # beats once: the admission queues work for the model
+    item = _submit(["queued, never taken"])
+    redis_db.delete(f"embed:alive:{MODEL}")
+    started = time.monotonic()
+    with pytest.raises(Overloaded) as refused:
+        waiting.work_wait(item, wait=20, dims=384)
+    assert time.monotonic() - started < 3
+    assert refused.value.code == "no_worker"
+    assert redis_db.llen(work_list(MODEL, "hi")) == 0  # no worker will find it later
