@@ -165,7 +165,8 @@ class Load:
             "requests": len(self.answers),
             "statuses": dict(sorted(counts.items())),
             "answers_500": sum(1 for a in self.answers if a.status >= 500 and a.status not in (502, 503, 504)),
-            "refusals_without_retry_after": sum(1 for a in self.answers if a.status in (429, 503) and not a.retry_after),
+            "refusals_without_retry_after": sum(1 for a in self.answers
+                                                if a.status in (429, 503, 504) and not a.retry_after),
             "hung": sum(1 for a in self.answers if a.seconds > HUNG_AFTER),
             "slowest_s": round(max((a.seconds for a in self.answers), default=0), 2),
         }

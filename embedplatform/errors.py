@@ -123,7 +123,10 @@ class Overloaded(_RetryAfter):
     code = "overloaded"
 
 
-class WaitTimeout(ApiError):
+class WaitTimeout(_RetryAfter):
+    """The sync wait ran out (the work goes on: a retry may find it cached). Retry-After: 1, so
+    clients that honour it (the OpenAI SDKs) come back at once rather than after their own backoff."""
+
     status = 504
     type = "timeout_error"
     code = "timeout"
