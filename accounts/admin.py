@@ -5,7 +5,10 @@ action, not edited. Usage rows are read-only.
 """
 
 from django.contrib import admin, messages
+from django.template.defaultfilters import filesizeformat
 from django.utils import timezone
+from django.utils.html import format_html_join
+from django.utils.safestring import mark_safe
 
 from accounts.authcache import auth_epoch_bump
 from accounts.models import ApiKey, DailyUsage, Tenant, Tier, User
@@ -42,7 +45,22 @@ class TenantAdmin(admin.ModelAdmin):
     list_display = ("name", "id", "tier", "is_active", "created_at")
     list_filter = ("tier", "is_active")
     search_fields = ("name", "users__email")
+    readonly_fields = ("cache_size",)
     inlines = [UserInline, ApiKeyInline]
+
+    @admin.display(description="Cache size")
+    def cache_size(self, obj) -> str:
+        """Entries and vector bytes per model in the tenant's cache scope (the tenant page only)."""
+        from embeddings.selectors import cache_size
+
+        if obj is None or obj.pk is None:
+            return "-"
+        rows = cache_size(tenant=obj)
+        if not rows:
+            return "empty"
+        return format_html_join(mark_safe("<br>"), "{}: {} entries, {}", (
+            (r["model"], r["entries"], filesizeformat(r["bytes"])) for r in rows
+        ))
 
 
 @admin.register(User)

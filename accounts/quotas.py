@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import calendar
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
@@ -118,6 +118,34 @@ class UsageHits:
     tokens: int
 
 
+class CacheEpochMoved(Exception):
+    """The epoch of the tenant's cache scope moved (DELETE /v1/cache) since the caller's process
+    read its in-memory copies (embeddings/hotcache.py): nothing was counted; record the epoch
+    (which drops those copies), plan the request again and ask again."""
+
+    def __init__(self, scope: int, epoch: str):
+        super().__init__(epoch)
+        self.scope = scope
+        self.epoch = epoch
+
+
+@dataclass
+class CacheUse:
+    """What the admission script does for the cache (embeddings/retention.py builds it): checks
+    the epoch of the tenant's scope (`epoch` None: this process knows none yet, no check) and,
+    once admitted, counts a hit for each entry in `fields` (the per-entry hit stats, flushed to
+    Postgres in batches). admit() sets `seen` to the epoch it read."""
+
+    scope: int
+    epoch_key: str
+    epoch: str | None
+    hits_key: str = ""
+    hits_dirty: str = ""
+    hits_member: str = ""
+    fields: list[bytes] = field(default_factory=list)
+    seen: str = ""
+
+
 @dataclass(frozen=True)
 class WorkPush:
     """Work for a model's workers that the admission script queues once the request is admitted
@@ -147,19 +175,28 @@ end
 # caller's minute window, the text quotas, the usage of the request's cache hits and the work
 # item of its misses.
 # KEYS: epoch, rate counter, day counter, month counter, usage hash, usage dirty set, work list,
-#       the work list's "a worker is alive" key.
+#       the work list's "a worker is alive" key, cache hit-stats hash, its dirty set, the cache
+#       scope's epoch ('' = none).
 # ARGV: 1 expected epoch ('' = no check), 2 fresh epoch (for a missing one), 3 count the window
 #       (1/0), 4 window ttl, 5 requests per minute, 6 texts to count (0: read the quotas only),
 #       7 daily limit, 8 monthly limit, 9 day ttl, 10 month ttl, 11 hits, 12 hit tokens,
-#       13 usage member, 14 work item ('' = none), 15 the work list's max depth.
-# Returns {verdict, used today, used this month, requests in the window, epoch, queue depth}:
-# verdict 1 admitted (and the work queued); 0 / -1 refused by the daily / monthly quota (no text
-# counted); -3 over the rate; -4 the work refused (no text counted; the last field is
-# work_refusal's answer); -9 epoch moved (nothing counted).
+#       13 usage member, 14 work item ('' = none), 15 the work list's max depth, 16 expected cache
+#       scope epoch ('?' = no check), 17 hit-stats member, 18... hit-stats fields (one per entry).
+# Returns {verdict, used today, used this month, requests in the window, epoch, queue depth,
+# cache scope epoch}: verdict 1 admitted (and the work queued, the hits counted); 0 / -1 refused
+# by the daily / monthly quota (no text counted); -3 over the rate; -4 the work refused (no text
+# counted; the sixth field is work_refusal's answer); -9 epoch moved, -8 cache scope epoch moved
+# (nothing counted).
 _ADMIT = WORK_REFUSAL_LUA + """
+local ce = ''
 local e = redis.call('GET', KEYS[1])
 if not e then e = ARGV[2]; redis.call('SET', KEYS[1], e) end
-if ARGV[1] ~= '' and e ~= ARGV[1] then return {-9, 0, 0, 0, e, 0} end
+if ARGV[1] ~= '' and e ~= ARGV[1] then return {-9, 0, 0, 0, e, 0, ce} end
+if KEYS[11] ~= '' then
+  ce = redis.call('GET', KEYS[11])
+  if not ce then ce = ARGV[2]; redis.call('SET', KEYS[11], ce) end
+  if ARGV[16] ~= '?' and ce ~= ARGV[16] then return {-8, 0, 0, 0, e, 0, ce} end
+end
 local n = 0
 if ARGV[3] == '1' then
   n = redis.call('INCR', KEYS[2])
@@ -167,15 +204,15 @@ if ARGV[3] == '1' then
 end
 local d = tonumber(redis.call('GET', KEYS[3]) or '0')
 local m = tonumber(redis.call('GET', KEYS[4]) or '0')
-if ARGV[3] == '1' and n > tonumber(ARGV[5]) then return {-3, d, m, n, e, 0} end
+if ARGV[3] == '1' and n > tonumber(ARGV[5]) then return {-3, d, m, n, e, 0, ce} end
 if ARGV[14] ~= '' then
   local refused = work_refusal(KEYS[7], KEYS[8], ARGV[15])
-  if refused then return {-4, d, m, n, e, refused} end
+  if refused then return {-4, d, m, n, e, refused, ce} end
 end
 local t = tonumber(ARGV[6])
 if t > 0 then
-  if d + t > tonumber(ARGV[7]) then return {0, d, m, n, e, 0} end
-  if m + t > tonumber(ARGV[8]) then return {-1, d, m, n, e, 0} end
+  if d + t > tonumber(ARGV[7]) then return {0, d, m, n, e, 0, ce} end
+  if m + t > tonumber(ARGV[8]) then return {-1, d, m, n, e, 0, ce} end
   d = redis.call('INCRBY', KEYS[3], t)
   redis.call('EXPIRE', KEYS[3], ARGV[9])
   m = redis.call('INCRBY', KEYS[4], t)
@@ -186,21 +223,27 @@ if tonumber(ARGV[11]) > 0 then
   if tonumber(ARGV[12]) > 0 then redis.call('HINCRBY', KEYS[5], 'tokens', ARGV[12]) end
   redis.call('SADD', KEYS[6], ARGV[13])
 end
+if KEYS[9] ~= '' and #ARGV > 17 then
+  for i = 18, #ARGV do redis.call('HINCRBY', KEYS[9], ARGV[i], 1) end
+  redis.call('SADD', KEYS[10], ARGV[17])
+end
 if ARGV[14] ~= '' then redis.call('RPUSH', KEYS[7], ARGV[14]) end
-return {1, d, m, n, e, 0}
+return {1, d, m, n, e, 0, ce}
 """
 
 
 def admit(*, tenant: Tenant, texts: int = 0, caller: Caller | None = None,
-          usage: UsageHits | None = None, work: WorkPush | None = None) -> tuple[QuotaState, RateState | None]:
+          usage: UsageHits | None = None, work: WorkPush | None = None,
+          cache: CacheUse | None = None) -> tuple[QuotaState, RateState | None]:
     """Counts a request against the tenant's limits in one Redis round trip, all or nothing.
 
     With `caller`: checks its auth epoch and counts the request in its key's minute window.
     `texts` are counted against the daily and monthly quotas; `usage` records the request's
-    cache hits; `work` is queued for the workers once all of that passed. Returns the quota
+    cache hits; `work` is queued for the workers once all of that passed; `cache` checks the epoch
+    of the tenant's cache scope and counts the hit stats of the entries served. Returns the quota
     state and the window's state (None without a caller).
 
-    Raises AuthEpochMoved (nothing counted), RateLimited (the window is spent; .rate, .quota),
+    Raises AuthEpochMoved or CacheEpochMoved (nothing counted), RateLimited (the window is spent; .rate, .quota),
     work.refused(...) (no worker alive or its queue full; counted in the window only) or
     QuotaExceeded (a quota would be crossed; .quota, .rate; no text counted).
     """
@@ -210,20 +253,27 @@ def admit(*, tenant: Tenant, texts: int = 0, caller: Caller | None = None,
     stamp = int(now.timestamp())
     reset_in = 60 - stamp % 60
     counting = caller is not None and getattr(settings, "RATELIMIT_ENABLE", True)
-    verdict, used_d, used_m, count, epoch, depth = script(_ADMIT)(
+    verdict, used_d, used_m, count, epoch, depth, cache_epoch = script(_ADMIT)(
         keys=[EPOCH_KEY, f"rate:{caller.principal_id if caller else ''}:{stamp // 60}", day_key, month_key,
               usage.key if usage else "", usage.dirty if usage else "", work.list_key if work else "",
-              work.alive_key if work else ""],
+              work.alive_key if work else "", cache.hits_key if cache and cache.fields else "",
+              cache.hits_dirty if cache else "", cache.epoch_key if cache else ""],
         args=[caller.epoch if caller else "", epoch_new(), 1 if counting else 0, reset_in + 1,
               tier.requests_per_minute, texts, tier.daily_limit, tier.monthly_limit,
               # Keys outlive their period by a day so a late refund never re-creates a fresh counter.
               int((day_reset - now).total_seconds()) + 86400, int((month_reset - now).total_seconds()) + 86400,
               usage.hits if usage else 0, usage.tokens if usage else 0, usage.member if usage else "",
-              work.payload if work else "", work.max_depth if work else 0],
+              work.payload if work else "", work.max_depth if work else 0,
+              "?" if cache is None or cache.epoch is None else cache.epoch, cache.hits_member if cache else "",
+              *(cache.fields if cache else ())],
         client=redis_client(),
     )
     if verdict == -9:
         raise AuthEpochMoved(epoch.decode() if isinstance(epoch, bytes) else str(epoch))
+    if cache is not None:
+        cache.seen = cache_epoch.decode() if isinstance(cache_epoch, bytes) else str(cache_epoch)
+        if verdict == -8:
+            raise CacheEpochMoved(cache.scope, cache.seen)
     if caller is not None:
         caller.admitted = True
     if verdict == -4:

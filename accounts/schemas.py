@@ -81,6 +81,22 @@ UsageResponseSerializer = inline_serializer(
         "cache_hits": serializers.IntegerField(),
         "cache_misses": serializers.IntegerField(),
         "total_cached": serializers.IntegerField(help_text="Vectors stored in the tenant's cache scope."),
+        "cache": inline_serializer(
+            "UsageCache",
+            fields={
+                "entries": serializers.IntegerField(help_text="Vectors stored in the tenant's cache scope."),
+                "bytes": serializers.IntegerField(help_text="Their float32 vectors' size (entries x dims x 4)."),
+                "models": inline_serializer(
+                    "UsageCacheModel",
+                    many=True,
+                    fields={
+                        "model": serializers.CharField(),
+                        "entries": serializers.IntegerField(),
+                        "bytes": serializers.IntegerField(),
+                    },
+                ),
+            },
+        ),
         "today": _totals("UsageTotalsToday"),
         "month": _totals("UsageTotalsMonth"),
         "quota": inline_serializer(
@@ -299,6 +315,11 @@ usage_schema = extend_schema(
                         "cache_hits": 120,
                         "cache_misses": 30,
                         "total_cached": 30,
+                        "cache": {
+                            "entries": 30,
+                            "bytes": 46080,
+                            "models": [{"model": "all-MiniLM-L6-v2", "entries": 30, "bytes": 46080}],
+                        },
                         "today": {"texts": 10, "cache_hits": 8, "cache_misses": 2, "tokens": 64, "compute_ms": 12.5},
                         "month": {
                             "texts": 150,

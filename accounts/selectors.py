@@ -67,6 +67,7 @@ class UsageSummary:
     today: dict
     month: dict
     total_cached: int
+    cache: list[dict]  # per model: {model, entries, bytes} (embeddings.selectors.cache_size)
     quota: QuotaState
 
 
@@ -84,12 +85,13 @@ def _totals(rows) -> dict:
 
 def usage_summary(*, tenant: Tenant, date_from: date | None = None, date_to: date | None = None) -> UsageSummary:
     """Usage per day and model in [date_from, date_to] (default: this UTC month), with today's and
-    this month's totals, the vectors stored in the tenant's cache scope and the quota counters.
+    this month's totals, the vectors stored in the tenant's cache scope (per model: entries and
+    bytes, counted from the (scope, model) index) and the quota counters.
 
     Reads Postgres after usage_flush(), so the figures include requests up to now.
     """
     from accounts.services import usage_flush
-    from embeddings.models import CachedEmbedding
+    from embeddings.selectors import cache_size
 
     usage_flush()
     today = time_now().date()
@@ -100,12 +102,14 @@ def usage_summary(*, tenant: Tenant, date_from: date | None = None, date_to: dat
         DailyUsage.objects.filter(tenant=tenant, day__gte=min(date_from, month_start), day__lte=max(date_to, today))
         .order_by("day", "model")
     )
+    cache = cache_size(tenant=tenant)
     return UsageSummary(
         date_from=date_from,
         date_to=date_to,
         rows=[r for r in rows if date_from <= r.day <= date_to],
         today=_totals(r for r in rows if r.day == today),
         month=_totals(r for r in rows if month_start <= r.day <= today),
-        total_cached=CachedEmbedding.objects.filter(scope=tenant.pk).count(),
+        total_cached=sum(c["entries"] for c in cache),
+        cache=cache,
         quota=quota_state(tenant=tenant),
     )

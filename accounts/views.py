@@ -162,6 +162,7 @@ class UsageApi(APIView):
                 "cache_hits": sum(r.cache_hits for r in s.rows),
                 "cache_misses": sum(r.cache_misses for r in s.rows),
                 "total_cached": s.total_cached,
+                "cache": {"entries": s.total_cached, "bytes": sum(c["bytes"] for c in s.cache), "models": s.cache},
                 "today": s.today,
                 "month": s.month,
                 "quota": {"daily_limit": s.quota.daily_limit, "used_today": s.quota.used_today,

@@ -8,10 +8,11 @@ from embeddings.services import job_cancel
 
 @admin.register(CachedEmbedding)
 class CachedEmbeddingAdmin(admin.ModelAdmin):
-    list_display = ("key_hex", "model", "model_version", "scope", "dims", "tokens", "created_at")
+    list_display = ("key_hex", "model", "model_version", "scope", "dims", "tokens", "created_at", "last_hit_at",
+                    "hit_count")
     list_filter = ("model", "model_version")
     search_fields = ("model", "=scope")
-    fields = ("key_hex", "model", "model_version", "scope", "dims", "tokens", "created_at")
+    fields = ("key_hex", "model", "model_version", "scope", "dims", "tokens", "created_at", "last_hit_at", "hit_count")
     readonly_fields = fields
     show_full_result_count = False  # COUNT(*) over a big cache on every page would be slow
 

@@ -50,24 +50,48 @@ def cache_lookup(*, model: str, version: str, keys: Sequence[bytes], scopes: Seq
     return {bytes(k): Hit(np.frombuffer(v, dtype="<f4"), t, s) for k, t, v, s in rows}
 
 
+def _hot_scopes(hot, scopes: Sequence[int]) -> list[int]:
+    """The scopes the hot tier may serve: the public one, and a tenant's once this process knows
+    its epoch (learnt by the admission script; embeddings/hotcache.py): entries kept before
+    that could predate a DELETE /v1/cache that this process has not heard of."""
+    return [s for s in scopes if s == PUBLIC_SCOPE or hot.scope_epoch(s) is not None]
+
+
 def cache_lookup_served(*, model: str, version: str, keys: Sequence[bytes], scopes: Sequence[int]) -> dict[bytes, Hit]:
     """cache_lookup for the API: this process's hot tier (embeddings/hotcache.py) first, one
     query for the rest, and what the query found is remembered."""
     hot = hot_cache()
-    found = hot.get_many(model, version, scopes, keys)
+    hot_scopes = _hot_scopes(hot, scopes)
+    gens = hot.generations(hot_scopes)  # before the reads: a scope deleted meanwhile is not remembered
+    found = hot.get_many(model, version, hot_scopes, keys) if hot_scopes else {}
     rest = [k for k in keys if k not in found] if found else keys
     if rest:
         stored = cache_lookup(model=model, version=version, keys=rest, scopes=scopes)
-        hot.put_many(model, version, [(k, h.scope, h) for k, h in stored.items()])
+        hot.put_many(model, version, [(k, h.scope, h) for k, h in stored.items() if h.scope in gens], gens=gens)
         found.update(stored)
     return found
 
 
 def hot_remember(*, model: str, version: str, scope: int, keys: Sequence[bytes], tokens, vectors) -> None:
     """Puts vectors the workers just computed (and stored) for `scope` into the hot tier."""
-    hot_cache().put_many(model, version, [
+    hot = hot_cache()
+    if not _hot_scopes(hot, [scope]):
+        return
+    hot.put_many(model, version, [
         (k, scope, Hit(np.array(vectors[i], dtype="<f4"), int(tokens[i]), scope)) for i, k in enumerate(keys)
     ])
+
+
+def scope_epoch_known(scope: int) -> str | None:
+    """The epoch of a tenant's cache scope this process last saw (None: not yet); read it before
+    the lookup and hand it to the admission, which refuses the request if it moved."""
+    return hot_cache().scope_epoch(scope)
+
+
+def scope_epoch_learn(scope: int, epoch: str) -> None:
+    """Records the epoch the admission read (a moved one kills this process's copies of the scope)."""
+    if epoch:
+        hot_cache().scope_epoch_set(scope, epoch)
 
 
 def cache_upsert(*, model: str, version: str, scope: int, rows: Iterable[tuple[bytes, int, np.ndarray]]) -> int:

@@ -3,6 +3,7 @@ from __future__ import annotations
 import uuid
 
 from django.db import models
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 
@@ -24,12 +25,21 @@ class CachedEmbedding(models.Model):
     tokens = models.PositiveIntegerField()
     vector = models.BinaryField()
     created_at = models.DateTimeField(default=timezone.now)
+    # Hit stats, written in batches by the usage flush (embeddings/retention.py), never on the hit
+    # path; precise to USAGE_FLUSH_SECONDS. An entry never hit was last used when it was created.
+    # db_default: cache_upsert's raw INSERT names no stats columns.
+    last_hit_at = models.DateTimeField(null=True, blank=True)
+    hit_count = models.BigIntegerField(default=0, db_default=0)
 
     class Meta:
         constraints = [
             models.UniqueConstraint(fields=["text_sha256", "model", "model_version", "scope"], name="cache_key"),
         ]
-        indexes = [models.Index(fields=["scope", "model"])]
+        indexes = [
+            models.Index(fields=["scope", "model"]),
+            # cache_prune walks entries by last use, oldest first (embeddings/retention.py).
+            models.Index(Coalesce("last_hit_at", "created_at"), name="cache_last_used"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.model}@{self.model_version} scope={self.scope} {bytes(self.text_sha256).hex()[:12]}"

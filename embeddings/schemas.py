@@ -26,7 +26,7 @@ from embeddings.serializers import (
     EmbedRequestSerializer,
     JobCreateRequestSerializer,
 )
-from embedplatform.schemas import DATA_PLANE_ERRORS, error_responses, named
+from embedplatform.schemas import DATA_PLANE_ERRORS, JWT_ONLY, MANAGEMENT_ERRORS, error_responses, named
 
 EXAMPLE_JOB_ID = "5b0e8f3c-2f4e-4a51-9c57-2b1f0b7d9e41"
 EXAMPLE_TIME = "2026-01-15T09:30:00+00:00"
@@ -359,6 +359,36 @@ def job_results_schema(filter_serializer):
             ),
             **error_responses(400, 401, 403, 404, 409, 429),
         },
+    )
+
+
+class CacheDeletedSerializer(serializers.Serializer):
+    deleted = serializers.IntegerField(help_text="Entries deleted from your cache scope.")
+
+
+def cache_delete_schema(input_serializer):
+    return extend_schema(
+        request=named(input_serializer, "CacheDelete"),
+        operation_id="cache_delete",
+        tags=["cache"],
+        summary="Delete your own cached embeddings (some texts, one model's, or all)",
+        description=(
+            "Deletes entries of your tenant's cache scope only (never the public scope). With `texts`: "
+            "each text's entries as the embedding endpoints keyed them: the plain text and, for models "
+            "with prompts, the text behind each prompt (only `input_type`'s when given), of `model` or of "
+            "every model. Without `texts`: all your entries (of `model` only, when given). Needs a user "
+            "session (JWT). No web process serves a deleted vector from memory afterwards."
+        ),
+        auth=JWT_ONLY,
+        responses={
+            200: _ok(CacheDeletedSerializer, "deleted", {"deleted": 2}),
+            **error_responses(400, *MANAGEMENT_ERRORS, 413),
+        },
+        examples=[
+            OpenApiExample("some texts", request_only=True,
+                           value={"texts": ["hello world", "good night"], "model": "all-MiniLM-L6-v2"}),
+            OpenApiExample("everything", request_only=True, value={}),
+        ],
     )
 
 

@@ -1,4 +1,4 @@
-"""Reads: jobs and their results. Every function takes `tenant=`; another tenant's job is NotFound."""
+"""Reads: jobs and their results, cache sizes. Every function takes `tenant=`; another tenant's job is NotFound."""
 
 from __future__ import annotations
 
@@ -9,12 +9,13 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import numpy as np
+from django.db import connection
 from django.db.models import Q
 
 from accounts.models import Tenant
 from embeddings import cache
 from embeddings.encoding import vectors_shape
-from embeddings.models import Job, JobChunk
+from embeddings.models import CachedEmbedding, Job, JobChunk
 from embeddings.registry import model_get
 from embedplatform.errors import Conflict, InvalidInput, NotFound
 
@@ -115,3 +116,21 @@ def job_results_iter(*, tenant: Tenant, job_id) -> tuple[Job, Iterator[JobResult
             yield from _chunk_results(job, JobChunk.objects.get(pk=chunk_id))
 
     return job, rows()
+
+
+def cache_size(*, tenant: Tenant) -> list[dict]:
+    """Entries and vector bytes per model in the tenant's cache scope, largest first.
+
+    Counted from the (scope, model) index; bytes are entries x dims x 4 (float32 vectors), with
+    the dims of one entry of the model (every entry of a model has its dims): summing each row's
+    vector length would read every row of the scope on each GET /v1/usage.
+    """
+    table = CachedEmbedding._meta.db_table
+    with connection.cursor() as cur:
+        cur.execute(
+            f"SELECT model, count(*), (SELECT dims FROM {table} d WHERE d.scope = %s AND d.model = c.model LIMIT 1) "
+            f"FROM {table} c WHERE scope = %s GROUP BY model ORDER BY count(*) DESC, model",
+            [tenant.pk, tenant.pk],
+        )
+        rows = cur.fetchall()
+    return [{"model": m, "entries": int(n), "bytes": int(n) * int(d or 0) * 4} for m, n, d in rows]

@@ -33,7 +33,7 @@ from accounts.quotas import (
     quota_refund,
 )
 from accounts.services import usage_hits, usage_record
-from embeddings import cache, waiting
+from embeddings import cache, retention, waiting
 from embeddings.encoding import vectors_shape
 from embeddings.models import Job, JobChunk
 from embeddings.registry import ModelSpec, model_get
@@ -226,18 +226,24 @@ def embed_serve(*, tenant: Tenant, texts: list[str], options: EmbedOptions, wait
     Checks the tier's max_batch_size (PayloadTooLarge) and the request (embed_plan), then
     admits it in one Redis round trip (accounts/quotas.admit: the caller's auth epoch, its
     requests per minute, every text against the daily and monthly quotas all-or-nothing, the
-    hits' usage). Raises AuthEpochMoved, RateLimited or QuotaExceeded from there. A request
+    hits' usage and per-entry hit stats). Raises AuthEpochMoved, CacheEpochMoved (plan again:
+    the process's copies of the tenant's cache scope are stale), RateLimited or QuotaExceeded
+    from there. A request
     that then fails is refunded; the misses' usage is recorded once computed (for the platform's
     models by the worker that computed them, in the round trip of its reply). With
     `job_fallback`, work not done within `wait` becomes a Job (returned instead of the result)
     rather than a WaitTimeout; its texts stay counted once.
     """
     batch_size_check(tier=tenant.tier, texts=len(texts))
+    epoch = cache.scope_epoch_known(tenant.pk)  # before the lookup: what its in-memory hits were valid under
     plan = embed_plan(tenant=tenant, texts=texts, options=options)
     hits = usage_hits(tenant_id=tenant.pk, model=plan.spec.name, hits=plan.hit_count, tokens=plan.hit_tokens)
+    use = retention.cache_use(scope=tenant.pk, epoch=epoch, model=plan.spec.name, version=plan.spec.version,
+                              hits=[(h.scope, k) for k, h in plan.hits.items()])  # hit stats, epoch check
     item = _work_item(plan, tenant=tenant, wait=wait)  # queued by the admission itself, if admitted
     quota, rate = admit(tenant=tenant, texts=len(texts), caller=caller, usage=hits,
-                        work=waiting.work_push(item) if item is not None else None)
+                        work=waiting.work_push(item) if item is not None else None, cache=use)
+    cache.scope_epoch_learn(tenant.pk, use.seen)
     try:
         result = embed_finish(plan, wait=wait, item=item)
     except WaitTimeout:

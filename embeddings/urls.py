@@ -1,6 +1,7 @@
 from django.urls import path
 
 from embeddings.views import (
+    CacheDeleteApi,
     EmbedApi,
     EmbedBatchApi,
     EmbeddingCreateApi,
@@ -20,4 +21,5 @@ urlpatterns = [
     path("jobs/<str:job_id>", JobDetailApi.as_view(), name="job"),
     path("jobs/<str:job_id>/results", JobResultsApi.as_view(), name="job-results"),
     path("jobs/<str:job_id>/cancel", JobCancelApi.as_view(), name="job-cancel"),
+    path("cache", CacheDeleteApi.as_view(), name="cache"),
 ]

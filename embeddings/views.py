@@ -14,21 +14,27 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.authentication import api_key_recheck, request_principal_id, request_tenant
-from accounts.quotas import AuthEpochMoved, Caller, admit, quota_state
+from accounts.permissions import IsJwtAuthenticated
+from accounts.quotas import AuthEpochMoved, CacheEpochMoved, Caller, admit, quota_state
 from embeddings import schemas
+from embeddings.cache import scope_epoch_learn as cache_scope_epoch_learn
 from embeddings.encoding import vector_encode
 from embeddings.models import Job
-from embeddings.registry import model_specs
+from embeddings.registry import INPUT_TYPES, model_specs
+from embeddings.retention import cache_delete
 from embeddings.selectors import job_get, job_list, job_results_iter, job_results_page
 from embeddings.serializers import (
     EmbedBatchRequestSerializer,
     EmbeddingsRequestSerializer,
     EmbedRequestSerializer,
     JobCreateRequestSerializer,
+    TextsField,
     job_payload,
 )
 from embeddings.services import EmbedOptions, EmbedResult, embed_serve, job_cancel, job_create
-from embedplatform.errors import Overloaded
+from embedplatform.errors import InvalidInput, Overloaded
+
+CACHE_INPUT_TYPE_WITHOUT_TEXTS = "input_type applies to texts: send texts with it, or neither to delete all entries."
 
 _OPTION_FIELDS = ("model", "normalize", "dimensions", "truncate", "input_type", "public")
 
@@ -63,7 +69,9 @@ class DataPlaneApi(APIView):
 
     def admit_and_serve(self, request: Request, serve):
         """Calls serve(tenant, caller) -> (result, quota state, rate state), re-reading the key when
-        the admission finds its auth epoch moved (it counted nothing then)."""
+        the admission finds its auth epoch moved, and serving again without this process's copies
+        of the tenant's cache scope when its cache epoch moved (DELETE /v1/cache); it counted
+        nothing then."""
         for _ in range(3):
             tenant = request.limit_tenant = request_tenant(request)
             caller = Caller(principal_id=request_principal_id(request), epoch=getattr(request.user, "epoch", ""))
@@ -72,6 +80,8 @@ class DataPlaneApi(APIView):
                 return result
             except AuthEpochMoved as moved:
                 api_key_recheck(request, moved.epoch)
+            except CacheEpochMoved as moved:
+                cache_scope_epoch_learn(moved.scope, moved.epoch)
             finally:
                 request.counted = caller.admitted
         raise Overloaded("API keys are changing too fast to admit this request; retry.", retry_after=1)
@@ -199,6 +209,29 @@ class EmbedBatchApi(EmbedEndpointApi):
                 "usage": {"prompt_tokens": result.total_tokens, "total_tokens": result.total_tokens},
             }
         )
+
+
+class CacheDeleteApi(APIView):
+    """DELETE /v1/cache (JWT): deletes the tenant's own cached entries, some texts' or all
+    (embeddings/retention.cache_delete); never the public scope or another tenant's."""
+
+    permission_classes = [IsJwtAuthenticated]
+    jwt_required_for = "your cached embeddings"
+
+    class InputSerializer(serializers.Serializer):
+        texts = TextsField(required=False, help_text="Texts whose entries to delete; omit to delete all.")
+        model = serializers.CharField(max_length=200, required=False, help_text="Only this model's entries.")
+        input_type = serializers.ChoiceField(choices=INPUT_TYPES, required=False,
+                                             help_text="With texts: only the entries made with this prompt.")
+
+    @schemas.cache_delete_schema(InputSerializer)
+    def delete(self, request: Request) -> Response:
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        if "input_type" in data and "texts" not in data:
+            raise InvalidInput(CACHE_INPUT_TYPE_WITHOUT_TEXTS, param="input_type")
+        return Response({"deleted": cache_delete(tenant=request_tenant(request), **data)})
 
 
 class ModelListApi(APIView):

@@ -106,7 +106,7 @@ def test_every_operation_declares_its_responses_and_errors(openapi):
 
 def test_key_and_provider_management_is_documented_as_jwt_only(openapi):
     for path, item in openapi["paths"].items():
-        if path.startswith(("/v1/keys", "/v1/providers")):
+        if path.startswith(("/v1/keys", "/v1/providers", "/v1/cache")):
             for method, op in item.items():
                 assert op["security"] == [{"JWTAuth": []}], f"{method} {path}"
     assert openapi["paths"]["/v1/embeddings"]["post"]["security"] == [{"ApiKeyAuth": []}, {"JWTAuth": []}]

@@ -9,6 +9,7 @@ from __future__ import annotations
 from django.db import close_old_connections, connection
 
 from embeddings import cache
+from embeddings.retention import cache_hits_record
 from embeddings.services import (
     ClaimedChunk,
     job_chunk_complete,
@@ -30,8 +31,13 @@ class JobFeed:
                                 owner=owner)
 
     def lookup(self, chunk: ClaimedChunk, keys: list[bytes]) -> dict[bytes, cache.Hit]:
+        """The chunk's texts already cached; each one found counts a hit in its entry's stats
+        (one Redis round trip, flushed with the usage: embeddings/retention.py)."""
         scopes = [chunk.scope] if chunk.scope == cache.PUBLIC_SCOPE else [chunk.scope, cache.PUBLIC_SCOPE]
-        return cache.cache_lookup(model=chunk.model, version=chunk.version, keys=list(set(keys)), scopes=scopes)
+        hits = cache.cache_lookup(model=chunk.model, version=chunk.version, keys=list(set(keys)), scopes=scopes)
+        if hits:
+            cache_hits_record(model=chunk.model, version=chunk.version, hits=[(h.scope, k) for k, h in hits.items()])
+        return hits
 
     def complete(self, chunk: ClaimedChunk, *, cached: list[bool], tokens: int, compute_ms: float) -> bool:
         return job_chunk_complete(chunk=chunk, cached=cached, tokens=tokens, compute_ms=compute_ms)

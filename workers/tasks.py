@@ -9,10 +9,29 @@ from embeddings.webhooks import WebhookTransient
 
 @shared_task(name="workers.usage_flush", ignore_result=True)
 def usage_flush() -> int:
-    """Moves the Redis usage counters into Postgres (accounts.services.usage_flush)."""
+    """Moves the Redis usage counters into Postgres (accounts.services.usage_flush), then the
+    cache entries' hit stats (embeddings.retention.cache_hits_flush)."""
     from accounts.services import usage_flush as flush
+    from embeddings.retention import cache_hits_flush
 
-    return flush()
+    written = flush()
+    cache_hits_flush()
+    return written
+
+
+@shared_task(name="workers.cache_prune", ignore_result=True)
+def cache_prune() -> int:
+    """Deletes cache entries unused for CACHE_RETENTION_DAYS (embeddings.retention.cache_prune);
+    nothing when it is unset. Scheduled daily by beat (settings/celery.py)."""
+    from datetime import timedelta
+
+    from django.conf import settings
+
+    from embeddings.retention import cache_prune as prune
+
+    if not settings.CACHE_RETENTION_DAYS:
+        return 0
+    return prune(unused_for=timedelta(days=settings.CACHE_RETENTION_DAYS))
 
 
 @shared_task(name="workers.provider_embed", ignore_result=True, acks_late=True)

@@ -292,6 +292,13 @@ LOGIN_RATE_IP: str = env.str("LOGIN_RATE_IP", default="30/m")
 LOGIN_RATE_EMAIL: str = env.str("LOGIN_RATE_EMAIL", default="10/m")
 # Usage counters wait in Redis and reach Postgres in batches (celery beat, and on GET /v1/usage).
 USAGE_FLUSH_SECONDS: float = env.float("USAGE_FLUSH_SECONDS", default=10.0)
+# Cache entries not used (hit, else created) for this many days are deleted daily by beat
+# (workers.cache_prune, embeddings/retention.py; the schedule is in settings/celery.py).
+# Unset: the cache is kept forever (`manage.py cache_prune` still prunes by hand).
+CACHE_RETENTION_DAYS: int | None = env.int("CACHE_RETENTION_DAYS", default=None)
+if CACHE_RETENTION_DAYS is not None and CACHE_RETENTION_DAYS < 1:
+    raise ImproperlyConfigured(f"CACHE_RETENTION_DAYS={CACHE_RETENTION_DAYS}: use a number of days (1 or more), "
+                               "or leave it unset to keep the cache forever.")
 
 # --- Logs and metrics (embedplatform/logs.py, embedplatform/metrics.py) -------------------------
 # JSON lines on stderr (LOG_FORMAT=text for people), each with the request id that follows a

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import environ
+from celery.schedules import crontab
 
 from embedplatform import embedded
 from workers.queues import PROVIDER_QUEUE
@@ -50,3 +51,7 @@ CELERY_BEAT_SCHEDULE = {
     "usage-flush": {"task": "workers.usage_flush", "schedule": env.float("USAGE_FLUSH_SECONDS", default=10.0)},
     "job-sweep": {"task": "workers.job_sweep", "schedule": env.float("JOB_SWEEP_SECONDS", default=30.0)},
 }
+# Cache retention, once a day at a quiet hour (UTC), only where CACHE_RETENTION_DAYS is set
+# (settings/base.py checks the value; the task reads it from settings).
+if env.int("CACHE_RETENTION_DAYS", default=0) > 0:
+    CELERY_BEAT_SCHEDULE["cache-prune"] = {"task": "workers.cache_prune", "schedule": crontab(hour=3, minute=17)}

@@ -52,8 +52,9 @@ def test_keys_hash_any_unicode_without_raising():
 
 
 def test_served_lookups_use_the_hot_tier_and_keep_scopes_apart(django_assert_num_queries):
-    from embeddings.cache import cache_lookup_served
+    from embeddings.cache import cache_lookup_served, scope_epoch_learn
 
+    scope_epoch_learn(7, "epoch-1")  # as tenant 7's admission does (see the epoch tests below)
     mine, public = text_key("mine"), text_key("public")
     cache_upsert(model=M, version=V, scope=7, rows=[(mine, 3, _vec(1))])
     cache_upsert(model=M, version=V, scope=PUBLIC_SCOPE, rows=[(public, 4, _vec(2))])
@@ -82,3 +83,44 @@ def test_the_hot_tier_stays_within_its_budget_least_recently_used_out():
     assert len(hot) == 3 and hot.bytes == 3 * entry
     assert set(hot.get_many(M, V, [7], keys)) == {keys[0], keys[2], keys[3]}  # 1 was the least recent
     assert HotCache(max_bytes=0).get_many(M, V, [7], keys) == {}
+
+
+def test_a_tenant_scope_is_served_from_memory_only_once_its_epoch_is_known(django_assert_num_queries):
+    """Entries kept before this process knew the scope's epoch could predate a DELETE /v1/cache
+    it never heard of: a tenant scope is not read from (nor kept in) the hot tier until then."""
+    from embeddings.cache import cache_lookup_served, scope_epoch_learn
+
+    mine = text_key("mine")
+    cache_upsert(model=M, version=V, scope=7, rows=[(mine, 3, _vec(1))])
+    for _ in range(2):
+        with django_assert_num_queries(1):
+            assert set(cache_lookup_served(model=M, version=V, keys=[mine], scopes=[7, PUBLIC_SCOPE])) == {mine}
+    scope_epoch_learn(7, "epoch-1")
+    with django_assert_num_queries(1):
+        cache_lookup_served(model=M, version=V, keys=[mine], scopes=[7, PUBLIC_SCOPE])
+    with django_assert_num_queries(0):
+        assert set(cache_lookup_served(model=M, version=V, keys=[mine], scopes=[7, PUBLIC_SCOPE])) == {mine}
+
+
+def test_a_moved_scope_epoch_kills_that_scopes_copies_only():
+    from embeddings.cache import Hit
+    from embeddings.hotcache import HotCache
+
+    hot = HotCache(max_bytes=1 << 20)
+    hot.scope_epoch_set(7, "e1")
+    hot.scope_epoch_set(8, "e1")
+    mine, bobs, public = text_key("mine"), text_key("bob's"), text_key("public")
+    hot.put_many(M, V, [(mine, 7, Hit(_vec(1), 1, 7)), (bobs, 8, Hit(_vec(2), 1, 8)),
+                        (public, PUBLIC_SCOPE, Hit(_vec(3), 1, PUBLIC_SCOPE))])
+    before = hot.generations([7, PUBLIC_SCOPE])  # a lookup that started before the DELETE...
+    hot.scope_epoch_set(7, "e1")  # the same epoch again: nothing changes
+    assert set(hot.get_many(M, V, [7, PUBLIC_SCOPE], [mine, public])) == {mine, public}
+    hot.scope_epoch_set(7, "e2")  # tenant 7 deleted entries
+    assert set(hot.get_many(M, V, [7, PUBLIC_SCOPE], [mine, public])) == {public}
+    assert set(hot.get_many(M, V, [8], [bobs])) == {bobs}
+    assert len(hot) == 2 and hot.bytes == 2 * (32 + 400)  # the dead entry was dropped when met
+    # ...does not put back what it read before the epoch moved; one that starts now does.
+    hot.put_many(M, V, [(mine, 7, Hit(_vec(1), 1, 7))], gens=before)
+    assert hot.get_many(M, V, [7], [mine]) == {}
+    hot.put_many(M, V, [(mine, 7, Hit(_vec(1), 1, 7))], gens=hot.generations([7]))
+    assert set(hot.get_many(M, V, [7], [mine])) == {mine}
