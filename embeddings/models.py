@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import uuid
 
+import orjson
 from django.db import models
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -90,6 +91,39 @@ class Job(models.Model):
         return self.status in (self.Status.SUCCEEDED, self.Status.FAILED, self.Status.CANCELLED)
 
 
+def texts_dumps(texts: list[str]) -> bytes:
+    """A list of texts as UTF-8 JSON (NUL as \\u0000). Raises orjson.JSONEncodeError for a lone
+    surrogate, which the API refuses before (embeddings/serializers.py)."""
+    return orjson.dumps(texts)
+
+
+def texts_loads(raw) -> list[str]:
+    """texts_dumps' inverse; takes bytes or a memoryview, as a bytea column reads."""
+    return orjson.loads(raw)
+
+
+class TextListField(models.BinaryField):
+    """A list of texts, stored as texts_dumps' UTF-8 JSON in a bytea column; list[str] in Python.
+
+    Not jsonb, text or text[]: PostgreSQL refuses NUL (U+0000) in every text type (jsonb even
+    as the escape \\u0000), while the sync path embeds such texts. JSON escapes it and bytea
+    keeps any byte. Raw SQL reads the column as bytes: decode with texts_loads.
+    """
+
+    def from_db_value(self, value, expression, connection):
+        return None if value is None else texts_loads(value)
+
+    def to_python(self, value):
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            return texts_loads(value)
+        return value
+
+    def get_db_prep_value(self, value, connection, prepared=False):
+        if isinstance(value, list):
+            value = texts_dumps(value)
+        return super().get_db_prep_value(value, connection, prepared)
+
+
 class JobChunk(models.Model):
     """A slice of a job's texts (model inputs, prompt included), claimed by one worker at a time.
 
@@ -106,7 +140,7 @@ class JobChunk(models.Model):
     job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="chunks")
     seq = models.PositiveIntegerField()
     start = models.PositiveIntegerField(help_text="Index of the chunk's first text in the job.")
-    texts = models.JSONField()
+    texts = TextListField(help_text="The chunk's model inputs: a JSON array of strings, as UTF-8 bytes.")
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
     attempts = models.PositiveSmallIntegerField(default=0)
     lease = models.CharField(max_length=32, blank=True, default="")

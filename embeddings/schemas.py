@@ -252,7 +252,12 @@ embed_schema = extend_schema(
 embed_batch_schema = extend_schema(
     operation_id="embed_batch",
     tags=["embeddings"],
-    summary="Embed many texts (202 job when `wait` runs out)",
+    summary="Embed many texts (202 job when `wait` runs out; `wait: 0`: a job at once)",
+    description=(
+        "Cache hits are answered from the cache; the misses go to the workers for up to `wait` seconds, "
+        "then on as a job (202 with the job, as POST /v1/jobs). `wait: 0` does not wait at all: 202 with "
+        "the job at once, unless every text is a cache hit (then 200 with the vectors)."
+    ),
     request=named(EmbedBatchRequestSerializer, "EmbedBatch"),
     responses={
         200: _ok(
@@ -269,7 +274,10 @@ embed_batch_schema = extend_schema(
         202: JOB_ACCEPTED,
         **EMBED_ERRORS,
     },
-    examples=[OpenApiExample("texts", request_only=True, value={"texts": ["first text", "second text"], "wait": 5})],
+    examples=[
+        OpenApiExample("texts", request_only=True, value={"texts": ["first text", "second text"], "wait": 5}),
+        OpenApiExample("a job unless cached", request_only=True, value={"texts": ["first text", "second text"], "wait": 0}),
+    ],
 )
 
 

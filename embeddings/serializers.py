@@ -97,7 +97,12 @@ class EmbedOptionsSerializer(serializers.Serializer):
     truncate = StrictBooleanField(required=False, default=True)
     input_type = serializers.ChoiceField(choices=INPUT_TYPES, required=False, allow_null=True, default=None)
     public = StrictBooleanField(required=False, default=False)
-    wait = serializers.FloatField(required=False, allow_null=True, default=None, min_value=0.01, max_value=600)
+    wait = serializers.FloatField(
+        required=False, allow_null=True, default=None, min_value=0, max_value=600,
+        help_text="Seconds to wait for the vectors (default: the server's SYNC_WAIT_SECONDS). When they run "
+                  "out, the texts go on as a job (202 with the job). 0: do not wait: 202 with the job at once, "
+                  "unless every text is a cache hit (then 200).",
+    )
 
 
 class EmbeddingsRequestSerializer(EmbedOptionsSerializer):
@@ -105,6 +110,13 @@ class EmbeddingsRequestSerializer(EmbedOptionsSerializer):
 
     input = TextsField()
     model = serializers.CharField(max_length=200)
+    wait = serializers.FloatField(
+        required=False, allow_null=True, default=None, min_value=0.01, max_value=600,
+        help_text="Seconds to wait for the vectors (default: the server's SYNC_WAIT_SECONDS); then 504. "
+                  "OpenAI's shape has no job to fall back to, so 0 is refused: use POST /v1/embed/batch.",
+        error_messages={"min_value": "must be over 0 here: /v1/embeddings has no job to fall back to; "
+                                     "POST /v1/embed/batch takes wait 0 (a job at once)."},
+    )
     encoding_format = serializers.ChoiceField(choices=("float", "base64"), required=False, default="float")
     user = serializers.CharField(required=False, allow_blank=True, max_length=256)
 

@@ -7,7 +7,6 @@ the process's hot tier), misses go to the workers, which write them.
 
 from __future__ import annotations
 
-import json
 import logging
 import uuid
 from collections.abc import Callable
@@ -35,7 +34,7 @@ from accounts.quotas import (
 from accounts.services import usage_hits, usage_record
 from embeddings import cache, retention, waiting
 from embeddings.encoding import vectors_shape
-from embeddings.models import Job, JobChunk
+from embeddings.models import Job, JobChunk, texts_loads
 from embeddings.registry import ModelSpec, model_get
 from embeddings.selectors import job_get
 from embeddings.tokencount import token_counts
@@ -46,6 +45,7 @@ from embedplatform.errors import (
     MODEL_NOT_ALLOWED,
     MODEL_UNKNOWN,
     SERVER_COMPUTE_REFUSED,
+    WAIT_TIMED_OUT,
     InvalidInput,
     NotAllowed,
     NotFound,
@@ -232,7 +232,9 @@ def embed_serve(*, tenant: Tenant, texts: list[str], options: EmbedOptions, wait
     that then fails is refunded; the misses' usage is recorded once computed (for the platform's
     models by the worker that computed them, in the round trip of its reply). With
     `job_fallback`, work not done within `wait` becomes a Job (returned instead of the result)
-    rather than a WaitTimeout; its texts stay counted once.
+    rather than a WaitTimeout; its texts stay counted once. `wait` 0 with `job_fallback` means
+    "do not wait": unless every text is a cache hit, the texts go to a Job at once, and nothing
+    is queued for a sync wait.
     """
     batch_size_check(tier=tenant.tier, texts=len(texts))
     epoch = cache.scope_epoch_known(tenant.pk)  # before the lookup: what its in-memory hits were valid under
@@ -240,11 +242,14 @@ def embed_serve(*, tenant: Tenant, texts: list[str], options: EmbedOptions, wait
     hits = usage_hits(tenant_id=tenant.pk, model=plan.spec.name, hits=plan.hit_count, tokens=plan.hit_tokens)
     use = retention.cache_use(scope=tenant.pk, epoch=epoch, model=plan.spec.name, version=plan.spec.version,
                               hits=[(h.scope, k) for k, h in plan.hits.items()])  # hit stats, epoch check
-    item = _work_item(plan, tenant=tenant, wait=wait)  # queued by the admission itself, if admitted
+    at_once = job_fallback and wait <= 0 and bool(plan.missing)  # wait 0: a job at once, no sync work
+    item = None if at_once else _work_item(plan, tenant=tenant, wait=wait)  # queued by the admission, if admitted
     quota, rate = admit(tenant=tenant, texts=len(texts), caller=caller, usage=hits,
                         work=waiting.work_push(item) if item is not None else None, cache=use)
     cache.scope_epoch_learn(tenant.pk, use.seen)
     try:
+        if at_once:
+            raise WaitTimeout(WAIT_TIMED_OUT.format(seconds=wait))  # the job fallback below, without waiting
         result = embed_finish(plan, wait=wait, item=item)
     except WaitTimeout:
         if job_fallback:
@@ -434,7 +439,7 @@ def job_chunks_claim(*, models: list[tuple[str, str]], lease_seconds: float, lim
         raise
     return [
         ClaimedChunk(id=r[0], job_id=str(r[1]), tenant_id=r[2], model=r[3], version=r[4], scope=r[5], start=r[6],
-                     texts=r[7] if isinstance(r[7], list) else json.loads(r[7]), lease=lease, attempts=r[8])
+                     texts=texts_loads(r[7]), lease=lease, attempts=r[8])
         for r in rows
     ]
 

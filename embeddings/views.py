@@ -125,7 +125,7 @@ class EmbedEndpointApi(DataPlaneApi):
     admits_in_view = True
 
     def embed(self, request: Request, data: dict, texts: list[str], *, job_fallback: bool = False) -> EmbedResult | Job:
-        wait = data.get("wait") or settings.SYNC_WAIT_SECONDS
+        wait = settings.SYNC_WAIT_SECONDS if data.get("wait") is None else data["wait"]  # 0: do not wait
         options = _options(data)
         return self.admit_and_serve(request, lambda tenant, caller: embed_serve(
             tenant=tenant, texts=texts, options=options, wait=wait, caller=caller, job_fallback=job_fallback))

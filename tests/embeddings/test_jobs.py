@@ -365,3 +365,95 @@ def test_a_sync_request_is_served_between_the_forward_passes_of_a_job_pass(job_l
     assert answered_during_pass and answered_during_pass[0] <= 3  # the 1-text pass ran between job passes
     _, vectors = waiting.work_wait(runtime.item, wait=1, dims=384)
     assert float(np.dot(vectors[0], minilm.encode(["urgent"])[1][0])) > 0.999
+
+
+def test_a_job_takes_what_the_sync_path_takes_nul_included(alice, bob, client_for, drainer, settings):
+    """GIVEN texts with NUL characters (which PostgreSQL's text and jsonb refuse) and a character
+    outside the BMP WHEN alice sends them as a job THEN it is accepted and its results are the
+    vectors the sync path gives for the same texts, stored under the same keys."""
+    settings.JOB_CHUNK_TEXTS = 2
+    texts = ["nul\u0000inside", "\u0000", "ends with nul\u0000", "plain text", "emoji \U0001f600 pair"]
+    client = client_for(alice)
+    created = client.post("/v1/jobs", {"model": MODEL, "texts": texts}, format="json")
+    assert created.status_code == 202, created.content
+    final = _wait_job(client, created.json()["id"])
+    assert final["status"] == "succeeded" and final["done"] == len(texts), final
+    rows = client.get(f"/v1/jobs/{final['id']}/results").json()["data"]
+    assert [r["index"] for r in rows] == list(range(len(texts)))
+
+    fresh = client_for(bob).post("/v1/embeddings", {"model": MODEL, "input": texts}, format="json")  # bob's scope: computed anew
+    assert fresh.status_code == 200, fresh.content
+    for row, sync in zip(rows, fresh.json()["data"], strict=True):  # passes of other sizes: not bit-equal
+        assert float(np.dot(row["embedding"], sync["embedding"])) > 0.999
+    stored = [t for c in JobChunk.objects.filter(job_id=final["id"]).order_by("seq") for t in c.texts]
+    assert stored == texts
+    again = client.post("/v1/embed/batch", {"model": MODEL, "texts": texts}, format="json")
+    assert again.status_code == 200 and again.json()["cached"] == [True] * len(texts)  # the same cache keys
+
+
+@pytest.mark.parametrize(("url", "field"), [("/v1/embeddings", "input"), ("/v1/embed", "text"),
+                                            ("/v1/embed/batch", "texts"), ("/v1/jobs", "texts")])
+@pytest.mark.parametrize("text", [b'"lone \\ud800 surrogate"', b'"raw \xed\xa0\x80 surrogate"'])
+def test_a_lone_surrogate_is_the_same_400_on_every_path(alice, client_for, redis_db, url, field, text):
+    """A lone surrogate is not Unicode text: no path can embed it (the tokenizer, UTF-8 and JSON all
+    refuse it), so every path refuses it alike, before anything is counted or stored."""
+    value = text if field == "text" else b"[" + text + b"]"
+    body = b'{"model": "' + MODEL.encode() + b'", "' + field.encode() + b'": ' + value + b"}"
+    client = client_for(alice)
+    response = client.generic("POST", url, body, content_type="application/json")
+    assert response.status_code == 400, response.content
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["code"] == "invalid_json"
+    assert "Retry-After" not in response
+    assert client.get("/v1/usage").json()["quota"]["used_today"] == 0
+    assert not Job.objects.exists()
+
+
+def test_a_value_the_database_refuses_is_400_not_503(alice, client_for, redis_db, monkeypatch):
+    """A DataError (here PostgreSQL's own refusal of a \\u0000 escape in jsonb, what storing a job
+    with a NUL used to raise) is the request's fault: 400 without Retry-After, and the quota is
+    refunded. A 503 would have the client retry it forever."""
+    from django.db import connection
+
+    def refused(*args, **kwargs):
+        with connection.cursor() as cur:
+            cur.execute("SELECT %s::jsonb", ['["\\u0000"]'])
+
+    monkeypatch.setattr(JobChunk.objects, "bulk_create", refused)
+    client = client_for(alice)
+    response = client.post("/v1/jobs", {"model": MODEL, "texts": ["fine text"]}, format="json")
+    assert response.status_code == 400, response.content
+    assert response.json()["error"]["code"] == "invalid_value" and "Retry-After" not in response
+    assert client.get("/v1/usage").json()["quota"]["used_today"] == 0
+
+
+def test_wait_0_is_a_job_at_once_unless_every_text_is_cached(alice, client_for, redis_db):
+    """`wait: 0` means "do not wait": 202 with the job at once, and nothing is queued for a sync
+    wait; every text a cache hit: 200. No worker runs here (a wait would end in 503 or 504)."""
+    from embeddings.registry import model_get
+    from workers.queues import work_list
+
+    cache_upsert(model=MODEL, version=model_get(MODEL).version, scope=alice.tenant.pk,
+                 rows=[(text_key(t), 2, np.full(384, 0.05, dtype=np.float32)) for t in ("warm one", "warm two")])
+    client = client_for(alice)
+    started = time.monotonic()
+    hit = client.post("/v1/embed/batch", {"texts": ["warm one", "warm two"], "wait": 0}, format="json")
+    assert hit.status_code == 200, hit.content
+    assert hit.json()["cached"] == [True, True]
+    miss = client.post("/v1/embed/batch", {"texts": ["warm one", "cold one"], "wait": 0}, format="json")
+    assert miss.status_code == 202, miss.content
+    job = miss.json()
+    assert job["object"] == "job" and job["total"] == 2 and job["status"] == "queued"
+    assert miss["Location"] == job["status_url"]
+    single = client.post("/v1/embed", {"text": "cold two", "wait": 0}, format="json")
+    assert single.status_code == 202, single.content
+    assert single.json()["total"] == 1
+    assert time.monotonic() - started < 2  # at once: no wait, no fallback after one
+    assert redis_db.llen(work_list(MODEL, "hi")) == 0  # no sync work queued for nobody to wait on
+    assert Job.objects.filter(tenant=alice.tenant).count() == 2
+    assert client.get("/v1/usage").json()["quota"]["used_today"] == 5  # every text once, jobs included
+
+    refused = client.post("/v1/embeddings", {"model": MODEL, "input": "cold", "wait": 0}, format="json")
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "wait"
+    assert "/v1/embed/batch" in refused.json()["error"]["message"]
+    assert client.post("/v1/embed/batch", {"texts": ["x"], "wait": -1}, format="json").status_code == 400
