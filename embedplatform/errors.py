@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import logging
 
-from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 import psycopg
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.db import DatabaseError, DataError, IntegrityError
 from django.http import Http404, JsonResponse
 from kombu.exceptions import OperationalError as BrokerError
@@ -185,7 +185,7 @@ def exception_handler(exc, context):
         if getattr(exc, "wait", None):
             headers["Retry-After"] = str(int(exc.wait))
         return Response(error_body(str(exc.detail), type=type_, code=code), status=exc.status_code, headers=headers)
-    mapped = dependency_error(exc, where=context.get("view"))
+    mapped = dependency_error(exc, where=type(context.get("view")).__name__)
     if mapped is not None:
         body, status, headers = mapped
         return Response(body, status=status, headers=headers)

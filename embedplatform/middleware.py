@@ -10,9 +10,9 @@ and runs it everywhere but under API_PREFIXES.
 from __future__ import annotations
 
 from django.contrib.auth.middleware import AuthenticationMiddleware as _Authentication
-from django.http import JsonResponse
 from django.contrib.messages.middleware import MessageMiddleware as _Messages
 from django.contrib.sessions.middleware import SessionMiddleware as _Sessions
+from django.http import JsonResponse
 from django.middleware.csrf import CsrfViewMiddleware as _Csrf
 
 from embedplatform.errors import dependency_error
