@@ -190,7 +190,9 @@ def cache_prune(*, unused_for: timedelta, tenant_id: int | None = None, model: s
     total = 0
     while True:
         with transaction.atomic(), connection.cursor() as cur:
-            cur.execute(f"DELETE FROM {_TABLE} WHERE id IN (SELECT id FROM {_TABLE} WHERE {where} LIMIT %s)",
+            # = ANY(ARRAY(...)): the batch's ids first (an index scan), then each row by primary key;
+            # `id IN (SELECT ...)` was planned as a hash join over a sequential scan of the table.
+            cur.execute(f"DELETE FROM {_TABLE} WHERE id = ANY(ARRAY(SELECT id FROM {_TABLE} WHERE {where} LIMIT %s))",
                         [*params, batch_size])
             deleted = cur.rowcount
         total += deleted
@@ -244,8 +246,8 @@ def cache_delete(*, tenant, texts: list[str] | None = None, model: str | None = 
     else:
         while True:
             with transaction.atomic(), connection.cursor() as cur:
-                cur.execute(f"DELETE FROM {_TABLE} WHERE id IN "
-                            f"(SELECT id FROM {_TABLE} WHERE scope = %s{model_sql} LIMIT %s)",
+                cur.execute(f"DELETE FROM {_TABLE} WHERE id = ANY(ARRAY("
+                            f"SELECT id FROM {_TABLE} WHERE scope = %s{model_sql} LIMIT %s))",
                             [scope, *model_params, batch_size])
                 deleted = cur.rowcount
             total += deleted

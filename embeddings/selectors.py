@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import numpy as np
-from django.db import connection
+from django.db import connection, transaction
 from django.db.models import Q
 
 from accounts.models import Tenant
@@ -126,10 +126,15 @@ def cache_size(*, tenant: Tenant) -> list[dict]:
     vector length would read every row of the scope on each GET /v1/usage.
     """
     table = CachedEmbedding._meta.db_table
-    with connection.cursor() as cur:
+    with transaction.atomic(), connection.cursor() as cur:
+        # Both parts on the (scope, model) index: the counts as an index-only scan, the dims from
+        # the model's first entry. Left to itself the planner reads the dims with a sequential scan
+        # "until a row matches", which on a big table of many tenants can be most of it.
+        cur.execute("SET LOCAL enable_seqscan = off")
         cur.execute(
-            f"SELECT model, count(*), (SELECT dims FROM {table} d WHERE d.scope = %s AND d.model = c.model LIMIT 1) "
-            f"FROM {table} c WHERE scope = %s GROUP BY model ORDER BY count(*) DESC, model",
+            f"SELECT m.model, m.n, (SELECT dims FROM {table} d WHERE d.scope = %s AND d.model = m.model LIMIT 1) "
+            f"FROM (SELECT model, count(*) AS n FROM {table} WHERE scope = %s GROUP BY model) m "
+            "ORDER BY m.n DESC, m.model",
             [tenant.pk, tenant.pk],
         )
         rows = cur.fetchall()
