@@ -8,7 +8,7 @@ worker. `cache_hits_flush` (celery beat, with the usage flush) moves those hashe
 (last hit, else creation) for a while, a few thousand rows per short transaction.
 `cache_delete` is DELETE /v1/cache: a tenant's own entries only, and it moves the epoch of the
 tenant's scope so no web process serves its in-memory copies again (embeddings/hotcache.py).
-DECISIONS #24.
+docs/DECISIONS.md, "Cache retention".
 """
 
 from __future__ import annotations
@@ -176,7 +176,7 @@ def cache_prune(*, unused_for: timedelta, tenant_id: int | None = None, model: s
     `batch_size` rows per statement, each its own short transaction, so writers and readers of
     the table never wait long; `on_batch(total so far)` follows each batch. Web processes may
     keep serving a pruned vector from memory until it leaves their LRU tier: it is the exact
-    vector, only no longer stored (DECISIONS #24).
+    vector, only no longer stored (docs/DECISIONS.md, "Cache retention").
     """
     if unused_for <= timedelta(0):
         raise ValueError("unused_for must be positive.")
