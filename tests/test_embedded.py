@@ -2,9 +2,11 @@
 fresh VAR_DIR, migrated and used by manage.py exactly as `make run` does."""
 
 import os
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -39,4 +41,46 @@ def test_embedded_postgres_and_redis_start_migrate_and_keep_data():
     finally:
         embedded.stop_postgres(pg)
         embedded.stop_redis(rds)
+        embedded.quiet_logs()
+
+
+def test_counters_survive_a_redis_crash_through_the_append_only_file(tmp_path):
+    """Quota and usage counters live in Redis: written, then Redis SIGKILLed (no chance to save its
+    snapshot) and started again on the same VAR_DIR, they are still there (redis.aof)."""
+    var_dir = embedded.ensure_var_dir(tmp_path / "var")
+    rds = embedded.start_redis(var_dir)
+    try:
+        client = redis.Redis.from_url(embedded.redis_url(var_dir))
+        client.incrby("quota:day:1", 41)
+        client.incr("quota:day:1")
+        os.kill(rds.pid, signal.SIGKILL)
+        for _ in range(50):  # the killed server's socket answers no more
+            try:
+                client.ping()
+            except redis.ConnectionError:
+                break
+            time.sleep(0.1)
+        (var_dir / "redis.sock.owner").write_text("999999")  # as after the whole run was killed
+        rds = embedded.start_redis(var_dir)
+        assert redis.Redis.from_url(embedded.redis_url(var_dir)).get("quota:day:1") == b"42"
+    finally:
+        embedded.stop_redis(rds)
+        embedded.quiet_logs()
+
+
+def test_a_redis_left_by_a_killed_run_is_stopped_on_the_next_start(tmp_path):
+    """A run killed with SIGKILL leaves its Redis serving on VAR_DIR/redis.sock: the next start stops
+    it (keeping its data) instead of refusing; a Redis whose owner still runs is refused."""
+    var_dir = embedded.ensure_var_dir(tmp_path / "var")
+    left = embedded.start_redis(var_dir)
+    newer = None
+    try:
+        left.set("kept", "1")
+        with pytest.raises(RuntimeError, match="another Redis already listens"):
+            embedded.start_redis(var_dir)  # its owner (this process) is alive
+        (var_dir / "redis.sock.owner").write_text("999999")  # a pid no process has
+        newer = embedded.start_redis(var_dir)
+        assert newer.pid != left.pid and newer.get("kept") == b"1"
+    finally:
+        embedded.stop_redis(newer or left)
         embedded.quiet_logs()

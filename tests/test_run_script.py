@@ -1,11 +1,25 @@
-"""scripts/run.py (what `make run` and `make web` run): refusing a port another server holds."""
+"""scripts/run.py (what `make run`, `make <role>` and docker-compose.yml run): the port checks,
+the process table, Flower's credentials, and `all`'s supervision: restarts, crash loops, stopping."""
 
+import contextlib
+import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import httpx
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _listening() -> socket.socket:
@@ -44,3 +58,149 @@ def test_a_port_that_is_not_a_number_is_named(tmp_path):
                           env={"PATH": "/usr/bin:/bin", "PORT": "80OO", "VAR_DIR": str(tmp_path)},
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 1 and "PORT='80OO' is not a port number" in done.stderr
+
+
+# --- `run.py all`: supervision and stopping (real processes, each test bounded) ----------------
+
+def _ours(var_dir: Path) -> dict[int, str]:
+    """pid -> command line of every process that names var_dir (in its command line or its
+    environment): what a run with this VAR_DIR started, the embedded PostgreSQL and Redis included."""
+    found = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            environ = (proc / "environ").read_bytes()
+        except OSError:
+            continue
+        if str(var_dir) in cmdline or f"VAR_DIR={var_dir}".encode() in environ.split(b"\0"):
+            found[int(proc.name)] = cmdline
+    return found
+
+
+def _kill_ours(var_dir: Path) -> None:
+    for pid in _ours(var_dir):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _until(predicate, timeout: float, what: str, log: Path):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out ({timeout:g} s) waiting for {what}\n{log.read_text()[-4000:]}")
+
+
+def _live(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/health/live", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _pids(role: str, var_dir: Path) -> set[int]:
+    needle = {"web": "granian", "beat": " beat "}[role]
+    return {pid for pid, cmd in _ours(var_dir).items() if needle in cmd}
+
+
+@pytest.mark.live
+def test_it_restarts_what_was_killed_and_sigterm_to_its_group_stops_everything(tmp_path):
+    """GIVEN `run.py all` (web and beat) on the embedded PostgreSQL and Redis
+    WHEN granian's main process is SIGKILLed (its workers go on serving), then beat
+    THEN each is restarted, the web serves again; and SIGTERM to run.py's process group (what
+    `docker stop` and `timeout` send) stops every process it started, the embedded pair included."""
+    var_dir = tmp_path / "var"
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL")}
+    env.update(VAR_DIR=str(var_dir), PORT=str(port), RUN_ROLES="web,beat", WORKER_METRICS_PORT="0",
+               DJANGO_SETTINGS_MODULE="embedplatform.settings.base")
+    log = tmp_path / "run.log"
+    run = subprocess.Popen([sys.executable, "scripts/run.py", "all", "--no-migrate"], cwd=ROOT, env=env,
+                           stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _until(lambda: _live(port), 90, "the web", log)
+        _until(lambda: _pids("beat", var_dir), 30, "beat", log)
+        web = subprocess.run(["pgrep", "-g", str(_web_leader(var_dir))], capture_output=True, text=True)
+        old_group = {int(p) for p in web.stdout.split()}
+        assert len(old_group) >= 2  # granian's main process and its worker(s)
+        os.kill(_web_leader(var_dir), signal.SIGKILL)
+        _until(lambda: "web exited with signal SIGKILL" in log.read_text(), 15, "run.py to see the web exit", log)
+        _until(lambda: "web restarted" in log.read_text() and _live(port), 60, "the web to serve again", log)
+        assert not old_group & set(_ours(var_dir))  # the orphaned granian workers were killed first
+        assert f"(log: {var_dir / 'log' / 'web.log'})" in log.read_text()
+        (beat,) = _pids("beat", var_dir)
+        os.kill(beat, signal.SIGKILL)
+        _until(lambda: "beat restarted" in log.read_text(), 30, "beat to be restarted", log)
+        assert any("postgres" in c for c in _ours(var_dir).values())
+        assert any("redis-server" in c for c in _ours(var_dir).values())
+
+        os.killpg(run.pid, signal.SIGTERM)
+        run.wait(timeout=20)
+        _until(lambda: not _ours(var_dir), 5, "every process of the run to be gone", log)
+        assert run.returncode == 0
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+            run.wait()
+        _kill_ours(var_dir)
+
+
+def _web_leader(var_dir: Path) -> int:
+    """granian's main process: the one whose process group id is its pid."""
+    (leader,) = [pid for pid in _pids("web", var_dir) if os.getpgid(pid) == pid]
+    return leader
+
+
+@pytest.mark.live
+def test_a_crash_loop_stops_everything_and_names_the_process_and_its_log(tmp_path):
+    """A web that cannot start (granian refuses WEB_WORKERS=x) exits at once each time: after 5 exits
+    run.py stops everything (beat too) and says which process and where its log is."""
+    var_dir = tmp_path / "var"
+    env = {**os.environ, "VAR_DIR": str(var_dir), "PORT": str(_free_port()), "RUN_ROLES": "web,beat",
+           "WEB_WORKERS": "x", "WORKER_METRICS_PORT": "0", "DJANGO_SETTINGS_MODULE": "embedplatform.settings.base",
+           "USAGE_FLUSH_SECONDS": "3600", "JOB_SWEEP_SECONDS": "3600"}  # beat sends nothing to the tests' Redis
+    started = time.monotonic()
+    try:
+        done = subprocess.run([sys.executable, "scripts/run.py", "all", "--no-migrate"], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=90)
+        assert done.returncode == 1, done.stdout[-3000:]
+        assert "web exited 5 times within 60 s" in done.stdout and "a crash loop, stopping everything" in done.stdout
+        assert f"Its log: {var_dir / 'log' / 'web.log'}" in done.stdout
+        assert "Invalid value for '--workers'" in (var_dir / "log" / "web.log").read_text()
+        assert "restarting in 1 s" in done.stdout and "restarting in 8 s" in done.stdout  # the backoff
+        assert time.monotonic() - started < 60
+        assert not _ours(var_dir)  # beat stopped too
+    finally:
+        _kill_ours(var_dir)
+
+
+def test_flower_refuses_to_listen_beyond_loopback_without_credentials(tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "VAR_DIR": str(tmp_path), "FLOWER_PORT": str(_free_port())}
+    refused = subprocess.run([sys.executable, "scripts/run.py", "flower"], cwd=ROOT,
+                             env={**env, "FLOWER_HOST": "0.0.0.0"}, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 1 and "set FLOWER_BASIC_AUTH=user:password" in refused.stderr
+    malformed = subprocess.run([sys.executable, "scripts/run.py", "flower"], cwd=ROOT,
+                               env={**env, "FLOWER_HOST": "0.0.0.0", "FLOWER_BASIC_AUTH": "admin"},
+                               capture_output=True, text=True, timeout=60)
+    assert malformed.returncode == 1 and "FLOWER_BASIC_AUTH must be user:password" in malformed.stderr
+
+
+def test_every_role_is_one_entry_of_the_process_table():
+    run = _run_module()
+    assert set(run.ROLES) == {"web", "worker", "provider-worker", "beat", "flower"}
+    provider = run.ROLES["provider-worker"]
+    assert provider.queues({}) == ["providers", "default"]  # beat's tasks and webhooks go to `default`
+    argv, _ = provider.command({}, "cpu")
+    assert argv[argv.index("-Q") + 1] == "providers,default"
+
+
+def _run_module():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import run
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    return run
