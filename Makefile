@@ -18,7 +18,8 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 
 install: $(VENV)/.installed
 
-# Everything: embedded services (where no URL is set), migrate, web, worker, provider worker, Flower. Ctrl-C stops all.
+# Everything: embedded services (where no URL is set), migrate, web, worker, provider worker, beat, Flower, supervised
+# (a process that exits is restarted; a crash loop stops all; logs in VAR_DIR/log). Ctrl-C stops all.
 run: install
 	$(PY) scripts/run.py all --device $(DEVICE)
 
@@ -34,7 +35,7 @@ web: install
 worker: install
 	$(PY) scripts/run.py worker --device $(DEVICE)
 
-# The BYOK provider worker: queue `providers`, a threads pool (PROVIDER_CONCURRENCY, 16).
+# The BYOK provider worker: queues `providers` and `default` (usage flush, job sweep, webhooks), threads (PROVIDER_CONCURRENCY, 16).
 provider-worker: install
 	$(PY) scripts/run.py provider-worker
 
@@ -42,7 +43,7 @@ provider-worker: install
 beat: install
 	$(PY) scripts/run.py beat
 
-# Flower on FLOWER_PORT (5555).
+# Flower on FLOWER_HOST:FLOWER_PORT (127.0.0.1:5555); beyond loopback it requires FLOWER_BASIC_AUTH=user:password.
 flower: install
 	$(PY) scripts/run.py flower
 
