@@ -92,8 +92,10 @@ class DataPlaneApi(APIView):
         # after authentication raised (Redis or the database down) would raise again, out of
         # DRF's exception handling (a 500 instead of the 503).
         user = vars(request).get("_user")
+        # After a Redis error, counting (and the quota headers) would wait out the same timeouts again.
+        request.redis_failed = isinstance(exc, RedisError)
         if (self.admits_in_view and not getattr(request, "counted", False)
-                and not isinstance(exc, (AuthenticationFailed, NotAuthenticated))
+                and not isinstance(exc, (AuthenticationFailed, NotAuthenticated)) and not request.redis_failed
                 and getattr(user, "is_authenticated", False)):
             try:
                 self._count(request)
@@ -109,7 +111,7 @@ class DataPlaneApi(APIView):
         tenant = getattr(request, "limit_tenant", None)
         if tenant is not None:
             quota = getattr(request, "quota_state", None)
-            if quota is None:
+            if quota is None and not getattr(request, "redis_failed", False):
                 with contextlib.suppress(RedisError):  # headers are best effort: Redis may be what failed
                     quota = quota_state(tenant=tenant)
             for name, value in (quota.headers() if quota else {}).items():
