@@ -11,7 +11,7 @@ import pytest
 
 from embeddings.models import CachedEmbedding, Job, JobChunk
 from embeddings.selectors import job_results_iter
-from embeddings.services import EmbedOptions, job_create, job_sweep
+from embeddings.services import EmbedOptions, job_create
 
 MODEL = "all-MiniLM-L6-v2"
 pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True)]
@@ -41,12 +41,13 @@ def _assert_complete(alice, job: Job, texts: list[str]) -> None:
 
 def test_two_workers_share_a_job_and_a_killed_one_loses_nothing(alice, worker_procs, settings):
     """GIVEN two worker processes on one model queue WHEN one is SIGKILLed in the middle of a
-    job THEN the sweeper re-queues the chunk it held and the other finishes the job."""
+    job THEN the other takes back the chunks it held within seconds, on its own (no sweep, a
+    120 s lease), and finishes the job."""
     settings.JOB_CHUNK_TEXTS = 32
     for key in redis_keys(worker_procs.redis, "embed:stats:[ab]@*"):
         worker_procs.redis.delete(key)  # counters of an earlier run
-    a = worker_procs("a", JOB_LEASE_SECONDS="3")
-    b = worker_procs("b", JOB_LEASE_SECONDS="3")
+    a = worker_procs("a", JOB_LEASE_SECONDS="120")
+    b = worker_procs("b", JOB_LEASE_SECONDS="120")
     redis = worker_procs.redis
 
     def both_alive() -> bool:  # models loaded, drain loops beating: the job starts for both at once
@@ -64,20 +65,26 @@ def test_two_workers_share_a_job_and_a_killed_one_loses_nothing(alice, worker_pr
 
     _until(both_working, 60, "both workers to take job chunks", (a, b))
 
-    def a_holds_a_claim() -> bool:  # leases name their worker: "<token>@a@<host>"
-        return JobChunk.objects.filter(job=job, status="running", lease__contains="@a@").exists()
+    def a_holds_a_claim() -> bool:  # leases name their loop: "<claim>@<token>:a@<host>"
+        return JobChunk.objects.filter(job=job, status="running", lease__contains=":a@").exists()
 
     _until(a_holds_a_claim, 30, "worker a to hold a claim", (a, b))
     a.send_signal(signal.SIGKILL)
     a.wait(timeout=10)
     orphaned = set(
-        JobChunk.objects.filter(job=job, status="running", lease__contains="@a@").values_list("id", flat=True)
+        JobChunk.objects.filter(job=job, status="running", lease__contains=":a@").values_list("id", flat=True)
     )
+    killed = time.monotonic()
     assert orphaned  # what the dead worker held
     assert Job.objects.get(pk=job.pk).status == "running"
 
+    def taken_back() -> bool:  # by b: a's heartbeat stopped (6 s), b looks every 2 s
+        return not JobChunk.objects.filter(pk__in=orphaned, status="running", lease__contains=":a@").exists()
+
+    _until(taken_back, 30, "worker b to take back a's chunks", (b,))
+    assert time.monotonic() - killed < 15
+
     def finished() -> bool:
-        job_sweep()  # what celery beat runs every JOB_SWEEP_SECONDS
         return Job.objects.get(pk=job.pk).is_final
 
     _until(finished, 240, "the job to finish", (b,))

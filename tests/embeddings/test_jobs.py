@@ -160,6 +160,7 @@ def test_embed_batch_falls_back_to_a_job_when_wait_runs_out(job_loop, alice, cli
     assert single.status_code == 202
     timeout = client.post("/v1/embeddings", {"model": MODEL, "input": "x", "wait": 0.2}, format="json")
     assert timeout.status_code == 504  # the OpenAI shape has no 202
+    assert timeout["Retry-After"] == "1"  # the work goes on: a retry soon may find it cached
     assert client.get("/v1/usage").json()["quota"]["used_today"] == 4  # jobs keep the count, 504 is refunded
 
     loop = job_loop(runtimes={MODEL: minilm}, redis=redis_db, max_texts=64, max_tokens=16384, upsert=cache_upsert,
