@@ -486,6 +486,8 @@ def run_all(env, device: str, do_migrate: bool = True) -> int:
     services: Services | None = None
     code = 0
     try:
+        if stop.requested:
+            return 0
         services = Services(env, say=out.say)
         if do_migrate and not stop.requested and migrate(env) != 0 and not stop.requested:
             out.say("migrate failed (above); stopping")
