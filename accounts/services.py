@@ -1,10 +1,8 @@
 from __future__ import annotations
 
 import logging
-import uuid
 from datetime import date
 
-import redis
 from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
@@ -15,7 +13,7 @@ from accounts.keys import key_make
 from accounts.models import ApiKey, DailyUsage, Tenant, Tier, User
 from accounts.quotas import UsageHits
 from embedplatform.errors import Conflict, InvalidInput, NotFound
-from embedplatform.redisconn import redis_client
+from embedplatform.redisconn import dirty_hashes_take, redis_client, redis_lock
 
 logger = logging.getLogger(__name__)
 
@@ -132,21 +130,11 @@ def usage_flush() -> int:
     runs at a time (a Redis lock); a hash left renamed by a flusher that died is picked up.
     """
     client = redis_client()
-    token = uuid.uuid4().hex
-    if not client.set(_FLUSH_LOCK, token, nx=True, ex=60):
-        return 0
-    try:
-        pending = [k.decode() for k in client.scan_iter(match=_FLUSHING + "*", count=1000)]
-        while (member := client.spop(_DIRTY)) is not None:
-            tmp = f"{_FLUSHING}{uuid.uuid4().hex}:{member.decode()}"
-            try:
-                client.rename(_USAGE + member.decode(), tmp)
-            except redis.ResponseError:  # no such key: an earlier flush took it
-                continue
-            pending.append(tmp)
+    with redis_lock(_FLUSH_LOCK, seconds=60) as held:
+        if not held:
+            return 0
         written = 0
-        for tmp in pending:
-            member = tmp.split(":", 2)[2].split(":", 1)[1]
+        for tmp, member in dirty_hashes_take(dirty=_DIRTY, prefix=_USAGE, flushing=_FLUSHING):
             day, tenant_id, model = member.split("|", 2)
             values = {k.decode(): v for k, v in client.hgetall(tmp).items()}
             row = [int(values.get(f, 0)) if f != "compute_ms" else float(values.get(f, 0)) for f in _FIELDS]
@@ -155,6 +143,3 @@ def usage_flush() -> int:
                 written += cur.rowcount
             client.delete(tmp)
         return written
-    finally:
-        if client.get(_FLUSH_LOCK) == token.encode():
-            client.delete(_FLUSH_LOCK)

@@ -16,11 +16,9 @@ from __future__ import annotations
 import json
 import logging
 import re
-import uuid
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 
-import redis
 from django.db import connection, transaction
 from django.utils import timezone
 
@@ -29,7 +27,7 @@ from accounts.quotas import CacheUse
 from embeddings.cache import PUBLIC_SCOPE, text_key
 from embeddings.models import CachedEmbedding
 from embeddings.registry import model_get, model_specs
-from embedplatform.redisconn import redis_client
+from embedplatform.redisconn import dirty_hashes_take, redis_client, redis_lock
 
 logger = logging.getLogger(__name__)
 
@@ -94,22 +92,13 @@ def cache_hits_flush(*, batch_size: int = 1000) -> int:
     period (USAGE_FLUSH_SECONDS), late rather than early, so it never makes an entry look older.
     """
     client = redis_client()
-    token = uuid.uuid4().hex
-    if not client.set(_HITS_LOCK, token, nx=True, ex=300):
-        return 0
-    try:
+    with redis_lock(_HITS_LOCK, seconds=300) as held:
+        if not held:
+            return 0
         now = timezone.now()
-        pending = [k.decode() for k in client.scan_iter(match=_HITS_FLUSHING + "*", count=1000)]
-        while (member := client.spop(_HITS_DIRTY)) is not None:
-            tmp = f"{_HITS_FLUSHING}{uuid.uuid4().hex}:{member.decode()}"
-            try:
-                client.rename(_HITS + member.decode(), tmp)
-            except redis.ResponseError:  # no such key: an earlier flush took it
-                continue
-            pending.append(tmp)
         updated = 0
-        for tmp in pending:
-            model, version = json.loads(tmp[len(_HITS_FLUSHING):].split(":", 1)[1])
+        for tmp, member in dirty_hashes_take(dirty=_HITS_DIRTY, prefix=_HITS, flushing=_HITS_FLUSHING):
+            model, version = json.loads(member)
             batch: list[tuple[bytes, bytes]] = []
             for field_, count in client.hscan_iter(tmp, count=batch_size):
                 batch.append((field_, count))
@@ -120,9 +109,6 @@ def cache_hits_flush(*, batch_size: int = 1000) -> int:
                 updated += _hits_apply(client, tmp, model, version, batch, now)
             client.delete(tmp)
         return updated
-    finally:
-        if client.get(_HITS_LOCK) == token.encode():
-            client.delete(_HITS_LOCK)
 
 
 def _hits_apply(client, tmp: str, model: str, version: str, batch, now: datetime) -> int:

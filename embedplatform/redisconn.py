@@ -10,6 +10,9 @@ blocking wait longer than that (BLPOP) waits in slices shorter than the socket t
 from __future__ import annotations
 
 import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import redis
 from django.conf import settings
@@ -55,3 +58,37 @@ def _redis_setting_changed(*, setting: str, **kwargs) -> None:
     global _generation
     if setting in _SETTINGS:
         _generation += 1
+
+
+@contextmanager
+def redis_lock(name: str, *, seconds: int) -> Iterator[bool]:
+    """Holds the Redis lock `name` for at most `seconds`; yields False (and holds nothing) when
+    another holder has it. Released on exit only if still ours."""
+    client = redis_client()
+    token = uuid.uuid4().hex
+    held = bool(client.set(name, token, nx=True, ex=seconds))
+    try:
+        yield held
+    finally:
+        if held and client.get(name) == token.encode():
+            client.delete(name)
+
+
+def dirty_hashes_take(*, dirty: str, prefix: str, flushing: str) -> list[tuple[str, str]]:
+    """The counter hashes waiting to be flushed, as (renamed key, member): each hash named in the
+    set `dirty` is RENAMEd from `prefix + member` to `flushing + <random>:member` first, so that
+    increments landing meanwhile start a fresh hash and nothing is lost or counted twice; hashes
+    a dead flusher left renamed are taken too. Call it under a redis_lock (one flusher at a time)
+    and delete each renamed key once it is stored."""
+    client = redis_client()
+    pending = [(key, key[len(flushing):].split(":", 1)[1])
+               for key in (k.decode() for k in client.scan_iter(match=flushing + "*", count=1000))]
+    while (member := client.spop(dirty)) is not None:
+        member = member.decode()
+        renamed = f"{flushing}{uuid.uuid4().hex}:{member}"
+        try:
+            client.rename(prefix + member, renamed)
+        except redis.ResponseError:  # no such key: an earlier flush took it
+            continue
+        pending.append((renamed, member))
+    return pending
