@@ -336,6 +336,19 @@ def describe_exit(code: int) -> str:
     return f"status {code}"
 
 
+# Each child execs its program through this: PR_SET_PDEATHSIG (kept across exec) sends it SIGTERM
+# when run.py dies, even by SIGKILL, which no handler of ours sees; so a killed run.py leaves no
+# web on the port and no worker draining. (It fires when the thread that started the child exits:
+# children are started from the main thread only.) The embedded PostgreSQL and Redis left behind
+# are taken over or stopped by the next start (embedplatform/embedded.py).
+_DIE_WITH_PARENT = (
+    "import ctypes, os, signal, sys; "
+    "ctypes.CDLL(None).prctl(1, signal.SIGTERM); "  # 1: PR_SET_PDEATHSIG
+    "os.getppid() == int(sys.argv[1]) or os._exit(1); "  # run.py died before the prctl
+    "os.execvp(sys.argv[2], sys.argv[2:])"
+)
+
+
 class Child:
     """One supervised process of a role, in a session of its own: its process group id is its pid,
     so what it started (granian's workers) goes with it (signal_group)."""
@@ -350,7 +363,8 @@ class Child:
         self.exits: collections.deque[float] = collections.deque()
 
     def start(self, out: Output) -> None:
-        self.proc = subprocess.Popen(self.argv, env=self.env, cwd=ROOT, stdin=subprocess.DEVNULL,
+        argv = [PY, "-c", _DIE_WITH_PARENT, str(os.getpid()), *self.argv] if sys.platform == "linux" else self.argv
+        self.proc = subprocess.Popen(argv, env=self.env, cwd=ROOT, stdin=subprocess.DEVNULL,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
         self.started = time.monotonic()
         self.pump = threading.Thread(target=_pump, args=(self.name, self.proc.stdout, self.log_path, out),

@@ -148,6 +148,40 @@ def test_it_restarts_what_was_killed_and_sigterm_to_its_group_stops_everything(t
         _kill_ours(var_dir)
 
 
+@pytest.mark.live
+def test_what_it_started_stops_when_run_py_itself_is_sigkilled_and_the_next_start_works(tmp_path):
+    """GIVEN `run.py all` (web and beat) WHEN run.py itself is SIGKILLed (no handler runs)
+    THEN its children stop on their own (the kernel's parent-death signal), and the next start on
+    the same VAR_DIR and PORT serves, taking over the embedded services left behind."""
+    var_dir = tmp_path / "var"
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL")}
+    env.update(VAR_DIR=str(var_dir), PORT=str(port), RUN_ROLES="web,beat", WORKER_METRICS_PORT="0",
+               DJANGO_SETTINGS_MODULE="embedplatform.settings.base")
+    log = tmp_path / "run.log"
+    runs = []
+    try:
+        for attempt in range(2):
+            runs.append(subprocess.Popen([sys.executable, "scripts/run.py", "all", "--no-migrate"], cwd=ROOT, env=env,
+                                         stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True))
+            _until(lambda: _live(port), 90, f"the web (start {attempt + 1})", log)
+            _until(lambda: _pids("beat", var_dir), 30, "beat", log)
+            if attempt == 0:
+                children = _pids("web", var_dir) | _pids("beat", var_dir)
+                runs[0].kill()
+                runs[0].wait()
+                _until(lambda: not children & set(_ours(var_dir)), 20, "the web and beat to stop with run.py", log)
+                assert not _live(port)
+        os.killpg(runs[1].pid, signal.SIGTERM)
+        runs[1].wait(timeout=20)
+    finally:
+        for run in runs:
+            if run.poll() is None:
+                os.killpg(run.pid, signal.SIGKILL)
+                run.wait()
+        _kill_ours(var_dir)
+
+
 def _web_leader(var_dir: Path) -> int:
     """granian's main process: the one whose process group id is its pid."""
     (leader,) = [pid for pid in _pids("web", var_dir) if os.getpgid(pid) == pid]
