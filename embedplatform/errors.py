@@ -163,10 +163,22 @@ def _first_validation_error(detail, path: str = "") -> tuple[str | None, str]:
     return path or None, str(detail)
 
 
+def _logged(response):
+    """Marks a 5xx that is a refusal, not a fault (503 overloaded / no worker / a dependency down,
+    504 wait ran out), as logged: it was logged as a warning, and Django would log each one as an
+    ERROR with the request (one per request through an outage drowns real errors)."""
+    response._has_been_logged = True
+    return response
+
+
 def exception_handler(exc, context):
     if isinstance(exc, ApiError):
         body = error_body(exc.message, type=exc.type, param=exc.param, code=exc.code)
-        return Response(body, status=exc.status, headers=exc.headers())
+        response = Response(body, status=exc.status, headers=exc.headers())
+        if exc.status >= 500:
+            logger.warning("%s %s: %s", exc.status, exc.code, exc.message)
+            return _logged(response)
+        return response
     if isinstance(exc, Http404):
         exc = drf.NotFound()
     elif isinstance(exc, DjangoPermissionDenied):
@@ -188,7 +200,7 @@ def exception_handler(exc, context):
     mapped = dependency_error(exc, where=type(context.get("view")).__name__)
     if mapped is not None:
         body, status, headers = mapped
-        return Response(body, status=status, headers=headers)
+        return _logged(Response(body, status=status, headers=headers))
     # Anything else is a bug: log it with its traceback and answer with the envelope, no details.
     logger.exception("unhandled error in %s", context.get("view"))
     return Response(error_body("Internal server error.", type="server_error", code="internal_error"), status=500)

@@ -62,4 +62,6 @@ class DependencyErrorMiddleware:
         if mapped is None:
             return None  # Django's handler500 answers (with the envelope) and logs it
         body, status, headers = mapped
-        return JsonResponse(body, status=status, headers=headers)
+        response = JsonResponse(body, status=status, headers=headers)
+        response._has_been_logged = True  # dependency_error logged it as a warning, not an ERROR per request
+        return response

@@ -217,3 +217,13 @@ def test_the_request_id_follows_a_request_into_its_celery_task(celery_worker):
     task_lines = [r for r in records if r.getMessage() == f"task ran {marker}"]
     assert task_lines[0].request_id == "from-the-api-7"
     assert task_lines[0].thread != threading.get_ident()  # logged by the worker, not by the test
+
+
+def test_a_refusal_is_one_warning_not_an_error_per_request(alice, client_for, redis_db, caplog):
+    """A 503 (no worker serves the model) during an outage is expected and retried: one WARNING
+    naming the code, and no django.request ERROR (which would page someone for every request)."""
+    with caplog.at_level(logging.WARNING):
+        response = client_for(alice).post("/v1/embeddings", {"model": MODEL, "input": "x"}, format="json")
+    assert response.status_code == 503 and response["Retry-After"]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], [r.getMessage() for r in caplog.records]
+    assert any("no_worker" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
