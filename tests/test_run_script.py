@@ -182,6 +182,61 @@ def test_what_it_started_stops_when_run_py_itself_is_sigkilled_and_the_next_star
         _kill_ours(var_dir)
 
 
+@pytest.mark.live
+def test_it_restarts_the_embedded_postgres_and_redis_when_they_are_killed(tmp_path):
+    """GIVEN `run.py all` (beat only) on the embedded PostgreSQL and Redis WHEN each server is
+    SIGKILLed THEN it is started again on the same data: a Redis key written before is still there
+    (append-only file) and PostgreSQL answers queries again."""
+    import psycopg
+    import redis as redis_lib
+
+    from embedplatform import embedded
+
+    var_dir = tmp_path / "var"
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL")}
+    env.update(VAR_DIR=str(var_dir), RUN_ROLES="beat", WORKER_METRICS_PORT="0",
+               DJANGO_SETTINGS_MODULE="embedplatform.settings.base")
+    log = tmp_path / "run.log"
+    run = subprocess.Popen([sys.executable, "scripts/run.py", "all", "--no-migrate"], cwd=ROOT, env=env,
+                           stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
+
+    def redis_value():
+        try:
+            return redis_lib.Redis(unix_socket_path=str(embedded.redis_socket(var_dir)), socket_timeout=2).get("kept")
+        except redis_lib.RedisError:
+            return None
+
+    def postgres_answers() -> bool:
+        try:
+            with psycopg.connect(embedded.database_url(var_dir), connect_timeout=2) as conn:
+                return conn.execute("SELECT 1").fetchone() == (1,)
+        except psycopg.Error:
+            return False
+
+    try:
+        _until(lambda: _pids("beat", var_dir), 60, "beat", log)
+        redis_lib.Redis(unix_socket_path=str(embedded.redis_socket(var_dir))).set("kept", "yes")
+        time.sleep(1.5)  # appendfsync everysec
+        (redis_pid,) = [pid for pid, cmd in _ours(var_dir).items() if "redis-server" in cmd]
+        os.kill(redis_pid, signal.SIGKILL)
+        _until(lambda: "the embedded Redis had stopped" in log.read_text(), 20, "run.py to restart Redis", log)
+        _until(lambda: redis_value() == b"yes", 10, "Redis to answer with its data", log)
+
+        postmaster = int((embedded.pg_dir(var_dir) / "postmaster.pid").read_text().split()[0])
+        os.kill(postmaster, signal.SIGKILL)
+        _until(lambda: "the embedded PostgreSQL had stopped" in log.read_text(), 30, "run.py to restart PostgreSQL",
+               log)
+        _until(postgres_answers, 20, "PostgreSQL to answer", log)
+        assert run.poll() is None and "crash loop" not in log.read_text()
+        os.killpg(run.pid, signal.SIGTERM)
+        run.wait(timeout=20)
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+            run.wait()
+        _kill_ours(var_dir)
+
+
 def _web_leader(var_dir: Path) -> int:
     """granian's main process: the one whose process group id is its pid."""
     (leader,) = [pid for pid in _pids("web", var_dir) if os.getpgid(pid) == pid]
