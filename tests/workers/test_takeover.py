@@ -187,7 +187,7 @@ def test_a_request_taken_by_a_dead_loop_is_served_by_another(loops, redis_db, mi
     survivor_thread = survivor.start(name="survivor")
     started = time.monotonic()
     try:
-        tokens, vectors = waiting.work_wait(item, wait=10, dims=384)
+        _tokens, vectors = waiting.work_wait(item, wait=10, dims=384)
     finally:
         survivor.stop()
         survivor_thread.join(timeout=10)
