@@ -23,6 +23,13 @@ class Tier(models.Model):
     server_compute = models.BooleanField(default=False, help_text="May use the platform's models.")
     allowed_models = models.JSONField(default=list, blank=True, help_text="Model names; empty = all.")
     priority = models.SmallIntegerField(default=0, help_text="Higher goes first in shared queues.")
+    max_sync_in_flight = models.PositiveIntegerField(
+        default=8, help_text="Sync requests (and provider-worker calls) of one tenant in flight at once; past it 429."
+    )
+    max_keys = models.PositiveIntegerField(default=20, help_text="Active (unrevoked) API keys per tenant.")
+    max_cache_bytes = models.PositiveBigIntegerField(
+        default=1 << 30, help_text="Bytes of vectors the tenant's private cache may hold; 0 = no limit."
+    )
 
     def __str__(self) -> str:
         return self.name

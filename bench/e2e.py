@@ -200,7 +200,8 @@ def bench_key(env: dict, name: str) -> str:
     subprocess.run([sys.executable, "manage.py", "shell", "-c",
                     "from accounts.models import Tier; Tier.objects.update_or_create(name='bench', defaults=dict("
                     "daily_limit=10**9, monthly_limit=10**9, requests_per_minute=10**7, max_batch_size=2048, "
-                    "max_job_texts=100000, server_compute=True, priority=10))"],
+                    "max_job_texts=100000, server_compute=True, priority=10, max_sync_in_flight=10**6, max_keys=10**6, "
+                    "max_cache_bytes=0))"],
                    env=env, cwd=ROOT, check=True, capture_output=True)
     made = subprocess.run([sys.executable, "manage.py", "create_tenant", f"{name}-{time.time_ns()}@example.com",
                            "--tier", "bench"], env=env, cwd=ROOT, capture_output=True, text=True, check=True)

@@ -44,7 +44,7 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.e2e import bench_env  # noqa: E402
+from bench.e2e import bench_env, bench_key  # noqa: E402
 from embedplatform import embedded  # noqa: E402
 
 MODEL = "all-MiniLM-L6-v2"
@@ -198,14 +198,7 @@ class Stack:
         self.run = subprocess.Popen([sys.executable, "scripts/run.py", "all"], env=self.env, cwd=ROOT,
                                     stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         self.wait_ready(180)
-        subprocess.run([sys.executable, "manage.py", "shell", "-c",
-                        "from accounts.models import Tier; Tier.objects.update_or_create(name='bench', defaults=dict("
-                        "daily_limit=10**9, monthly_limit=10**9, requests_per_minute=10**7, max_batch_size=2048, "
-                        "max_job_texts=100000, server_compute=True, priority=10))"],
-                       env=self.env, cwd=ROOT, check=True, capture_output=True)
-        made = subprocess.run([sys.executable, "manage.py", "create_tenant", f"faults-{time.time_ns()}@example.com",
-                               "--tier", "bench"], env=self.env, cwd=ROOT, capture_output=True, text=True, check=True)
-        self.key = made.stdout.strip().splitlines()[-1]
+        self.key = bench_key(self.env, "faults")
         self.client = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.key}"}, timeout=60)
 
     @property
