@@ -16,6 +16,7 @@ Label values are bounded: model names come from the registry, scope is "tenant" 
 
 from __future__ import annotations
 
+import hmac
 import logging
 import os
 import threading
@@ -154,10 +155,33 @@ def _process_registry():
     return REGISTRY
 
 
-def metrics_view(request):
-    """GET /metrics on the web: process (or multiprocess) metrics + the cluster-wide ones."""
-    from django.http import HttpResponse
+METRICS_UNAUTHORIZED = ("/metrics needs `Authorization: Bearer <METRICS_TOKEN>` (in Prometheus' scrape config: "
+                        "`authorization: {credentials: <token>}`).")
 
+
+def metrics_authorized(request, token: str) -> bool:
+    """With METRICS_TOKEN set, a scrape must send it as a bearer token (compared in constant time)."""
+    if not token:
+        return True
+    scheme, _, given = request.META.get("HTTP_AUTHORIZATION", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
+
+
+def metrics_view(request):
+    """GET /metrics on the web: process (or multiprocess) metrics + the cluster-wide ones.
+
+    METRICS_TOKEN set: only a scrape with `Authorization: Bearer <token>` is answered (else 401,
+    the error envelope). The workers' own ports (WORKER_METRICS_PORT) have no token: keep them on
+    a private network, or bind WORKER_METRICS_ADDR to 127.0.0.1.
+    """
+    from django.conf import settings
+    from django.http import HttpResponse, JsonResponse
+
+    from embedplatform.errors import error_body
+
+    if not metrics_authorized(request, settings.METRICS_TOKEN):
+        body = error_body(METRICS_UNAUTHORIZED, type="authentication_error", code="invalid_metrics_token")
+        return JsonResponse(body, status=401, headers={"WWW-Authenticate": 'Bearer realm="metrics"'})
     body = generate_latest(_process_registry()) + generate_latest(CLUSTER_REGISTRY)
     return HttpResponse(body, content_type=CONTENT_TYPE_LATEST)
 

@@ -132,3 +132,33 @@ def test_multiprocess_mode_still_answers(client, db, monkeypatch, tmp_path):
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
     text = scrape(client)
     assert "embed_queue_depth" in text  # the cluster-wide part is there either way
+
+
+# --- METRICS_TOKEN: /metrics as Prometheus scrapes it with `authorization: {credentials: ...}` ----
+TOKEN = "scrape-token-0123456789abcdef"
+
+
+@pytest.mark.parametrize("header", [None, "Bearer wrong-token", f"Basic {TOKEN}", "Bearer", f"Bearer {TOKEN}x"])
+def test_with_a_metrics_token_a_scrape_without_it_is_a_401(client, db, settings, header):
+    settings.METRICS_TOKEN = TOKEN
+    extra = {"HTTP_AUTHORIZATION": header} if header is not None else {}
+    r = client.get("/metrics", **extra)
+    assert r.status_code == 401
+    assert r["WWW-Authenticate"].startswith("Bearer")
+    error = r.json()["error"]
+    assert error["type"] == "authentication_error" and error["code"] == "invalid_metrics_token"
+    assert "METRICS_TOKEN" in error["message"] and TOKEN not in r.content.decode()
+    assert b"embed_cache_hits" not in r.content
+
+
+def test_with_a_metrics_token_the_right_bearer_is_answered(client, db, settings):
+    settings.METRICS_TOKEN = TOKEN
+    r = client.get("/metrics", HTTP_AUTHORIZATION=f"Bearer {TOKEN}")
+    assert r.status_code == 200
+    assert r["Content-Type"].startswith("text/plain")
+    assert "django_http_requests_total_by_method_total" in r.content.decode()
+
+
+def test_without_a_metrics_token_metrics_stay_open(client, db, settings):
+    settings.METRICS_TOKEN = ""
+    assert client.get("/metrics").status_code == 200

@@ -8,6 +8,7 @@ unset on that embedded path are generated once and kept under VAR_DIR; in produc
 
 from __future__ import annotations
 
+import re
 import secrets
 from datetime import timedelta
 from pathlib import Path
@@ -72,6 +73,7 @@ INSTALLED_APPS = [
     "embeddings",
     "providers",
     "workers",
+    "embedplatform.apps.PlatformConfig",  # the project's own system checks (embedplatform/checks.py)
 ]
 
 MIDDLEWARE = [
@@ -84,6 +86,8 @@ MIDDLEWARE = [
     # /health/ and /metrics, which authenticate each request themselves (embedplatform/middleware.py).
     "embedplatform.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
+    # X-Frame-Options: DENY on every answer (the admin's pages must never be framed: clickjacking).
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "embedplatform.middleware.CsrfViewMiddleware",
     "embedplatform.middleware.AuthenticationMiddleware",
     "embedplatform.middleware.MessageMiddleware",
@@ -326,6 +330,40 @@ WORKER_METRICS_PORT: int = env.int("WORKER_METRICS_PORT", default=9808)
 WORKER_METRICS_ADDR: str = env.str("WORKER_METRICS_ADDR", default="0.0.0.0")
 # /health/ready answers from a per-process cache this old at most, so probes stay cheap.
 HEALTH_CACHE_SECONDS: float = env.float("HEALTH_CACHE_SECONDS", default=2.0)
+# GET /metrics on the web answers only `Authorization: Bearer <METRICS_TOKEN>` when set (Prometheus:
+# `authorization: {credentials: ...}`); unset, it is open (`check --deploy` warns). The workers'
+# ports above have no token: keep them on a private network or WORKER_METRICS_ADDR=127.0.0.1.
+METRICS_TOKEN: str = env.str("METRICS_TOKEN", default="")
+
+# --- Deployment behind TLS (`manage.py check --deploy` is clean with BEHIND_TLS=true) -----------
+# One switch for a site served over https (a TLS-terminating proxy in front of granian): secure
+# session/CSRF cookies, HSTS, http -> https redirects, and trusting the proxy's
+# X-Forwarded-Proto. Off by default, so `make run` on plain http://localhost keeps admin logins
+# working. Each setting below can also be set on its own.
+BEHIND_TLS: bool = env.bool("BEHIND_TLS", default=False)
+SESSION_COOKIE_SECURE: bool = env.bool("SESSION_COOKIE_SECURE", default=BEHIND_TLS)
+CSRF_COOKIE_SECURE: bool = env.bool("CSRF_COOKIE_SECURE", default=BEHIND_TLS)
+SECURE_SSL_REDIRECT: bool = env.bool("SECURE_SSL_REDIRECT", default=BEHIND_TLS)
+# Probes and scrapes reach the web directly over plain http: never redirected (paths without "/").
+SECURE_REDIRECT_EXEMPT: list[str] = [r"^health/", r"^metrics$"]
+SECURE_HSTS_SECONDS: int = env.int("SECURE_HSTS_SECONDS", default=365 * 24 * 3600 if BEHIND_TLS else 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS: bool = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=BEHIND_TLS)
+SECURE_HSTS_PRELOAD: bool = env.bool("SECURE_HSTS_PRELOAD", default=BEHIND_TLS)
+# "HEADER,value": a request is https when the proxy set this header to this value (Django's
+# SECURE_PROXY_SSL_HEADER). Only safe when the proxy always sets or strips that header.
+# Default with BEHIND_TLS: X-Forwarded-Proto: https; "" turns it off (granian terminating TLS itself).
+_proxy_ssl = env.str("SECURE_PROXY_SSL_HEADER", default="HTTP_X_FORWARDED_PROTO,https" if BEHIND_TLS else "")
+if _proxy_ssl and not re.fullmatch(r"HTTP_[A-Z0-9_]+,[^,\s]+", _proxy_ssl):
+    raise ImproperlyConfigured(f"SECURE_PROXY_SSL_HEADER={_proxy_ssl!r}: use HEADER,value as Django names it, "
+                               "e.g. HTTP_X_FORWARDED_PROTO,https (or leave it empty).")
+SECURE_PROXY_SSL_HEADER: tuple[str, str] | None = tuple(_proxy_ssl.split(",", 1)) if _proxy_ssl else None
+# Origins (scheme://host[:port]) besides the site's own whose POSTs the admin accepts.
+CSRF_TRUSTED_ORIGINS: list[str] = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+X_FRAME_OPTIONS = "DENY"  # XFrameOptionsMiddleware: no page of this site is shown in a frame
+# security.W003 looks for Django's CsrfViewMiddleware by its exact path and cannot see ours (its
+# subclass, skipped on the API: embedplatform/middleware.py); embedplatform.checks checks it and
+# CSRF_COOKIE_SECURE instead (Django's W016 is skipped along with W003).
+SILENCED_SYSTEM_CHECKS: list[str] = ["security.W003"]
 
 from embedplatform.settings.celery import *  # noqa: E402,F403
 
