@@ -6,7 +6,16 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers
 
-from embedplatform.schemas import JWT_ONLY, MANAGEMENT_ERRORS, PUBLIC_ERRORS, error_responses, named
+from embedplatform.errors import KEY_LIMIT, LOGIN_THROTTLED, SIGNUP_THROTTLED, error_body
+from embedplatform.schemas import (
+    ERROR_DOCS,
+    JWT_ONLY,
+    MANAGEMENT_ERRORS,
+    PUBLIC_ERRORS,
+    ErrorSerializer,
+    error_responses,
+    named,
+)
 
 EXAMPLE_KEY = "ep_3kQ9xZ1a.Jb7p2Yw0cVnT4sRk8dLq6mHf5gUe1iOa"
 EXAMPLE_TIME = "2026-01-15T09:30:00Z"
@@ -57,6 +66,34 @@ class ApiKeyRevokedSerializer(serializers.Serializer):
     revoked = serializers.BooleanField()
     prefix = serializers.CharField()
     revoked_at = serializers.DateTimeField()
+
+
+def _error(code: int, description: str, **examples: dict) -> OpenApiResponse:
+    """An error answer with its own description and examples (name -> envelope)."""
+    return OpenApiResponse(
+        ErrorSerializer,
+        description=description,
+        examples=[OpenApiExample(name, value=value, status_codes=[str(code)], response_only=True)
+                  for name, value in examples.items()],
+    )
+
+
+def _throttled(what: str, message: str, code: str) -> OpenApiResponse:
+    return _error(
+        429,
+        f"Too many {what} (accounts/throttles.py). Retry-After says when to retry; "
+        "X-RateLimit-Limit is the spent counter's limit, X-RateLimit-Reset (unix time) its end.",
+        throttled=error_body(message.format(retry_after=600), type="rate_limit_error", code=code),
+    )
+
+
+KEY_CREATE_403 = _error(
+    403,
+    "An API key cannot manage keys (jwt_required), or the tenant already has its tier's max_keys "
+    "active keys (key_limit): revoke one with DELETE /v1/keys/{prefix}, or upgrade.",
+    jwt_required=ERROR_DOCS[403][1],
+    key_limit=error_body(KEY_LIMIT.format(tier="free", limit=5, active=5), type="permission_error", code="key_limit"),
+)
 
 
 def _totals(name: str):
@@ -141,6 +178,7 @@ def signup_schema(input_serializer):
                 ],
             ),
             **error_responses(*PUBLIC_ERRORS, 409),
+            429: _throttled("sign-ups from this address", SIGNUP_THROTTLED, "signup_throttled"),
         },
         examples=[
             OpenApiExample(
@@ -173,7 +211,8 @@ def login_schema(input_serializer):
                     )
                 ],
             ),
-            **error_responses(400, 401, 413, 429),
+            **error_responses(400, 401, 413),
+            429: _throttled("login attempts from this address, or failed ones for this email", LOGIN_THROTTLED, "login_throttled"),
         },
         examples=[
             OpenApiExample(
@@ -260,6 +299,7 @@ def key_create_schema(input_serializer):
                 ],
             ),
             **error_responses(400, *MANAGEMENT_ERRORS, 413),
+            403: KEY_CREATE_403,
         },
         examples=[OpenApiExample("named key", request_only=True, value={"name": "ci"})],
     )

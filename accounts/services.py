@@ -12,7 +12,7 @@ from accounts.authcache import auth_epoch_bump
 from accounts.keys import key_make
 from accounts.models import ApiKey, DailyUsage, Tenant, Tier, User
 from accounts.quotas import UsageHits
-from embedplatform.errors import Conflict, InvalidInput, NotFound
+from embedplatform.errors import KEY_LIMIT, Conflict, InvalidInput, NotAllowed, NotFound
 from embedplatform.redisconn import dirty_hashes_take, redis_client, redis_lock
 
 logger = logging.getLogger(__name__)
@@ -38,9 +38,20 @@ def tenant_create(*, email: str, tier: str, password: str | None = None, tenant_
 
 
 def api_key_create(*, tenant: Tenant, name: str = "", created_by: User | None = None) -> tuple[ApiKey, str]:
-    """Creates a key and returns (row, clear key). The clear key exists only in this return value."""
+    """Creates a key and returns (row, clear key). The clear key exists only in this return value.
+
+    Raises NotAllowed (403 key_limit) when the tenant already has its tier's max_keys active
+    (unrevoked) keys. The tenant row is locked while counting, so concurrent calls cannot overshoot.
+    """
     new = key_make()
-    key = ApiKey.objects.create(tenant=tenant, name=name, prefix=new.prefix, key_hash=new.key_hash, created_by=created_by)
+    with transaction.atomic():
+        locked = Tenant.objects.select_for_update(of=("self",)).select_related("tier").get(pk=tenant.pk)
+        active = ApiKey.objects.filter(tenant=locked, revoked_at__isnull=True).count()
+        if active >= locked.tier.max_keys:
+            raise NotAllowed(KEY_LIMIT.format(tier=locked.tier.name, limit=locked.tier.max_keys, active=active),
+                             code="key_limit")
+        key = ApiKey.objects.create(tenant=locked, name=name, prefix=new.prefix, key_hash=new.key_hash,
+                                    created_by=created_by)
     return key, new.key
 
 

@@ -15,9 +15,9 @@ from rest_framework_simplejwt.tokens import RefreshToken
 from accounts import schemas
 from accounts.authentication import request_tenant
 from accounts.permissions import IsJwtAuthenticated
-from accounts.quotas import login_check
 from accounts.selectors import api_key_list, usage_summary
 from accounts.services import api_key_create, api_key_revoke, tenant_signup
+from accounts.throttles import login_check, login_failed, signup_check
 from embedplatform.errors import AuthenticationError, InvalidInput
 
 LOGIN_FAILED = "Wrong email or password."
@@ -29,7 +29,7 @@ def _expires_in() -> int:
 
 
 class SignupApi(APIView):
-    """POST /v1/auth/signup: a free-tier tenant, its user and a first API key (shown once)."""
+    """POST /v1/auth/signup: a free-tier tenant, its user and a first API key (shown once). Throttled per address."""
 
     authentication_classes: list = []
     permission_classes = [AllowAny]
@@ -43,12 +43,14 @@ class SignupApi(APIView):
     def post(self, request: Request) -> Response:
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
+        signup_check(request)
         tenant, user, key = tenant_signup(**serializer.validated_data)
         return Response({"user_id": user.pk, "tenant_id": tenant.pk, "tier": tenant.tier.name, "api_key": key}, status=201)
 
 
 class LoginApi(APIView):
-    """POST /v1/auth/login: email + password -> JWT access and refresh tokens. Throttled per IP and email."""
+    """POST /v1/auth/login: email + password -> JWT access and refresh tokens. Throttled per address, and
+    failed attempts per (address, email) and per email (accounts/throttles.py)."""
 
     authentication_classes: list = []
     permission_classes = [AllowAny]
@@ -65,6 +67,7 @@ class LoginApi(APIView):
         login_check(request, email=data["email"])
         user = authenticate(request, email=data["email"].strip().lower(), password=data["password"])
         if user is None:
+            login_failed(request, email=data["email"])
             raise AuthenticationError(LOGIN_FAILED, code="invalid_credentials")
         refresh = RefreshToken.for_user(user)
         return Response(

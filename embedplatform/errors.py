@@ -40,6 +40,11 @@ QUOTA_EXCEEDED = (
 RATE_LIMITED = "Too many requests: your key may send {limit} requests per minute; retry in {retry_after} s."
 BATCH_TOO_LARGE = "This request has {texts} texts; your tier ({tier}) allows at most {limit} per request."
 LOGIN_THROTTLED = "Too many login attempts; retry in {retry_after} s."
+SIGNUP_THROTTLED = "Too many sign-ups from your address; retry in {retry_after} s."
+KEY_LIMIT = (
+    "Your tier ({tier}) allows {limit} active API keys and you have {active}: revoke one with "
+    "DELETE /v1/keys/{{prefix}}, or upgrade your tier."
+)
 NO_TENANT = "This user belongs to no tenant; sign up or use an API key."
 JWT_REQUIRED = "Managing {what} needs a user session: send `Authorization: Bearer <access token>` from POST /v1/auth/login (an API key cannot)."
 DEPENDENCY_DOWN = "The database or Redis is unavailable right now; retry shortly."
@@ -109,6 +114,20 @@ class RateLimited(_RetryAfter):
     status = 429
     type = "rate_limit_error"
     code = "rate_limit_exceeded"
+
+
+class Throttled(RateLimited):
+    """A per-address or per-account throttle (login, sign-up) is spent. X-RateLimit-* describe
+    the counter that refused: its limit, 0 remaining, and `reset_at` (unix time) when it ends."""
+
+    def __init__(self, message: str, *, limit: int, reset_at: int, **kwargs):
+        super().__init__(message, **kwargs)
+        self.limit = limit
+        self.reset_at = reset_at
+
+    def headers(self) -> dict[str, str]:
+        return super().headers() | {"X-RateLimit-Limit": str(self.limit), "X-RateLimit-Remaining": "0",
+                                    "X-RateLimit-Reset": str(self.reset_at)}
 
 
 class QuotaExceeded(RateLimited):

@@ -7,6 +7,7 @@ from django.urls import include, path, re_path
 from django.views.static import serve
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from accounts.throttles import admin_login
 from embedplatform import health, metrics
 
 handler400 = "embedplatform.errors.handler400"
@@ -24,6 +25,8 @@ urlpatterns = [
     path("v1/", include("providers.urls")),
     path("health/live", health.live, name="health-live"),
     path("health/ready", health.ready, name="health-ready"),
+    # The admin's login behind per-address throttles (accounts/throttles.py); ahead of admin.site.urls.
+    path("admin/login/", admin_login, name="admin-login"),
     path("admin/", admin.site.urls),
     # django-prometheus' HTTP metrics + ours, and the cluster-wide queue depth / jobs (metrics.py).
     path("metrics", metrics.metrics_view, name="prometheus-django-metrics"),

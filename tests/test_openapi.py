@@ -168,7 +168,8 @@ def sweep(settings, redis_db, alice, jwt_for):
     the provider points at a closed local port, so its upstream calls fail at once.
     """
     settings.SYNC_WAIT_SECONDS = 0.2
-    settings.LOGIN_RATE_IP = settings.LOGIN_RATE_EMAIL = "1000/m"
+    settings.LOGIN_RATE_IP = settings.LOGIN_RATE_EMAIL = settings.LOGIN_RATE_IP_EMAIL = "1000/m"
+    settings.SIGNUP_RATE_IP = "1000/m"
     settings.PROVIDER_ALLOWED_HOSTS = ["127.0.0.1:9"]
     settings.PROVIDER_MAX_RETRIES = 0
     job = job_create(tenant=alice.tenant, texts=["one", "two"], options=EmbedOptions(model=DEFAULT_MODEL))

@@ -292,8 +292,33 @@ AUTH_CACHE_SECONDS: float = env.float("AUTH_CACHE_SECONDS", default=60.0)
 # Each web process keeps recently served vectors in memory, in front of the Postgres cache
 # (embeddings/hotcache.py; vectors never go stale). 0 turns it off.
 HOT_CACHE_MB: float = env.float("HOT_CACHE_MB", default=64.0)
+# Per-address limits (accounts/throttles.py) count by the client's address
+# (embedplatform/clientip.py): REMOTE_ADDR, or, when that peer is one of TRUSTED_PROXIES (a comma
+# list of IPs or CIDRs of your reverse proxies; empty: trust none), the right-most
+# X-Forwarded-For entry that is not a trusted proxy. Rates are django-ratelimit's "N/period"
+# (s, m, h, d; "10/15m" = 10 per 15 minutes), each refusal a 429 with Retry-After.
+TRUSTED_PROXIES: list[str] = env.list("TRUSTED_PROXIES", default=[])
+# Login: every attempt counts per address; only FAILED ones count per (address, email) and per
+# email, so a stranger who knows an email cannot lock its owner out. Past LOGIN_RATE_EMAIL only
+# an address without a failure for that email may still try (one guess each).
 LOGIN_RATE_IP: str = env.str("LOGIN_RATE_IP", default="30/m")
-LOGIN_RATE_EMAIL: str = env.str("LOGIN_RATE_EMAIL", default="10/m")
+LOGIN_RATE_IP_EMAIL: str = env.str("LOGIN_RATE_IP_EMAIL", default="10/15m")
+LOGIN_RATE_EMAIL: str = env.str("LOGIN_RATE_EMAIL", default="50/h")
+# Sign-up per address: each one costs a slow password hash and makes a tenant.
+SIGNUP_RATE_IP: str = env.str("SIGNUP_RATE_IP", default="5/h")
+# /admin/login/: every POST per address; failed ones per (address, username).
+ADMIN_LOGIN_RATE_IP: str = env.str("ADMIN_LOGIN_RATE_IP", default="10/m")
+ADMIN_LOGIN_RATE_IP_USER: str = env.str("ADMIN_LOGIN_RATE_IP_USER", default="5/15m")
+for _name in ("LOGIN_RATE_IP", "LOGIN_RATE_IP_EMAIL", "LOGIN_RATE_EMAIL", "SIGNUP_RATE_IP", "ADMIN_LOGIN_RATE_IP",
+              "ADMIN_LOGIN_RATE_IP_USER"):
+    if not re.fullmatch(r"[1-9]\d*/\d*[smhd]", globals()[_name]):
+        raise ImproperlyConfigured(f"{_name}={globals()[_name]!r}: use a count per period, e.g. 10/m, 5/h or 10/15m.")
+try:
+    from embedplatform.clientip import trusted_networks
+
+    trusted_networks(tuple(TRUSTED_PROXIES))
+except ValueError as _exc:
+    raise ImproperlyConfigured(str(_exc)) from None
 # Usage counters wait in Redis and reach Postgres in batches (celery beat, and on GET /v1/usage).
 USAGE_FLUSH_SECONDS: float = env.float("USAGE_FLUSH_SECONDS", default=10.0)
 # Cache entries not used (hit, else created) for this many days are deleted daily by beat

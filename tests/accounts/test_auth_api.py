@@ -92,21 +92,54 @@ def test_it_refuses_a_wrong_password_and_a_bad_token(tiers, redis_db):
     assert "access token" in response.json()["error"]["message"]
 
 
-def test_it_throttles_login_per_email_and_per_ip(tiers, redis_db, settings):
-    settings.LOGIN_RATE_EMAIL = "3/m"
-    settings.LOGIN_RATE_IP = "5/m"
+def _login_from(ip: str, email="dora@example.com", password="a long passphrase 42"):
+    return _login(APIClient(REMOTE_ADDR=ip), email=email, password=password)
+
+
+def test_it_throttles_failed_logins_per_address_and_email_and_per_ip(tiers, redis_db, settings):
+    settings.LOGIN_RATE_IP_EMAIL = "3/h"
+    settings.LOGIN_RATE_IP = "6/h"
     _signup(APIClient())
-    codes = [_login(APIClient(), password=f"guess {i}").status_code for i in range(4)]
+    codes = [_login_from("10.0.0.1", password=f"guess {i}").status_code for i in range(4)]
     assert codes == [401, 401, 401, 429]
-    # even the right password is throttled now: brute force gains nothing
-    throttled = _login(APIClient())
+    # even the right password is throttled from this address now: brute force gains nothing
+    throttled = _login_from("10.0.0.1")
     assert throttled.status_code == 429 and int(throttled["Retry-After"]) >= 1
+    assert throttled["X-RateLimit-Remaining"] == "0" and int(throttled["X-RateLimit-Limit"]) == 3
     assert throttled.json()["error"]["code"] == "login_throttled"
-    # another email from the same IP: 5 attempts per IP in all
-    codes = [_login(APIClient(), email=f"x{i}@example.com").status_code for i in range(2)]
-    assert codes == [429, 429]
-    other_ip = APIClient(REMOTE_ADDR="10.1.2.3")
-    assert other_ip.post("/v1/auth/login", {"email": "y@example.com", "password": "p"}, format="json").status_code == 401
+    # the address as a whole: 6 attempts per hour, whatever the email
+    codes = [_login_from("10.0.0.1", email=f"x{i}@example.com").status_code for i in range(2)]
+    assert codes == [401, 429]
+    assert _login_from("10.1.2.3", email="y@example.com", password="p").status_code == 401
+
+
+def test_a_stranger_cannot_lock_the_owner_out(tiers, redis_db, settings):
+    """GIVEN a stranger who knows dora's email and spends the per-(address, email) failures
+    WHEN dora logs in from her own address THEN she gets in: only failures count, per address."""
+    settings.LOGIN_RATE_IP_EMAIL = "3/h"
+    _signup(APIClient())
+    for i in range(5):
+        _login_from("203.0.113.66", password=f"guess {i}")
+    assert _login_from("203.0.113.66").status_code == 429
+    assert _login_from("198.51.100.20").status_code == 200
+    # and her successes never count against her
+    assert [_login_from("198.51.100.20").status_code for _ in range(4)] == [200] * 4
+
+
+def test_a_guessing_campaign_from_many_addresses_gets_one_guess_per_address(tiers, redis_db, settings):
+    """Past LOGIN_RATE_EMAIL failures for an email, an address that has failed for it is refused,
+    and a fresh address has one try: the owner with the right password gets in."""
+    settings.LOGIN_RATE_IP_EMAIL = "5/h"
+    settings.LOGIN_RATE_EMAIL = "3/h"
+    _signup(APIClient())
+    assert [_login_from(f"203.0.113.{i}", password="guess").status_code for i in range(3)] == [401] * 3
+    assert _login_from("203.0.113.0", password="guess again").status_code == 429  # failed here before
+    assert _login_from("203.0.113.50", password="guess").status_code == 401  # a fresh address: one try
+    assert _login_from("203.0.113.50", password="guess 2").status_code == 429
+    assert _login_from("198.51.100.20").status_code == 200  # the owner, from an address that never failed
+    # a forged X-Forwarded-For does not make an address fresh
+    forged = APIClient(REMOTE_ADDR="203.0.113.0", HTTP_X_FORWARDED_FOR="192.0.2.1")
+    assert _login(forged, password="guess 3").status_code == 429
 
 
 def test_an_api_key_cannot_manage_keys(alice, client_for, redis_db):
