@@ -5,7 +5,7 @@ per tenant (UTC day, UTC month). One Lua script (`admit`) checks and counts both
 auth epoch (accounts/authcache.py) and the usage of a request's cache hits, in one round trip:
 concurrent requests cannot overshoot, and a request that would cross a quota is refused
 whole. Every text counts, cache hit or miss; a request that fails is refunded. Login
-throttling uses django-ratelimit.
+throttling: accounts/throttles.py.
 """
 
 from __future__ import annotations
@@ -16,13 +16,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
-from django_ratelimit.core import get_usage
 
 from accounts.authcache import EPOCH_KEY, epoch_new
 from accounts.models import Tenant, Tier
 from embedplatform.errors import (
     BATCH_TOO_LARGE,
-    LOGIN_THROTTLED,
     QUOTA_EXCEEDED,
     RATE_LIMITED,
     PayloadTooLarge,
@@ -347,20 +345,3 @@ def batch_size_check(*, tier: Tier, texts: int) -> None:
             BATCH_TOO_LARGE.format(texts=texts, tier=tier.name, limit=tier.max_batch_size),
             param="input", code="batch_too_large",
         )
-
-
-def login_check(request, *, email: str) -> None:
-    """Throttles login attempts per client IP and per email; raises RateLimited when either is spent.
-
-    A request without REMOTE_ADDR (a unix socket behind a proxy, some WSGI hosts) shares one IP
-    bucket instead of failing: django-ratelimit's "ip" key raises for it.
-    """
-    ip_key = "ip" if request.META.get("REMOTE_ADDR") else (lambda _g, _r: "no-remote-addr")
-    for group, key, rate in (
-        ("login-ip", ip_key, settings.LOGIN_RATE_IP),
-        ("login-email", lambda _g, _r: email.strip().lower(), settings.LOGIN_RATE_EMAIL),
-    ):
-        usage = get_usage(request, group=group, key=key, rate=rate, increment=True)
-        if usage is not None and usage["should_limit"]:
-            retry = max(1, int(usage["time_left"]))
-            raise RateLimited(LOGIN_THROTTLED.format(retry_after=retry), retry_after=retry, code="login_throttled")
