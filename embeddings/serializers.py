@@ -8,6 +8,7 @@ from django.conf import settings
 from rest_framework import serializers
 
 from embeddings.registry import DEFAULT_MODEL, INPUT_TYPES
+from embedplatform.errors import WAIT_TOO_LONG
 
 
 def _check_text(value, where: str) -> str:
@@ -70,6 +71,17 @@ class TextField(serializers.Field):
         return value
 
 
+class WaitField(serializers.FloatField):
+    """Seconds to wait, at most settings.SYNC_WAIT_MAX (read per request: a waiting request holds
+    a web thread, so the bound is the server's, not the client's)."""
+
+    def to_internal_value(self, data) -> float:
+        value = super().to_internal_value(data)
+        if value > settings.SYNC_WAIT_MAX:
+            raise serializers.ValidationError(WAIT_TOO_LONG.format(max=settings.SYNC_WAIT_MAX))
+        return value
+
+
 class StrictBooleanField(serializers.BooleanField):
     """true/false only: a misspelt flag must not silently mean something."""
 
@@ -97,11 +109,12 @@ class EmbedOptionsSerializer(serializers.Serializer):
     truncate = StrictBooleanField(required=False, default=True)
     input_type = serializers.ChoiceField(choices=INPUT_TYPES, required=False, allow_null=True, default=None)
     public = StrictBooleanField(required=False, default=False)
-    wait = serializers.FloatField(
-        required=False, allow_null=True, default=None, min_value=0, max_value=600,
-        help_text="Seconds to wait for the vectors (default: the server's SYNC_WAIT_SECONDS). When they run "
-                  "out, the texts go on as a job (202 with the job). 0: do not wait: 202 with the job at once, "
-                  "unless every text is a cache hit (then 200).",
+    wait = WaitField(
+        required=False, allow_null=True, default=None, min_value=0,
+        help_text="Seconds to wait for the vectors (default: the server's SYNC_WAIT_SECONDS), at most the "
+                  "server's SYNC_WAIT_MAX (60 by default; 400 above it). When they run out, the texts go on "
+                  "as a job (202 with the job). 0: do not wait: 202 with the job at once, unless every text "
+                  "is a cache hit (then 200).",
     )
 
 
@@ -110,9 +123,10 @@ class EmbeddingsRequestSerializer(EmbedOptionsSerializer):
 
     input = TextsField()
     model = serializers.CharField(max_length=200)
-    wait = serializers.FloatField(
-        required=False, allow_null=True, default=None, min_value=0.01, max_value=600,
-        help_text="Seconds to wait for the vectors (default: the server's SYNC_WAIT_SECONDS); then 504. "
+    wait = WaitField(
+        required=False, allow_null=True, default=None, min_value=0.01,
+        help_text="Seconds to wait for the vectors (default: the server's SYNC_WAIT_SECONDS), at most the "
+                  "server's SYNC_WAIT_MAX (60 by default; 400 above it); then 504. "
                   "OpenAI's shape has no job to fall back to, so 0 is refused: use POST /v1/embed/batch.",
         error_messages={"min_value": "must be over 0 here: /v1/embeddings has no job to fall back to; "
                                      "POST /v1/embed/batch takes wait 0 (a job at once)."},

@@ -28,6 +28,8 @@ from accounts.quotas import (
     RateState,
     admit,
     batch_size_check,
+    inflight_for,
+    inflight_release,
     quota_consume,
     quota_refund,
 )
@@ -225,10 +227,11 @@ def embed_serve(*, tenant: Tenant, texts: list[str], options: EmbedOptions, wait
 
     Checks the tier's max_batch_size (PayloadTooLarge) and the request (embed_plan), then
     admits it in one Redis round trip (accounts/quotas.admit: the caller's auth epoch, its
-    requests per minute, every text against the daily and monthly quotas all-or-nothing, the
-    hits' usage and per-entry hit stats). Raises AuthEpochMoved, CacheEpochMoved (plan again:
-    the process's copies of the tenant's cache scope are stale), RateLimited or QuotaExceeded
-    from there. A request
+    tenant's requests per minute, its sync requests in flight when this one has misses to wait
+    for, every text against the daily and monthly quotas all-or-nothing, the hits' usage and
+    per-entry hit stats). Raises AuthEpochMoved, CacheEpochMoved (plan again: the process's
+    copies of the tenant's cache scope are stale), RateLimited (code too_many_in_flight past
+    tier.max_sync_in_flight) or QuotaExceeded from there. A request
     that then fails is refunded; the misses' usage is recorded once computed (for the platform's
     models by the worker that computed them, in the round trip of its reply). With
     `job_fallback`, work not done within `wait` becomes a Job (returned instead of the result)
@@ -244,8 +247,23 @@ def embed_serve(*, tenant: Tenant, texts: list[str], options: EmbedOptions, wait
                               hits=[(h.scope, k) for k, h in plan.hits.items()])  # hit stats, epoch check
     at_once = job_fallback and wait <= 0 and bool(plan.missing)  # wait 0: a job at once, no sync work
     item = None if at_once else _work_item(plan, tenant=tenant, wait=wait)  # queued by the admission, if admitted
+    # A request that will wait (misses, on the platform's workers or the tenant's provider) holds a
+    # web thread: the admission bounds how many of the tenant's are in flight (tier.max_sync_in_flight).
+    inflight = (inflight_for(tenant=tenant, wait=wait, member=item.id if item else uuid.uuid4().hex)
+                if plan.missing and not at_once else None)
     quota, rate = admit(tenant=tenant, texts=len(texts), caller=caller, usage=hits,
-                        work=waiting.work_push(item) if item is not None else None, cache=use)
+                        work=waiting.work_push(item) if item is not None else None, cache=use, inflight=inflight)
+    try:
+        return _serve_admitted(plan, tenant=tenant, texts=texts, options=options, wait=wait, item=item,
+                               at_once=at_once, job_fallback=job_fallback, quota=quota, rate=rate, hits=hits, use=use)
+    finally:
+        inflight_release(inflight)  # the wait is over, whatever its end
+
+
+def _serve_admitted(plan: EmbedPlan, *, tenant: Tenant, texts: list[str], options: EmbedOptions, wait: float,
+                    item: waiting.WorkItem | None, at_once: bool, job_fallback: bool, quota: QuotaState,
+                    rate: RateState, hits, use) -> tuple[EmbedResult | Job, QuotaState, RateState]:
+    """embed_serve once admitted: waits for the misses, falls back to a job or refunds."""
     cache.scope_epoch_learn(tenant.pk, use.seen)
     try:
         if at_once:

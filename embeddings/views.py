@@ -42,8 +42,8 @@ _OPTION_FIELDS = ("model", "normalize", "dimensions", "truncate", "input_type", 
 class DataPlaneApi(APIView):
     """Base of the endpoints that spend a tenant's limits.
 
-    Counts the request against its key's requests per minute (429 when spent) and puts
-    X-RateLimit-* (daily text quota) and X-RateLimit-*-Requests (this key's minute window) on
+    Counts the request against its tenant's requests per minute (429 when spent) and puts
+    X-RateLimit-* (daily text quota) and X-RateLimit-*-Requests (the tenant's minute window) on
     every response, errors included, once the caller is known: one round trip
     (accounts/quotas.admit), which also checks the auth epoch, so a key served from the
     process's key cache is read again if it changed (accounts/authcache.py).
@@ -127,7 +127,9 @@ class EmbedEndpointApi(DataPlaneApi):
     admits_in_view = True
 
     def embed(self, request: Request, data: dict, texts: list[str], *, job_fallback: bool = False) -> EmbedResult | Job:
-        wait = settings.SYNC_WAIT_SECONDS if data.get("wait") is None else data["wait"]  # 0: do not wait
+        wait = data.get("wait")  # 0: do not wait
+        if wait is None:
+            wait = min(settings.SYNC_WAIT_SECONDS, settings.SYNC_WAIT_MAX)
         options = _options(data)
         return self.admit_and_serve(request, lambda tenant, caller: embed_serve(
             tenant=tenant, texts=texts, options=options, wait=wait, caller=caller, job_fallback=job_fallback))

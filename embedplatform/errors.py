@@ -37,7 +37,13 @@ QUOTA_EXCEEDED = (
     "This request's {texts} texts would exceed your {period} quota of {limit} texts ({used} used); "
     "it resets at {reset} UTC. Send fewer texts, or upgrade your tier for more."
 )
-RATE_LIMITED = "Too many requests: your key may send {limit} requests per minute; retry in {retry_after} s."
+RATE_LIMITED = ("Too many requests: your tenant may send {limit} requests per minute (all its keys together); "
+                "retry in {retry_after} s.")
+TOO_MANY_IN_FLIGHT = (
+    "Too many requests in flight: your tier ({tier}) may have {limit} requests waiting for vectors at once; "
+    "retry when one has finished, or send bulk work to POST /v1/jobs."
+)
+WAIT_TOO_LONG = "wait is at most {max:g} seconds (SYNC_WAIT_MAX); send longer work to POST /v1/jobs."
 BATCH_TOO_LARGE = "This request has {texts} texts; your tier ({tier}) allows at most {limit} per request."
 LOGIN_THROTTLED = "Too many login attempts; retry in {retry_after} s."
 SIGNUP_THROTTLED = "Too many sign-ups from your address; retry in {retry_after} s."

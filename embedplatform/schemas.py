@@ -66,7 +66,8 @@ ERROR_DOCS: dict[int, tuple[str, dict]] = {
         _err("The request body is over the 8388608-byte limit.", "invalid_request_error", "payload_too_large"),
     ),
     429: (
-        "Rate limit or quota spent. Retry-After says when to retry; X-RateLimit-* carry the counters.",
+        "Rate limit or quota spent, or too many of the tenant's sync requests in flight (code "
+        "too_many_in_flight). Retry-After says when to retry; X-RateLimit-* carry the counters.",
         _err(errors.RATE_LIMITED.format(limit=60, retry_after=12), "rate_limit_error", "rate_limit_exceeded"),
     ),
     502: (

@@ -142,6 +142,9 @@ def provider_test_schema(input_serializer):
         operation_id="providers_test",
         tags=["providers"],
         summary="One tiny real upstream call; 200 either way, with `ok` and what failed",
+        description="The call, retries included, ends within PROVIDER_TEST_TIMEOUT_SECONDS (5 s by default; then "
+                    "`ok: false`, `status: 504`). Each tenant may test PROVIDER_TEST_RATE times (10/m by default): "
+                    "past it 429 with Retry-After.",
         auth=JWT_ONLY,
         parameters=[PROVIDER_ID],
         request=named(input_serializer, "ProviderTest"),
@@ -168,6 +171,6 @@ def provider_test_schema(input_serializer):
                     "error": None,
                 },
             ),
-            **error_responses(400, *MANAGEMENT_ERRORS, 404, 413, 503),
+            **error_responses(400, *MANAGEMENT_ERRORS, 404, 413, 429, 503),
         },
     )

@@ -13,6 +13,8 @@ import logging
 import re
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FuturesTimeout
 from dataclasses import dataclass
 
 from django.db import IntegrityError, close_old_connections, transaction
@@ -167,17 +169,31 @@ def provider_test(*, tenant: Tenant, provider_id: int, model: str | None = None)
     return provider_check(provider, model=model)
 
 
+# Test calls run here, not in the web thread, so the web thread's wait ends at the deadline
+# whatever the upstream does (an attempt's connect and read timeouts could each run to it). A
+# few threads per process: a call still running past its deadline ends within two attempt
+# timeouts, and a test still queued when its deadline passes is cancelled, never run.
+_TEST_POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="provider-test")
+TEST_TIMED_OUT = "The provider did not answer within {seconds:g} s (PROVIDER_TEST_TIMEOUT_SECONDS)."
+
+
 def provider_check(provider: ProviderConfig, *, model: str | None = None) -> TestResult:
-    """provider_test without the tenant check, for the admin's "test" action."""
+    """provider_test without the tenant check, for the admin's "test" action. Ends within
+    PROVIDER_TEST_TIMEOUT_SECONDS, retries included (then a 504 result)."""
     from django.conf import settings
 
     model = model or provider.model
     if not model and "{{model}}" in str(provider.effective_template):
         return TestResult(ok=False, model="", status=400, error="No model given and the provider has no default model.")
     started = time.perf_counter()
+    limit = settings.PROVIDER_TEST_TIMEOUT_SECONDS
+    call = _TEST_POOL.submit(embed_call, upstream_for(provider), model=model, texts=[TEST_TEXT],
+                             deadline=time.time() + limit)
     try:
-        vectors, _ = embed_call(upstream_for(provider), model=model, texts=[TEST_TEXT],
-                                deadline=time.time() + settings.PROVIDER_TIMEOUT_SECONDS)
+        vectors, _ = call.result(timeout=limit)
+    except FuturesTimeout:
+        call.cancel()
+        return TestResult(ok=False, model=model, status=504, error=TEST_TIMED_OUT.format(seconds=limit))
     except ApiError as exc:
         return TestResult(ok=False, model=model, status=exc.status, error=exc.message)
     return TestResult(ok=True, model=model, dimensions=int(vectors.shape[1]),
@@ -247,13 +263,19 @@ def provider_submit(*, spec: ProviderModelSpec, texts: list[str], keys: list[byt
 
 
 def provider_embed_run(*, provider_id: int, model: str, texts: list[str], keys: list[str], reply_id: str,
-                       deadline: float) -> None:
+                       deadline: float) -> bool:
     """Worker side of provider_submit: call the upstream, store, then answer the waiter.
 
     Always answers (vectors or an error frame) unless the waiter is already gone. Store
     first, then wake (docs/DECISIONS.md #2); the upsert is idempotent, so a redelivered
-    message writes nothing twice.
+    message writes nothing twice. The call holds one of its tenant's provider-worker slots
+    (tier.max_sync_in_flight, accounts.quotas.provider_slot_acquire): when they are all taken
+    (its earlier calls still run, e.g. on a slow upstream) it returns False at once, without
+    calling, and the task comes back shortly; True otherwise.
     """
+    from django.conf import settings
+
+    from accounts.quotas import provider_slot_acquire, provider_slot_release
     from embeddings.cache import cache_upsert
     from embeddings.waiting import reply_failure, reply_ok, reply_send
 
@@ -261,10 +283,18 @@ def provider_embed_run(*, provider_id: int, model: str, texts: list[str], keys: 
     try:
         if time.time() >= deadline:
             logger.info("provider call for %s dropped: its request gave up waiting", reply_id)
-            return
+            return True
         try:
-            provider = ProviderConfig.objects.get(pk=provider_id)
-            vectors, tokens = embed_call(upstream_for(provider), model=model, texts=texts, deadline=deadline)
+            provider = ProviderConfig.objects.select_related("tenant__tier").get(pk=provider_id)
+            # A call may outlive its deadline by about two attempt timeouts (connect, then read):
+            # past that, a slot left by a killed worker is free again.
+            if not provider_slot_acquire(tenant=provider.tenant, member=reply_id,
+                                         until=deadline + 2 * settings.PROVIDER_TIMEOUT_SECONDS):
+                return False
+            try:
+                vectors, tokens = embed_call(upstream_for(provider), model=model, texts=texts, deadline=deadline)
+            finally:
+                provider_slot_release(tenant_id=provider.tenant_id, member=reply_id)
         except ProviderConfig.DoesNotExist:
             payload = reply_failure(NotFound(PROVIDER_NOT_FOUND.format(name=provider_id)))
         except ApiError as exc:
@@ -282,5 +312,6 @@ def provider_embed_run(*, provider_id: int, model: str, texts: list[str], keys: 
                 logger.exception("cache upsert of %d provider vectors failed", len(keys))
             payload = reply_ok(tokens, vectors)
         reply_send(reply_id, payload)
+        return True
     finally:
         close_old_connections()

@@ -14,6 +14,7 @@ from rest_framework.views import APIView
 
 from accounts.authentication import request_tenant
 from accounts.permissions import IsJwtAuthenticated
+from accounts.quotas import provider_test_check
 from providers import schemas
 from providers.crypto import secret_mask
 from providers.models import ProviderConfig
@@ -98,7 +99,8 @@ class ProviderDetailApi(APIView):
 
 
 class ProviderTestApi(APIView):
-    """One tiny real upstream call; 200 either way, with `ok` and what failed."""
+    """One tiny real upstream call; 200 either way, with `ok` and what failed (a 504 result past
+    PROVIDER_TEST_TIMEOUT_SECONDS). 429 past the tenant's PROVIDER_TEST_RATE."""
 
     permission_classes = [IsJwtAuthenticated]
     jwt_required_for = "providers"
@@ -110,7 +112,9 @@ class ProviderTestApi(APIView):
     def post(self, request: Request, provider_id: int) -> Response:
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        result = provider_test(tenant=request_tenant(request), provider_id=provider_id,
+        tenant = request_tenant(request)
+        provider_test_check(request, tenant=tenant)  # 429 past PROVIDER_TEST_RATE
+        result = provider_test(tenant=tenant, provider_id=provider_id,
                                model=serializer.validated_data.get("model") or None)
         return Response(
             {"ok": result.ok, "model": result.model, "dimensions": result.dimensions,

@@ -39,10 +39,22 @@ def provider_embed(provider_id: int, model: str, texts: list[str], keys: list[st
     """One request's cache misses through the tenant's provider (routed to the provider queue).
 
     Texts travel in the message (they are not stored anywhere); the provider is re-fetched by id.
+    When the tenant's calls in progress hold all its provider-worker slots, the task comes back
+    after PROVIDER_BUSY_RETRY_SECONDS (until its request's deadline) instead of taking a thread.
     """
-    from providers.services import provider_embed_run
+    import time
 
-    provider_embed_run(provider_id=provider_id, model=model, texts=texts, keys=keys, reply_id=reply_id, deadline=deadline)
+    from providers.services import provider_embed_run
+    from workers.queues import PROVIDER_QUEUE
+
+    if not provider_embed_run(provider_id=provider_id, model=model, texts=texts, keys=keys, reply_id=reply_id,
+                              deadline=deadline):
+        provider_embed.apply_async(args=[provider_id, model, texts, keys, reply_id, deadline], queue=PROVIDER_QUEUE,
+                                   countdown=PROVIDER_BUSY_RETRY_SECONDS, expires=max(1.0, deadline - time.time()))
+
+
+# How soon a provider call whose tenant is at its bound of calls in progress is tried again.
+PROVIDER_BUSY_RETRY_SECONDS = 0.25
 
 
 @shared_task(name="workers.job_sweep", ignore_result=True)

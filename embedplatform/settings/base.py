@@ -208,6 +208,10 @@ MAX_BATCH_TEXTS: int = env.int("MAX_BATCH_TEXTS", default=256 if EMBED_DEVICE.st
 MAX_BATCH_TOKENS: int = env.int("MAX_BATCH_TOKENS", default=16384)
 MAX_QUEUE_DEPTH: int = env.int("MAX_QUEUE_DEPTH", default=10000)
 SYNC_WAIT_SECONDS: float = env.float("SYNC_WAIT_SECONDS", default=30.0)
+# The longest `wait` a request may ask for (400 above it): a waiting request holds a web thread.
+SYNC_WAIT_MAX: float = env.float("SYNC_WAIT_MAX", default=60.0)
+if SYNC_WAIT_MAX <= 0:
+    raise ImproperlyConfigured(f"SYNC_WAIT_MAX={SYNC_WAIT_MAX}: use a number of seconds over 0.")
 # Request limits (before any tier limit): body size, inputs per request, chars per input.
 MAX_REQUEST_BYTES: int = env.int("MAX_REQUEST_BYTES", default=8 * 1024 * 1024)
 MAX_INPUTS_PER_REQUEST: int = env.int("MAX_INPUTS_PER_REQUEST", default=2048)
@@ -220,6 +224,10 @@ PROVIDER_ALLOWED_HOSTS: list[str] = env.list("PROVIDER_ALLOWED_HOSTS", default=[
 # One upstream attempt (connect + read); the whole call is also bounded by the waiter's deadline.
 PROVIDER_TIMEOUT_SECONDS: float = env.float("PROVIDER_TIMEOUT_SECONDS", default=20.0)
 PROVIDER_MAX_RETRIES: int = env.int("PROVIDER_MAX_RETRIES", default=3)
+# POST /v1/providers/{id}/test runs in the web thread: its whole call, retries included, ends
+# within this many seconds; each tenant may test this often (django-ratelimit's "N/m" form).
+PROVIDER_TEST_TIMEOUT_SECONDS: float = env.float("PROVIDER_TEST_TIMEOUT_SECONDS", default=5.0)
+PROVIDER_TEST_RATE: str = env.str("PROVIDER_TEST_RATE", default="10/m")
 # Longest backoff (and Retry-After) honored between attempts; longer waits fail at once.
 PROVIDER_MAX_BACKOFF_SECONDS: float = env.float("PROVIDER_MAX_BACKOFF_SECONDS", default=10.0)
 PROVIDER_MAX_RESPONSE_BYTES: int = env.int("PROVIDER_MAX_RESPONSE_BYTES", default=32 * 1024 * 1024)

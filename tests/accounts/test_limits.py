@@ -91,14 +91,30 @@ def test_requests_per_minute_per_key(alice, client_for, redis_db, tiers):
     assert "X-RateLimit-Limit" in response  # the text quota headers ride along
 
 
-def test_rate_windows_are_per_key(alice, client_for, redis_db, tiers):
-    from accounts.services import api_key_create
-
-    _limit(alice, requests_per_minute=1)
-    _, second_key = api_key_create(tenant=alice.tenant, name="second")
-    assert client_for(alice).post("/v1/embed", {"text": ""}, format="json").status_code == 400
-    assert client_for(alice).post("/v1/embed", {"text": ""}, format="json").status_code == 429
-    assert client_for(key=second_key).post("/v1/embed", {"text": ""}, format="json").status_code == 400
+def test_the_rate_window_is_per_tenant_across_its_keys_and_sessions(alice, bob, client_for, jwt_for, redis_db,
+                                                                     tiers):
+    """GIVEN a tier of 3 requests per minute WHEN alice mints more keys (POST /v1/keys) and uses
+    them, and her user session (JWT) too THEN they all share one window: the 4th request is 429
+    with the X-RateLimit-*-Requests headers, whichever key sends it; bob's window is his own."""
+    _limit(alice, requests_per_minute=3)
+    session = jwt_for(alice)
+    minted = [session.post("/v1/keys", {"name": f"k{i}"}, format="json") for i in range(2)]
+    assert [r.status_code for r in minted] == [201, 201], minted[0].content
+    keys = [client_for(key=r.json()["api_key"]) for r in minted]
+    first = keys[0].post("/v1/embed", {"text": ""}, format="json")
+    assert first.status_code == 400 and first["X-RateLimit-Remaining-Requests"] == "2"
+    second = keys[1].post("/v1/embed", {"text": ""}, format="json")
+    assert second.status_code == 400 and second["X-RateLimit-Remaining-Requests"] == "1"
+    third = session.post("/v1/embeddings", {"model": MODEL, "input": []}, format="json")  # a JWT call counts too
+    assert third.status_code == 400 and third["X-RateLimit-Remaining-Requests"] == "0"
+    for client in (client_for(alice), *keys, session):
+        refused = client.post("/v1/embed", {"text": ""}, format="json")
+        assert refused.status_code == 429
+        assert refused.json()["error"]["code"] == "rate_limit_exceeded"
+        assert "3 requests per minute (all its keys together)" in refused.json()["error"]["message"]
+        assert 1 <= int(refused["Retry-After"]) <= 60
+        assert refused["X-RateLimit-Limit-Requests"] == "3" and refused["X-RateLimit-Remaining-Requests"] == "0"
+    assert client_for(bob).post("/v1/embed", {"text": ""}, format="json").status_code == 400  # another tenant
 
 
 def test_a_request_over_max_batch_size_is_413_with_the_limit(alice, client_for, redis_db, tiers):
