@@ -210,7 +210,7 @@ def inflight_release(inflight: InFlight | None) -> None:
 
 
 def inflight_count(tenant_id: int) -> int:
-    """The tenant's sync requests in flight now (tests, /v1/usage)."""
+    """The tenant's sync requests in flight now (entries whose deadline has not passed)."""
     client = redis_client()
     return int(client.zcount(inflight_key(tenant_id), f"({time.time()}", "+inf"))
 
