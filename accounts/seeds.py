@@ -5,7 +5,7 @@ SEED_TIERS = {
                  max_job_texts=10_000, server_compute=False, priority=0, max_sync_in_flight=4, max_keys=5,
                  max_cache_bytes=256 << 20),
     "paid": dict(daily_limit=50_000, monthly_limit=1_500_000, requests_per_minute=3_000, max_batch_size=2_048,
-                 max_job_texts=100_000, server_compute=True, priority=10, max_sync_in_flight=16, max_keys=50,
+                 max_job_texts=100_000, server_compute=True, priority=10, max_sync_in_flight=8, max_keys=50,
                  max_cache_bytes=16 << 30),
 }
 
