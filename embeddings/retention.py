@@ -26,7 +26,7 @@ from accounts.authcache import epoch_new
 from accounts.quotas import CacheUse
 from embeddings.cache import PUBLIC_SCOPE, text_key
 from embeddings.models import CachedEmbedding
-from embeddings.registry import model_get, model_specs
+from embeddings.registry import byok_key_prefixes, model_get, model_specs
 from embedplatform.redisconn import dirty_hashes_take, redis_client, redis_lock
 
 logger = logging.getLogger(__name__)
@@ -194,15 +194,17 @@ def cache_prune(*, unused_for: timedelta, tenant_id: int | None = None, model: s
 def _prompts(model: str | None, input_type: str | None) -> set[str]:
     """The prompts the embedding path may have put before a text (embeddings/services.embed_plan
     keys sha256(prompt + text)): of `model`, or of every served model; with `input_type`, only
-    its prompt (which is "" where the model has none)."""
+    its prompt (which is "" where the model has none). Provider models (`<name>/<model>`, or
+    every model) add their input_type key prefixes (registry.byok_key_prefix)."""
+    byok = byok_key_prefixes(input_type) if model is None or "/" in model else set()  # a provider's keys
     if model is not None:
         spec = model_get(model)
         specs = [spec] if spec is not None else []
     else:
         specs = list(model_specs().values())
     if input_type is not None:
-        return {s.prompt(input_type) for s in specs} or {""}
-    return {""} | {p for s in specs for p in s.prompts.values()}
+        return {s.prompt(input_type) for s in specs} | byok or {""}
+    return {""} | {p for s in specs for p in s.prompts.values()} | byok
 
 
 def cache_delete(*, tenant, texts: list[str] | None = None, model: str | None = None,

@@ -168,7 +168,8 @@ def embed_plan(*, tenant: Tenant, texts: list[str], options: EmbedOptions) -> Em
     if not options.truncate:
         _check_lengths(spec, inputs)
 
-    keys = [cache.text_key(t) for t in inputs]
+    key_prefix = spec.key_prefix(options.input_type)  # a provider's: input_type (DECISIONS #3)
+    keys = [cache.text_key(key_prefix + t) for t in inputs]
     unique: dict[bytes, int] = {}
     for i, key in enumerate(keys):
         unique.setdefault(key, i)

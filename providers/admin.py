@@ -1,7 +1,9 @@
 """Providers in the admin: per tenant, the secret only as its mask, a "test" action.
 
 The form takes a new API key write-only (blank keeps the stored one) and runs the same
-validation as the API (SSRF check included) before saving.
+validation as the API (SSRF check included) before saving. Secret header values show as their
+masks; a mask sent back keeps its value. As in the API, a change of endpoint, preset, template or
+headers needs the API key (and the secret header values) again.
 """
 
 from __future__ import annotations
@@ -10,8 +12,8 @@ from django import forms
 from django.contrib import admin, messages
 
 from embedplatform.errors import InvalidInput
-from providers.models import ProviderConfig
-from providers.services import _save, _validate, provider_check
+from providers.models import ProviderConfig, header_is_template
+from providers.services import _routing, _save, _validate, headers_resolve, provider_check, secrets_move_check
 
 
 class ProviderConfigForm(forms.ModelForm):
@@ -25,14 +27,30 @@ class ProviderConfigForm(forms.ModelForm):
         fields = ("tenant", "name", "preset", "endpoint", "request_template", "response_path", "headers", "model",
                   "max_inputs")
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._before = _routing(self.instance) if self.instance.pk else None
+        self._stored_secrets = set()
+        if self.instance.pk and self.instance.headers_encrypted:
+            self._stored_secrets = {n for n, v in self._before["headers"].items() if not header_is_template(v)}
+        self.headers_clear = None
+
     def clean(self):
         data = super().clean()
         provider = self.instance
-        for field in self.Meta.fields:
-            if field in data:
-                setattr(provider, field, data[field])
+        api_key = data.get("api_key") or None
+        kept: set[str] = set()
         try:
-            _validate(provider, api_key=data.get("api_key") or None)
+            for field in self.Meta.fields:
+                if field == "headers" and field in data:
+                    self.headers_clear, kept = headers_resolve(provider, data[field])
+                    provider.headers_store(self.headers_clear)
+                elif field in data:
+                    setattr(provider, field, data[field])
+            _validate(provider, api_key=api_key)
+            if self._before is not None:
+                secrets_move_check(provider, self._before, api_key=api_key, headers_given=True, kept=kept,
+                                   stored_secrets=self._stored_secrets)
         except InvalidInput as exc:
             raise forms.ValidationError({exc.param: exc.message} if exc.param in self.fields else exc.message) from None
         return data
@@ -46,9 +64,11 @@ class ProviderConfigAdmin(admin.ModelAdmin):
     search_fields = ("name", "tenant__name", "endpoint")
     list_select_related = ("tenant",)
     readonly_fields = ("secret_mask", "created_at", "updated_at")
+    exclude = ("headers_encrypted", "headers_digest")
     actions = ["test_providers"]
 
     def save_model(self, request, obj, form, change):
+        obj.headers_store(form.headers_clear)  # the form put the shown (masked) values back on obj
         _save(obj, api_key=form.cleaned_data.get("api_key") or None)
 
     @admin.action(description="Test the selected providers (one short text each)")

@@ -238,7 +238,7 @@ def upstream_for(provider) -> Upstream:
         endpoint=provider.effective_endpoint,
         template=provider.effective_template,
         response_path=provider.effective_response_path,
-        headers=provider.effective_headers,
+        headers=provider.headers_clear(),  # secret values decrypted here, in the worker
         api_key=secret_decrypt(provider.secret_encrypted) if provider.secret_encrypted else "",
         max_inputs=provider.effective_max_inputs,
         usage_path=provider.usage_path,

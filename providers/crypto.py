@@ -14,6 +14,7 @@ from functools import cache
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
+from django.utils.crypto import salted_hmac
 
 from providers.errors import SECRET_UNREADABLE, SecretUnreadable
 
@@ -60,6 +61,12 @@ def secret_rotate(token: str) -> str:
         return fernet().rotate(token.encode("ascii")).decode("ascii")
     except (InvalidToken, UnicodeError):
         raise SecretUnreadable(SECRET_UNREADABLE) from None
+
+
+def secret_digest(plain: str) -> str:
+    """A keyed digest (HMAC under SECRET_KEY) that tells whether a secret changed without revealing
+    it, even a guessable one, to whoever reads the database alone."""
+    return salted_hmac("providers.secret_digest", plain, algorithm="sha256").hexdigest()
 
 
 def secret_mask(plain: str) -> str:

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import re
+
+import orjson
 from django.db import models
 from django.utils import timezone
 
@@ -11,7 +14,9 @@ class ProviderConfig(models.Model):
 
     Blank endpoint / request_template / response_path / headers mean "the preset's". The
     secret is stored only as a Fernet token (providers/crypto.py) plus a display mask; it
-    never leaves the worker that calls the upstream.
+    never leaves the worker that calls the upstream. So are header values other than an
+    `{{api_key}}` template ("Bearer {{api_key}}"): `headers` holds their masks,
+    `headers_encrypted` the Fernet token of their clear values (see `headers_store`).
     """
 
     tenant = models.ForeignKey("accounts.Tenant", on_delete=models.CASCADE, related_name="providers")
@@ -20,7 +25,14 @@ class ProviderConfig(models.Model):
     endpoint = models.CharField(max_length=2000, blank=True, default="", help_text="Blank: the preset's.")
     request_template = models.JSONField(null=True, blank=True, help_text="Blank: the preset's.")
     response_path = models.CharField(max_length=500, blank=True, default="", help_text="JSONPath; blank: the preset's.")
-    headers = models.JSONField(null=True, blank=True, help_text='Blank: the preset\'s, or {"Authorization": "Bearer {{api_key}}"}.')
+    headers = models.JSONField(
+        null=True, blank=True,
+        help_text='Blank: the preset\'s, or {"Authorization": "Bearer {{api_key}}"}. Values other than an {{api_key}} '
+                  "template are secrets: stored encrypted and shown masked (send a mask back to keep its value).",
+    )
+    headers_encrypted = models.TextField(blank=True, default="", help_text="Fernet token of the secret header values.")
+    headers_digest = models.CharField(max_length=64, blank=True, default="",
+                                      help_text="Keyed digest of the secret header values (part of the cache version).")
     model = models.CharField(max_length=200, blank=True, default="", help_text="Default upstream model (tests, /v1/models).")
     max_inputs = models.PositiveIntegerField(null=True, blank=True, help_text="Texts per upstream call; blank: the preset's.")
     secret_encrypted = models.TextField(blank=True, default="", help_text="Fernet token of the API key.")
@@ -54,10 +66,39 @@ class ProviderConfig(models.Model):
 
     @property
     def effective_headers(self) -> dict[str, str]:
+        """The headers as shown: {{api_key}} templates as written, every other value masked."""
         preset = preset_get(self.preset)
         if self.headers is not None:
             return self.headers
         return dict(preset.headers) if preset else dict(BEARER)
+
+    def headers_clear(self) -> dict[str, str]:
+        """The headers as sent (before {{api_key}} is filled in): secret values decrypted.
+        Raises SecretUnreadable when ENCRYPTION_KEY cannot open them."""
+        from providers.crypto import secret_decrypt
+
+        public = self.effective_headers
+        if self.headers is None or not self.headers_encrypted:
+            return dict(public)
+        secrets = orjson.loads(secret_decrypt(self.headers_encrypted))
+        return {name: secrets.get(name, value) for name, value in public.items()}
+
+    def headers_store(self, clear: dict[str, str] | None) -> None:
+        """Sets the headers from their clear values: templates stay as written, every other value
+        is encrypted (headers_encrypted) and shown by its mask (headers); headers_digest changes
+        exactly when a secret value does."""
+        from providers.crypto import secret_digest, secret_encrypt, secret_mask
+
+        if clear is None:
+            self.headers, self.headers_encrypted, self.headers_digest = None, "", ""
+            return
+        secrets = {name: value for name, value in clear.items() if not header_is_template(value)}
+        self.headers = {name: secret_mask(value) if name in secrets else value for name, value in clear.items()}
+        if secrets:
+            plain = orjson.dumps(secrets, option=orjson.OPT_SORT_KEYS).decode()
+            self.headers_encrypted, self.headers_digest = secret_encrypt(plain), secret_digest(plain)
+        else:
+            self.headers_encrypted, self.headers_digest = "", ""
 
     @property
     def effective_max_inputs(self) -> int:
@@ -71,6 +112,15 @@ class ProviderConfig(models.Model):
     def usage_path(self) -> str:
         preset = preset_get(self.preset)
         return preset.usage_path if preset and self.request_template is None else ""
+
+
+_TEMPLATE_VALUE = re.compile(r"^\s*(?:[A-Za-z][A-Za-z0-9._-]{0,31}\s+)?\{\{\s*api_key\s*\}\}\s*$")
+
+
+def header_is_template(value: str) -> bool:
+    """True for "{{api_key}}" or "<scheme> {{api_key}}" ("Bearer {{api_key}}"): no secret in it.
+    Every other header value may be one, so it is stored encrypted and shown masked."""
+    return isinstance(value, str) and bool(_TEMPLATE_VALUE.match(value))
 
 
 def _uses_single_text(template) -> bool:

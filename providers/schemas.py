@@ -102,19 +102,52 @@ def provider_detail_schema(output_serializer):
     )
 
 
+API_KEY_AGAIN_EXAMPLE = {
+    "error": {
+        "message": "api_key: changing endpoint decides where or how the stored API key is sent, so send the api_key "
+                   'again in the same request (or "" to remove it).',
+        "type": "invalid_request_error",
+        "param": "api_key",
+        "code": "api_key_required",
+    }
+}
+
+
 def provider_update_schema(input_serializer, output_serializer):
+    errors = error_responses(400, *MANAGEMENT_ERRORS, 404, 413)
+    errors[400] = OpenApiResponse(
+        errors[400].response,
+        description=(
+            f"{errors[400].description} A change of endpoint, preset, request_template or headers without the "
+            "api_key in the same request is refused (param api_key, code api_key_required), and so is one of "
+            "endpoint, preset or request_template that would carry a stored secret header value not sent again "
+            "in clear (param headers, code headers_required): stored secrets never move to a new place."
+        ),
+        examples=[*errors[400].examples,
+                  OpenApiExample("api_key required", value=API_KEY_AGAIN_EXAMPLE, status_codes=["400"],
+                                 response_only=True)],
+    )
     return extend_schema(
         operation_id="providers_update",
         tags=["providers"],
         summary="Change some fields of a provider",
+        description=(
+            "Only the fields sent change. Header values other than an `{{api_key}}` template are secrets: "
+            "shown masked, and a mask sent back keeps the stored value. Changing where or how the upstream "
+            "key is sent (endpoint, preset, request_template, headers) needs the api_key again."
+        ),
         auth=JWT_ONLY,
         parameters=[PROVIDER_ID],
         request=named(input_serializer, "Provider"),
         responses={
             200: _ok(named(output_serializer, "Provider"), "updated", PROVIDER_EXAMPLE),
-            **error_responses(400, *MANAGEMENT_ERRORS, 404, 413),
+            **errors,
         },
-        examples=[OpenApiExample("new key", request_only=True, value={"api_key": "sk-new..."})],
+        examples=[
+            OpenApiExample("new key", request_only=True, value={"api_key": "sk-new..."}),
+            OpenApiExample("new endpoint", request_only=True,
+                           value={"endpoint": "https://embed.example.com/v2/embed", "api_key": "sk-..."}),
+        ],
     )
 
 

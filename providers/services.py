@@ -9,6 +9,7 @@ scope, then wakes the waiting request through its reply key (embeddings/waiting.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import time
@@ -17,11 +18,12 @@ from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FuturesTimeout
 from dataclasses import dataclass
 
+import orjson
 from django.db import IntegrityError, close_old_connections, transaction
 from kombu.exceptions import OperationalError
 
 from accounts.models import Tenant
-from embeddings.registry import ModelSpec
+from embeddings.registry import ModelSpec, byok_key_prefix
 from embedplatform.errors import MODEL_UNKNOWN, ApiError, InvalidInput, NotFound, Overloaded
 from providers.clients import (
     MAX_DIMS,
@@ -34,7 +36,7 @@ from providers.clients import (
 )
 from providers.crypto import secret_encrypt, secret_mask
 from providers.errors import PROVIDER_NAME_TAKEN, PROVIDER_NOT_FOUND, ProviderError
-from providers.models import ProviderConfig
+from providers.models import ProviderConfig, header_is_template
 from providers.presets import CUSTOM, PRESET_CHOICES, preset_get
 from providers.selectors import provider_for_model, provider_get
 from providers.ssrf import EndpointRefused, endpoint_check
@@ -75,10 +77,11 @@ def _validate(provider: ProviderConfig, *, api_key: str | None) -> None:
         endpoint_check(provider.effective_endpoint)
     except EndpointRefused as exc:
         raise InvalidInput(f"endpoint: {exc}.", param="endpoint") from None
+    headers = provider.headers_clear()
     for field, check, value in (
         ("request_template", template_validate, provider.effective_template),
         ("response_path", path_parse, provider.effective_response_path),
-        ("headers", headers_validate, provider.effective_headers),
+        ("headers", headers_validate, headers),
     ):
         try:
             check(value)
@@ -90,7 +93,7 @@ def _validate(provider: ProviderConfig, *, api_key: str | None) -> None:
         raise InvalidInput("model: at most 200 characters.", param="model")
     if api_key is not None and (len(api_key) > 4000 or any(c in api_key for c in "\r\n\0")):
         raise InvalidInput("api_key: a single line of at most 4000 characters.", param="api_key")
-    needs_key = any("{{api_key}}" in v.replace(" ", "") for v in provider.effective_headers.values())
+    needs_key = any("{{api_key}}" in v.replace(" ", "") for v in headers.values())
     has_key = bool(api_key) if api_key is not None else bool(provider.secret_encrypted)
     if needs_key and not has_key:
         which = "this preset" if preset else "the headers ({{api_key}})"
@@ -107,6 +110,61 @@ def _save(provider: ProviderConfig, *, api_key: str | None) -> ProviderConfig:
     except IntegrityError:
         raise InvalidInput(PROVIDER_NAME_TAKEN.format(name=provider.name), param="name", code="name_taken") from None
     return provider
+
+
+# Fields that decide where the stored secrets go or how they are sent: changing one needs them again.
+ROUTING_FIELDS = ("endpoint", "preset", "request_template", "headers")
+API_KEY_AGAIN = (
+    "api_key: changing {fields} decides where or how the stored API key is sent, so send the api_key again in the "
+    'same request (or "" to remove it).'
+)
+HEADERS_AGAIN = (
+    "headers: changing {fields} would send the stored secret header values ({names}) to the new configuration; "
+    "send the headers again with those values in clear in the same request."
+)
+
+
+def headers_resolve(provider: ProviderConfig, headers) -> tuple[dict | None, set[str]]:
+    """(the clear headers a create/update asks for, the names of stored secret values it kept).
+
+    A value equal to the mask of the stored secret value of the same header keeps that value, so
+    the shown (masked) headers can be sent back unchanged. Raises InvalidInput (param headers).
+    """
+    if headers is None:
+        return None, set()
+    try:
+        headers_validate(headers)
+    except TemplateError as exc:
+        raise InvalidInput(f"headers: {exc}.", param="headers") from None
+    if provider.pk is None or provider.headers is None or not provider.headers_encrypted:
+        return dict(headers), set()
+    stored, shown = provider.headers_clear(), provider.headers
+    kept = {name for name, value in headers.items()
+            if name in stored and not header_is_template(stored[name]) and value == shown.get(name)}
+    return {name: stored[name] if name in kept else value for name, value in headers.items()}, kept
+
+
+def _routing(provider: ProviderConfig) -> dict:
+    return {"endpoint": provider.effective_endpoint, "preset": provider.preset,
+            "request_template": provider.effective_template, "headers": provider.headers_clear()}
+
+
+def secrets_move_check(provider: ProviderConfig, before: dict, *, api_key: str | None, headers_given: bool,
+                       kept: set[str], stored_secrets: set[str]) -> None:
+    """Raises InvalidInput unless every stored secret that a change of where or how it is sent
+    would carry along is given again in the same request (`before`: _routing of the stored row)."""
+    after = _routing(provider)
+    changed = [f for f in ROUTING_FIELDS if before[f] != after[f]]
+    if not changed:
+        return
+    fields = ", ".join(changed)
+    if api_key is None and provider.secret_encrypted:
+        raise InvalidInput(API_KEY_AGAIN.format(fields=fields), param="api_key", code="api_key_required")
+    carried = sorted(kept if headers_given else stored_secrets)
+    where = [f for f in changed if f != "headers"]
+    if where and carried:
+        raise InvalidInput(HEADERS_AGAIN.format(fields=", ".join(where), names=", ".join(carried)), param="headers",
+                           code="headers_required")
 
 
 def provider_create(
@@ -126,25 +184,41 @@ def provider_create(
     preset_obj = preset_get(preset)
     provider = ProviderConfig(
         tenant=tenant, name=name, preset=preset, endpoint=endpoint or "", request_template=request_template,
-        response_path=response_path or "", headers=headers, model=model or (preset_obj.default_model if preset_obj else ""),
+        response_path=response_path or "", model=model or (preset_obj.default_model if preset_obj else ""),
         max_inputs=max_inputs,
     )
+    provider.headers_store(headers_resolve(provider, headers)[0])
     _validate(provider, api_key=api_key)
     return _save(provider, api_key=api_key)
 
 
 def provider_update(*, tenant: Tenant, provider_id: int, **changes) -> ProviderConfig:
-    """Changes the given fields (api_key: a new secret; "" removes it). NotFound for another tenant's."""
+    """Changes the given fields (api_key: a new secret; "" removes it). NotFound for another tenant's.
+
+    A change of endpoint, preset, request_template or headers needs the api_key (and any secret
+    header value) again in the same request: whoever holds a session must not be able to send the
+    stored secrets somewhere else (InvalidInput, param api_key / headers).
+    """
     provider = provider_get(tenant=tenant, provider_id=provider_id)
     api_key = changes.pop("api_key", None)
     unknown = set(changes) - set(_FIELDS)
     if unknown:
         raise InvalidInput(f"unknown fields: {', '.join(sorted(unknown))}.")
+    before = _routing(provider)
+    stored_secrets = set(provider.headers or {}) if provider.headers_encrypted else set()
+    stored_secrets = {n for n in stored_secrets if not header_is_template(before["headers"].get(n, ""))}
+    kept: set[str] = set()
     for field, value in changes.items():
         if field in ("endpoint", "response_path", "model") and value is None:
             value = ""
+        if field == "headers":
+            clear, kept = headers_resolve(provider, value)
+            provider.headers_store(clear)
+            continue
         setattr(provider, field, value)
     _validate(provider, api_key=api_key)
+    secrets_move_check(provider, before, api_key=api_key, headers_given="headers" in changes, kept=kept,
+                       stored_secrets=stored_secrets)
     return _save(provider, api_key=api_key)
 
 
@@ -212,11 +286,34 @@ class ProviderModelSpec(ModelSpec):
     tenant_id: int = 0
     upstream_model: str = ""
 
+    def key_prefix(self, input_type: str | None) -> str:
+        return byok_key_prefix(input_type)
+
+
+# Bump when the way a provider's vectors are keyed changes (2: input_type in the text key).
+BYOK_KEYING = 2
+
 
 def provider_cache_version(provider: ProviderConfig) -> str:
-    """The cache's model_version for a provider: a deleted and re-created provider of the same
-    name (maybe another upstream) does not inherit the old one's vectors."""
-    return f"byok-{provider.pk}"
+    """The cache's model_version for a provider: `byok-<id>-<digest of everything that shapes its
+    vectors>`. The id: a deleted and re-created provider of the same name (maybe another upstream)
+    does not inherit the old one's vectors. The digest: endpoint, preset, request template,
+    response path, the headers (templates as written, secret values by their keyed digest) and
+    the keying scheme, so any change means fresh vectors (the old rows just stop matching). The
+    upstream model is the cache's model column (`<provider>/<model>`); input_type is in the text
+    key (ProviderModelSpec.key_prefix). The secrets themselves (the api_key) are not: a new key
+    for the same upstream gives the same vectors."""
+    shape = {
+        "keying": BYOK_KEYING,
+        "endpoint": provider.effective_endpoint,
+        "preset": provider.preset,
+        "request_template": provider.effective_template,
+        "response_path": provider.effective_response_path,
+        "headers": provider.effective_headers,
+        "headers_digest": provider.headers_digest,
+    }
+    digest = hashlib.sha256(orjson.dumps(shape, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
+    return f"byok-{provider.pk}-{digest}"
 
 
 def provider_model_resolve(*, tenant: Tenant, model: str) -> ProviderModelSpec:

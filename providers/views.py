@@ -16,7 +16,6 @@ from accounts.authentication import request_tenant
 from accounts.permissions import IsJwtAuthenticated
 from accounts.quotas import provider_test_check
 from providers import schemas
-from providers.crypto import secret_mask
 from providers.models import ProviderConfig
 from providers.presets import CUSTOM, PRESET_CHOICES
 from providers.selectors import provider_get, provider_list
@@ -51,8 +50,9 @@ class ProviderOutputSerializer(serializers.Serializer):
     updated_at = serializers.DateTimeField()
 
     def get_headers(self, obj: ProviderConfig) -> dict[str, str]:
-        # Values with {{api_key}} are templates; a literal value may itself be a secret.
-        return {k: v if "{{" in v else secret_mask(v) for k, v in obj.effective_headers.items()}
+        # {{api_key}} templates as written; every other value is a secret, stored encrypted and
+        # shown by its mask (send the mask back to keep the value).
+        return dict(obj.effective_headers)
 
     def get_models(self, obj: ProviderConfig) -> list[str]:
         return [f"{obj.name}/{obj.model}"] if obj.model else []

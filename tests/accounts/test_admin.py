@@ -83,3 +83,22 @@ def test_the_admin_static_files_are_served_with_debug_off(client, settings):
     settings.DEBUG = False
     response = client.get("/static/admin/css/base.css")
     assert response.status_code == 200 and b"body" in b"".join(response.streaming_content)
+
+
+def test_the_webhook_secret_is_masked_and_regenerated_by_an_action(staff_client, alice):
+    """The tenant page never shows the webhook secret in clear nor lets it be typed in; the
+    "Regenerate webhook secret" action replaces it (the tenant reads it via GET /v1/webhook-secret)."""
+    tenant = alice.tenant
+    before = tenant.webhook_secret
+    url = reverse("admin:accounts_tenant_change", args=[tenant.pk])
+    page = staff_client.get(url).content.decode()
+    assert before not in page and before[3:-4] not in page
+    assert f"{before[:3]}...{before[-4:]}" in page
+    assert 'name="webhook_secret"' not in page
+    assert before not in staff_client.get(reverse("admin:accounts_tenant_changelist")).content.decode()
+
+    response = staff_client.post(reverse("admin:accounts_tenant_changelist"),
+                                 {"action": "regenerate_webhook_secret", "_selected_action": [tenant.pk]}, follow=True)
+    assert any("Regenerated the webhook secret of 1 tenant" in str(m) for m in response.context["messages"])
+    tenant.refresh_from_db()
+    assert tenant.webhook_secret != before and len(tenant.webhook_secret) == 64

@@ -53,3 +53,42 @@ def test_admin_form_validates_like_the_api_and_keeps_the_key_when_blank(staff, p
     provider.refresh_from_db()
     assert provider.model == "m" and provider.secret_mask == "sk-...WXYZ"
     assert ProviderConfig.objects.count() == 1
+
+
+HEADER_VALUE = "org-secret-value-56789"
+
+
+@pytest.fixture
+def header_provider(alice, fake):
+    return provider_create(tenant=alice.tenant, name="withheader", preset="openai", endpoint=fake.url(), api_key=SECRET,
+                           headers={"Authorization": "Bearer {{api_key}}", "X-Org": HEADER_VALUE})
+
+
+def _form(provider, **changes) -> dict:
+    import json
+
+    return {"tenant": provider.tenant_id, "name": provider.name, "preset": provider.preset, "endpoint": provider.endpoint,
+            "request_template": "null", "response_path": "", "headers": json.dumps(provider.headers),
+            "model": provider.model, "max_inputs": "", "api_key": "", **changes}
+
+
+def test_admin_shows_header_values_masked_and_keeps_them_when_sent_back(staff, header_provider, fake):
+    url = reverse("admin:providers_providerconfig_change", args=[header_provider.pk])
+    for page in (staff.get(url), staff.get(reverse("admin:providers_providerconfig_changelist"))):
+        assert HEADER_VALUE not in page.content.decode() and HEADER_VALUE[3:-4] not in page.content.decode()
+    assert "org...6789" in staff.get(url).content.decode()
+
+    response = staff.post(url, _form(header_provider, model="m"))
+    assert response.status_code == 302, response.content.decode()[-2000:]
+    header_provider.refresh_from_db()
+    assert header_provider.model == "m" and header_provider.headers_clear()["X-Org"] == HEADER_VALUE
+
+
+def test_admin_form_needs_the_key_again_to_change_the_endpoint(staff, header_provider, fake, settings):
+    url = reverse("admin:providers_providerconfig_change", args=[header_provider.pk])
+    response = staff.post(url, _form(header_provider, endpoint=fake.url("/v1/elsewhere")))
+    assert response.status_code == 200 and "send the api_key again" in response.content.decode()
+    response = staff.post(url, _form(header_provider, endpoint=fake.url("/v1/elsewhere"), api_key=SECRET))
+    assert response.status_code == 200 and "send the headers again" in response.content.decode()  # X-Org too
+    header_provider.refresh_from_db()
+    assert header_provider.endpoint == fake.url()

@@ -90,3 +90,52 @@ def test_the_system_check_names_a_bad_key(settings):
     settings.ENCRYPTION_KEY = f"{KEY_A},oops"
     (error,) = encryption_key_check()
     assert error.id == "providers.E001" and "entry 2 is not a Fernet key" in error.msg
+
+
+HEADER_VALUE = "org-secret-value-56789"
+
+
+@pytest.fixture
+def with_header(alice, fake, settings):
+    settings.ENCRYPTION_KEY = KEY_A
+    return provider_create(tenant=alice.tenant, name="withheader", preset="openai", endpoint=fake.url(), api_key=SECRET,
+                           headers={"Authorization": "Bearer {{api_key}}", "X-Org": HEADER_VALUE})
+
+
+def test_rotation_reencrypts_the_secret_header_values_too(with_header, settings):
+    before = with_header.headers_encrypted
+    settings.ENCRYPTION_KEY = f"{KEY_B},{KEY_A}"
+    out = io.StringIO()
+    call_command("rotate_encryption_key", stdout=out)
+    assert "Re-encrypted 2 provider secret(s)" in out.getvalue()
+    with_header.refresh_from_db()
+    assert with_header.headers_encrypted != before
+    settings.ENCRYPTION_KEY = KEY_B
+    assert with_header.headers_clear()["X-Org"] == HEADER_VALUE
+    dumped = io.StringIO()
+    call_command("dumpdata", "providers", stdout=dumped)
+    assert HEADER_VALUE not in dumped.getvalue() and "org...6789" in dumped.getvalue()
+
+
+def test_the_migration_encrypts_existing_header_values_in_place(with_header, settings):
+    """A row as the previous schema stored it (clear values in `headers`) is converted in place."""
+    import importlib
+
+    from django.apps import apps
+
+    migration = importlib.import_module("providers.migrations.0002_secret_headers")
+    clear = {"Authorization": "Bearer {{api_key}}", "X-Org": HEADER_VALUE, "X-Plain": "Token {{api_key}}"}
+    ProviderConfig.objects.filter(pk=with_header.pk).update(headers=clear, headers_encrypted="", headers_digest="")
+    migration.encrypt_header_values(apps, None)
+    with connection.cursor() as cur:
+        cur.execute(f"SELECT headers::text, headers_encrypted FROM {ProviderConfig._meta.db_table}")
+        raw = repr(cur.fetchall())
+    assert HEADER_VALUE not in raw and "Token {{api_key}}" in raw
+    with_header.refresh_from_db()
+    assert with_header.headers == {**clear, "X-Org": "org...6789"}
+    assert with_header.headers_clear() == clear
+    migration.encrypt_header_values(apps, None)  # idempotent: an encrypted row is left alone
+    with_header.refresh_from_db()
+    assert with_header.headers_clear() == clear
+    migration.decrypt_header_values(apps, None)  # and it goes back
+    assert ProviderConfig.objects.get(pk=with_header.pk).headers == clear

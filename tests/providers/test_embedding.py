@@ -106,3 +106,60 @@ def test_an_overlong_model_name_is_a_400(charlie, client_for, fake, charlie_prov
     assert response.status_code == 400 and response.json()["error"]["param"] == "model"
     assert fake.requests == []
 
+
+# --- issue 16 part 3: the cache version follows the provider's configuration -------------------
+
+def test_a_changed_template_means_fresh_vectors_but_a_new_key_does_not(charlie, client_for, jwt_client, fake,
+                                                                       charlie_provider):
+    """GIVEN cached vectors of a provider WHEN its request template changes THEN the next request
+    is a miss that reaches the upstream with the new template (the old rows stop matching); a new
+    api_key for the same upstream keeps the cache."""
+    client, admin = client_for(charlie), jwt_client(charlie)
+    assert [d["cached"] for d in _embed(client, ["hello"]).json()["data"]] == [False]
+    url = f"/v1/providers/{charlie_provider.pk}"
+    assert admin.patch(url, {"api_key": "sk-rotated-key-00001111"}, format="json").status_code == 200
+    fake.expected_key = "sk-rotated-key-00001111"
+    assert [d["cached"] for d in _embed(client, ["hello"]).json()["data"]] == [True]
+    assert len(fake.requests) == 1
+
+    template = {"model": "{{model}}", "input": "{{texts}}", "encoding_format": "float", "user": "tenant-x"}
+    response = admin.patch(url, {"request_template": template, "api_key": "sk-rotated-key-00001111"}, format="json")
+    assert response.status_code == 200, response.content
+    second = _embed(client, ["hello"])
+    assert [d["cached"] for d in second.json()["data"]] == [False]
+    assert len(fake.requests) == 2 and fake.requests[-1].body["user"] == "tenant-x"
+    assert CachedEmbedding.objects.filter(model=MODEL).values("model_version").distinct().count() == 2
+
+
+def test_input_type_is_part_of_a_provider_vectors_key(charlie, client_for, jwt_client, fake, charlie_provider):
+    """BYOK vectors asked for with another input_type (or none) are cached apart, and a tenant's
+    DELETE /v1/cache of the text removes every one of them."""
+    client = client_for(charlie)
+    for input_type in (None, "query", "document", "query"):
+        extra = {"input_type": input_type} if input_type else {}
+        assert _embed(client, ["hello"], **extra).status_code == 200
+    assert [r.body["input"] for r in fake.requests] == [["hello"]] * 3  # the upstream sees the text itself
+    assert [d["cached"] for d in _embed(client, ["hello"], input_type="query").json()["data"]] == [True]
+    assert CachedEmbedding.objects.filter(model=MODEL).count() == 3
+
+    deleted = jwt_client(charlie).delete("/v1/cache", {"texts": ["hello"], "input_type": "query", "model": MODEL},
+                                         format="json")
+    assert deleted.json() == {"deleted": 1}
+    assert jwt_client(charlie).delete("/v1/cache", {"texts": ["hello"]}, format="json").json() == {"deleted": 2}
+    assert not CachedEmbedding.objects.filter(model=MODEL).exists()
+
+
+def test_a_full_tenant_cache_gets_provider_vectors_served_but_not_stored(charlie, client_for, fake, charlie_provider,
+                                                                         tiers):
+    """Issue 16 part 4: the tier's max_cache_bytes caps the provider worker's store too."""
+    free = tiers["free"]
+    free.max_cache_bytes = 8 * 4  # one of the fake's 8-wide vectors
+    free.save()
+    client = client_for(charlie)
+    assert _embed(client, ["p1"]).status_code == 200
+    response = _embed(client, ["p2"])
+    assert response.status_code == 200, response.content
+    assert np.allclose(response.json()["data"][0]["embedding"], fake.vector("p2"))
+    assert CachedEmbedding.objects.filter(model=MODEL).count() == 1
+    assert _embed(client, ["p3"]).status_code == 200
+    assert CachedEmbedding.objects.filter(model=MODEL).count() == 1

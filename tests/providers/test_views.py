@@ -138,3 +138,151 @@ def test_with_no_provider_worker_a_miss_is_a_fast_503(charlie, client_for, fake,
                                         format="json")
     assert response.status_code == 503 and response["Retry-After"] == "5"
     assert response.json()["error"]["code"] == "no_worker"
+
+
+# --- issue 16: stored secrets never move -------------------------------------------------------
+
+@pytest.fixture
+def other_host():
+    """A second upstream, as an attacker's host would be (allow-listed like the fake)."""
+    from tests.fakes.provider_server import FakeProvider
+
+    server = FakeProvider()
+    yield server
+    server.close()
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"endpoint": "OTHER"}, "endpoint"),
+        ({"preset": "voyage", "endpoint": "OTHER"}, "preset"),
+        ({"headers": {"X-Log": "{{api_key}}"}}, "headers"),
+        ({"request_template": {"model": "{{model}}", "input": "{{texts}}", "echo": "x"}}, "request_template"),
+    ],
+)
+def test_changing_where_the_key_goes_needs_the_api_key_again(alice, jwt_client, fake, other_host, settings,
+                                                            alice_provider, changes, field):
+    """GIVEN a provider holding an OpenAI key WHEN a session PATCHes where or how the key is sent
+    without the key THEN 400 (param api_key, saying why), nothing changes, and /test never sends
+    the stored key to the new host."""
+    settings.PROVIDER_ALLOWED_HOSTS = [fake.host, other_host.host]
+    client, pid = jwt_client(alice), alice_provider["id"]
+    changes = {k: other_host.url() if v == "OTHER" else v for k, v in changes.items()}
+    response = client.patch(f"/v1/providers/{pid}", changes, format="json")
+    assert response.status_code == 400, response.content
+    error = response.json()["error"]
+    assert error["param"] == "api_key" and error["code"] == "api_key_required"
+    assert field in error["message"] and "send the api_key again" in error["message"]
+    assert client.get(f"/v1/providers/{pid}").json() == alice_provider
+
+    assert client.post(f"/v1/providers/{pid}/test").json()["ok"] is True
+    assert other_host.requests == [] and len(fake.requests) == 1
+
+    # With the key in the same request the change is made, and only that key goes to the new place.
+    new_key = "sk-restated-key-0000abcd"
+    fake.expected_key = other_host.expected_key = None
+    response = client.patch(f"/v1/providers/{pid}", {**changes, "api_key": new_key}, format="json")
+    assert response.status_code == 200, response.content
+    client.post(f"/v1/providers/{pid}/test")
+    sent = [r.headers for r in (*fake.requests, *other_host.requests)][-1]
+    assert SECRET not in str(sent) and new_key in str(sent)
+
+
+def test_changes_that_do_not_route_the_key_need_no_key(alice, jwt_client, fake, alice_provider):
+    client, pid = jwt_client(alice), alice_provider["id"]
+    for changes in ({"model": "text-embedding-3-large", "max_inputs": 5}, {"response_path": "$.data[*].embedding"},
+                    {"endpoint": fake.url()}, {"preset": "openai"}, {"headers": None}):  # unchanged values
+        response = client.patch(f"/v1/providers/{pid}", changes, format="json")
+        assert response.status_code == 200, (changes, response.content)
+    assert response.json()["api_key_mask"] == "sk-...WXYZ"
+    # "" removes the key: nothing is left to move (the openai preset then refuses to work without one).
+    response = client.patch(f"/v1/providers/{pid}", {"endpoint": fake.url("/v2"), "api_key": ""}, format="json")
+    assert response.status_code == 400 and "required by this preset" in response.json()["error"]["message"]
+
+
+SECRET_HEADER = "org-secret-value-56789"
+
+
+@pytest.fixture
+def header_provider(alice, jwt_client, fake) -> dict:
+    body = openai_body(fake, headers={"Authorization": "Bearer {{api_key}}", "X-Org": SECRET_HEADER})
+    response = jwt_client(alice).post("/v1/providers", body, format="json")
+    assert response.status_code == 201, response.content
+    return response.json()
+
+
+def test_secret_header_values_are_encrypted_and_masked(alice, jwt_client, fake, header_provider):
+    """GIVEN a header with a literal value THEN the API shows only its mask, the raw row holds no
+    clear value, and the upstream still receives it."""
+    from django.db import connection
+
+    client, pid = jwt_client(alice), header_provider["id"]
+    expected = {"Authorization": "Bearer {{api_key}}", "X-Org": "org...6789"}
+    assert header_provider["headers"] == expected
+    assert client.get(f"/v1/providers/{pid}").json()["headers"] == expected
+    assert client.get("/v1/providers").json()["data"][0]["headers"] == expected
+    with connection.cursor() as cur:
+        cur.execute(f"SELECT headers::text, headers_encrypted, headers_digest FROM {ProviderConfig._meta.db_table}")
+        raw = repr(cur.fetchall())
+    assert SECRET_HEADER not in raw and SECRET_HEADER[3:-4] not in raw
+
+    assert client.post(f"/v1/providers/{pid}/test").json()["ok"] is True
+    assert fake.requests[-1].headers["x-org"] == SECRET_HEADER
+
+
+def test_a_mask_sent_back_keeps_the_value_but_cannot_move_it(alice, jwt_client, fake, other_host, settings,
+                                                             header_provider):
+    settings.PROVIDER_ALLOWED_HOSTS = [fake.host, other_host.host]
+    client, pid = jwt_client(alice), header_provider["id"]
+    shown = header_provider["headers"]
+    # The shown headers sent back unchanged: nothing changes, no key needed.
+    response = client.patch(f"/v1/providers/{pid}", {"headers": shown, "model": "m2"}, format="json")
+    assert response.status_code == 200, response.content
+    client.post(f"/v1/providers/{pid}/test")
+    assert fake.requests[-1].headers["x-org"] == SECRET_HEADER
+
+    # A new endpoint with the api_key but the header secret only as its mask (or not sent): 400.
+    for changes in ({"endpoint": other_host.url(), "api_key": SECRET},
+                    {"endpoint": other_host.url(), "api_key": SECRET, "headers": shown}):
+        response = client.patch(f"/v1/providers/{pid}", changes, format="json")
+        assert response.status_code == 400, response.content
+        error = response.json()["error"]
+        assert error["param"] == "headers" and "X-Org" in error["message"] and "in clear" in error["message"]
+    client.post(f"/v1/providers/{pid}/test")
+    assert other_host.requests == []
+
+    restated = {"endpoint": other_host.url(), "api_key": SECRET,
+                "headers": {"Authorization": "Bearer {{api_key}}", "X-Org": "org-new-value-00001111"}}
+    assert client.patch(f"/v1/providers/{pid}", restated, format="json").status_code == 200
+    other_host.expected_key = SECRET
+    client.post(f"/v1/providers/{pid}/test")
+    assert [r.headers["x-org"] for r in other_host.requests] == ["org-new-value-00001111"]
+
+
+def test_the_cache_version_follows_everything_that_shapes_the_vectors(alice, jwt_client, fake, header_provider):
+    from providers.services import provider_cache_version
+
+    client, pid = jwt_client(alice), header_provider["id"]
+
+    def version() -> str:
+        return provider_cache_version(ProviderConfig.objects.get(pk=pid))
+
+    seen = [version()]
+    assert seen[0].startswith(f"byok-{pid}-")
+    # Neither a new key for the same upstream nor the batch size changes the vectors.
+    client.patch(f"/v1/providers/{pid}", {"api_key": "sk-rotated-key-00009999", "max_inputs": 3}, format="json")
+    assert version() == seen[0]
+    current = {"Authorization": "Bearer {{api_key}}", "X-Org": SECRET_HEADER}
+    for changes in ({"endpoint": fake.url("/v1/other")},
+                    {"request_template": {"model": "{{model}}", "input": "{{texts}}"}},
+                    {"response_path": "$.data[*]['embedding']"},
+                    {"headers": {**current, "X-Org": "org-another-value-1"}},
+                    {"headers": {**current, "X-Org": "org-another-value-1", "X-Team": "{{api_key}}"}},
+                    {"preset": "mistral"}):
+        current = changes.get("headers", current)
+        response = client.patch(f"/v1/providers/{pid}", {"api_key": SECRET, "headers": current, **changes},
+                                format="json")
+        assert response.status_code == 200, (changes, response.content)
+        assert version() not in seen, changes
+        seen.append(version())
