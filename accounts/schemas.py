@@ -132,6 +132,14 @@ UsageResponseSerializer = inline_serializer(
                         "bytes": serializers.IntegerField(),
                     },
                 ),
+                "limit_bytes": serializers.IntegerField(
+                    allow_null=True,
+                    help_text="The most your tier's cache keeps (max_cache_bytes); null: no limit.",
+                ),
+                "full": serializers.BooleanField(
+                    help_text="At the limit: new vectors are still returned but not stored, and POST /v1/jobs "
+                              "is refused (403 cache_full) until entries are deleted or expire.",
+                ),
             },
         ),
         "today": _totals("UsageTotalsToday"),
@@ -359,6 +367,8 @@ usage_schema = extend_schema(
                             "entries": 30,
                             "bytes": 46080,
                             "models": [{"model": "all-MiniLM-L6-v2", "entries": 30, "bytes": 46080}],
+                            "limit_bytes": 268435456,
+                            "full": False,
                         },
                         "today": {"texts": 10, "cache_hits": 8, "cache_misses": 2, "tokens": 64, "compute_ms": 12.5},
                         "month": {
@@ -405,7 +415,9 @@ webhook_secret_schema = extend_schema(
                 fields={
                     "webhook_secret": serializers.CharField(),
                     "header": serializers.CharField(help_text="The request header that carries the signature."),
-                    "algorithm": serializers.CharField(),
+                    "algorithm": serializers.CharField(
+                        help_text="The signature's format (Stripe's scheme): refuse a delivery whose t is more "
+                                  "than 300 s from now, or whose v1 differs from the HMAC you compute."),
                 },
             ),
             examples=[
@@ -413,8 +425,8 @@ webhook_secret_schema = extend_schema(
                     "secret",
                     value={
                         "webhook_secret": "whsec_9f2c4e7a1b3d5f60",
-                        "header": "X-Embedplatform-Signature",
-                        "algorithm": "sha256=HMAC-SHA256(secret, raw body), hex",
+                        "header": "X-Signature",
+                        "algorithm": 't=<unix seconds>,v1=<hex HMAC-SHA256(webhook_secret, "<t>.<raw body>")>',
                     },
                 )
             ],

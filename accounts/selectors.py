@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from datetime import date
 from functools import cache
 
+import redis as redis_lib
 from django.db import connection
 from django.db.models import QuerySet
 
@@ -69,6 +71,9 @@ class UsageSummary:
     total_cached: int
     cache: list[dict]  # per model: {model, entries, bytes} (embeddings.selectors.cache_size)
     quota: QuotaState
+    cache_bytes: int = 0
+    cache_limit_bytes: int = 0  # the tier's max_cache_bytes; 0: no limit
+    cache_full: bool = False  # new vectors are served but not stored; jobs are refused (embeddings/cachecap.py)
 
 
 def _totals(rows) -> dict:
@@ -91,6 +96,7 @@ def usage_summary(*, tenant: Tenant, date_from: date | None = None, date_to: dat
     Reads Postgres after usage_flush(), so the figures include requests up to now.
     """
     from accounts.services import usage_flush
+    from embeddings.cachecap import CapState, cache_cap_remember
     from embeddings.selectors import cache_size
 
     usage_flush()
@@ -103,6 +109,9 @@ def usage_summary(*, tenant: Tenant, date_from: date | None = None, date_to: dat
         .order_by("day", "model")
     )
     cache = cache_size(tenant=tenant)
+    cap = CapState(bytes=sum(c["bytes"] for c in cache), limit=int(tenant.tier.max_cache_bytes or 0))
+    with contextlib.suppress(redis_lib.RedisError):
+        cache_cap_remember(tenant.pk, cap)  # a fresh count: the writers' cap check starts from it
     return UsageSummary(
         date_from=date_from,
         date_to=date_to,
@@ -112,4 +121,7 @@ def usage_summary(*, tenant: Tenant, date_from: date | None = None, date_to: dat
         total_cached=sum(c["entries"] for c in cache),
         cache=cache,
         quota=quota_state(tenant=tenant),
+        cache_bytes=cap.bytes,
+        cache_limit_bytes=cap.limit,
+        cache_full=cap.full,
     )

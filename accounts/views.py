@@ -165,7 +165,8 @@ class UsageApi(APIView):
                 "cache_hits": sum(r.cache_hits for r in s.rows),
                 "cache_misses": sum(r.cache_misses for r in s.rows),
                 "total_cached": s.total_cached,
-                "cache": {"entries": s.total_cached, "bytes": sum(c["bytes"] for c in s.cache), "models": s.cache},
+                "cache": {"entries": s.total_cached, "bytes": s.cache_bytes, "models": s.cache,
+                          "limit_bytes": s.cache_limit_bytes or None, "full": s.cache_full},
                 "today": s.today,
                 "month": s.month,
                 "quota": {"daily_limit": s.quota.daily_limit, "used_today": s.quota.used_today,
@@ -188,6 +189,8 @@ class WebhookSecretApi(APIView):
 
     @schemas.webhook_secret_schema
     def get(self, request: Request) -> Response:
+        from embeddings.webhooks import SIGNATURE_HEADER, SIGNATURE_SCHEME
+
         tenant = request_tenant(request)
-        return Response({"webhook_secret": tenant.webhook_secret, "header": "X-Embedplatform-Signature",
-                         "algorithm": "sha256=HMAC-SHA256(secret, raw body), hex"})
+        return Response({"webhook_secret": tenant.webhook_secret, "header": SIGNATURE_HEADER,
+                         "algorithm": SIGNATURE_SCHEME})

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from django.db import connection
 
+from embeddings import cachecap
 from embeddings.hotcache import hot_cache
 from embeddings.models import CachedEmbedding
 
@@ -94,10 +95,13 @@ def scope_epoch_learn(scope: int, epoch: str) -> None:
         hot_cache().scope_epoch_set(scope, epoch)
 
 
-def cache_upsert(*, model: str, version: str, scope: int, rows: Iterable[tuple[bytes, int, np.ndarray]]) -> int:
+def cache_upsert(*, model: str, version: str, scope: int, rows: Iterable[tuple[bytes, int, np.ndarray]],
+                 capped: bool = False) -> int:
     """Stores (key, tokens, vector) rows in one statement; existing keys are left alone.
 
-    Returns how many rows were new. Commits without waiting for the WAL flush: a vector lost
+    Returns how many rows were new; their bytes count toward the scope's cap (embeddings/cachecap.py).
+    `capped`: store nothing if the tenant's cache is at its tier's max_cache_bytes (the sync
+    paths; a job's results must be stored, so jobs are refused at creation instead). Commits without waiting for the WAL flush: a vector lost
     to a crash is recomputed on the next miss, and a job chunk is marked done by a later,
     synchronous commit, which flushes this one too (the WAL is sequential).
     """
@@ -110,6 +114,9 @@ def cache_upsert(*, model: str, version: str, scope: int, rows: Iterable[tuple[b
         dims.append(vec.shape[0])
     if not keys:
         return 0
+    if capped and cachecap.cache_cap_full(scope):
+        cachecap.cache_cap_skipped(vectors=len(keys))
+        return 0
     with connection.cursor() as cur:
         # One statement, one round trip: set_config(..., true) makes this statement's own
         # transaction commit asynchronously (outside a transaction; inside one, the caller's).
@@ -120,4 +127,6 @@ def cache_upsert(*, model: str, version: str, scope: int, rows: Iterable[tuple[b
             "ON CONFLICT (text_sha256, model, model_version, scope) DO NOTHING",
             [model, version, scope, keys, dims, tokens, vectors],
         )
-        return cur.rowcount
+        stored = cur.rowcount
+    cachecap.cache_cap_add(scope, stored * dims[0] * 4)
+    return stored

@@ -25,6 +25,7 @@ from django.utils import timezone
 from accounts.authcache import epoch_new
 from accounts.quotas import CacheUse
 from embeddings.cache import PUBLIC_SCOPE, text_key
+from embeddings.cachecap import cache_cap_forget
 from embeddings.models import CachedEmbedding
 from embeddings.registry import byok_key_prefixes, model_get, model_specs
 from embedplatform.redisconn import dirty_hashes_take, redis_client, redis_lock
@@ -241,6 +242,7 @@ def cache_delete(*, tenant, texts: list[str] | None = None, model: str | None = 
             total += deleted
             if deleted < batch_size:
                 break
+    cache_cap_forget(scope)  # the room freed counts at once toward the tier's max_cache_bytes
     scope_epoch_move(scope)
     return total
 

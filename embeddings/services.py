@@ -34,7 +34,7 @@ from accounts.quotas import (
     quota_refund,
 )
 from accounts.services import usage_hits, usage_record
-from embeddings import cache, retention, waiting
+from embeddings import cache, cachecap, retention, waiting
 from embeddings.encoding import vectors_shape
 from embeddings.models import Job, JobChunk, texts_loads
 from embeddings.registry import ModelSpec, model_get
@@ -306,8 +306,9 @@ def job_create(*, tenant: Tenant, texts: list[str], options: EmbedOptions, webho
     """Admits a job: checks model, tier limits, dimensions and webhook, counts the texts against
     the quota (all or nothing), stores the job and its chunks, then signals the workers.
 
-    Raises NotFound / NotAllowed (model), PayloadTooLarge (over max_job_texts), InvalidInput
-    (dimensions, webhook_url) and QuotaExceeded. `count_quota=False` is for a sync request that
+    Raises NotFound / NotAllowed (model; cache_full: the tenant's cache is at its tier's
+    max_cache_bytes), PayloadTooLarge (over max_job_texts), InvalidInput (dimensions,
+    webhook_url) and QuotaExceeded. `count_quota=False` is for a sync request that
     already counted its texts and falls back to a job.
     """
     spec = model_resolve(tenant=tenant, model=options.model)
@@ -327,6 +328,8 @@ def job_create(*, tenant: Tenant, texts: list[str], options: EmbedOptions, webho
             endpoint_check(webhook_url)
         except EndpointRefused as exc:
             raise InvalidInput(WEBHOOK_REFUSED.format(why=exc), param="webhook_url") from None
+    if not options.public:
+        cachecap.cache_cap_check(tenant=tenant)  # its results are read back from the cache: none if it is full
     prompt = spec.prompt(options.input_type)
     inputs = [prompt + t for t in texts] if prompt else list(texts)
     if not options.truncate:

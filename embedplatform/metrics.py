@@ -49,6 +49,10 @@ PROVIDER_CALL_SECONDS = Histogram(
     "embed_provider_call_seconds", "Seconds per upstream (BYOK provider) HTTP call.", ["provider"],
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
 )
+CACHE_STORE_SKIPPED = Counter(
+    "embed_cache_store_skipped",
+    "Vectors served but not stored: their tenant's cache is at its tier's max_cache_bytes (embeddings/cachecap.py).",
+)
 PROVIDER_ERRORS = Counter(
     "embed_provider_errors", "Failed upstream calls, by provider and kind (timeout, http_429, http_5xx, ...).",
     ["provider", "kind"],

@@ -46,7 +46,7 @@ logging.getLogger("httpx").setLevel(logging.WARNING)
 _PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_]+)\s*\}\}")
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,100}$")
 _FORBIDDEN_HEADERS = {"host", "content-length", "transfer-encoding", "connection", "content-type", "te", "upgrade"}
-MAX_DIMS = 65536
+MAX_DIMS = 65536  # the `dimensions` bound of a BYOK model; vectors wider than settings.PROVIDER_MAX_DIMS are refused
 BACKOFF_BASE_SECONDS = 0.5
 
 
@@ -152,15 +152,19 @@ def vectors_extract(body, *, path: str, n: int) -> np.ndarray:
     if len(found) != n:
         raise ValueError(f"{len(found)} vectors at {path} for {n} texts")
     dims = None
+    widest = settings.PROVIDER_MAX_DIMS
     for i, vec in enumerate(found):
+        if isinstance(vec, list) and len(vec) > widest:  # before reading its numbers
+            raise ValueError(f"vectors of {len(vec)} dimensions; the platform accepts at most {widest} "
+                             "(PROVIDER_MAX_DIMS): ask the upstream for fewer, e.g. its `dimensions` option")
         if not isinstance(vec, list) or not vec or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in vec):
             raise ValueError(f"item {i} at {path} is not a list of numbers")
         if dims is None:
             dims = len(vec)
         elif len(vec) != dims:
             raise ValueError(f"vectors of different lengths ({dims} and {len(vec)})")
-    if dims is None or dims > MAX_DIMS:
-        raise ValueError(f"vectors of {dims} dimensions")
+    if dims is None:
+        raise ValueError("no vectors")
     out = np.asarray(found, dtype=np.float32)
     if not np.isfinite(out).all():
         raise ValueError("vectors with NaN or infinite components")

@@ -338,7 +338,7 @@ def test_the_compose_services_together_serve_a_job_its_webhook_usage_and_the_swe
     and the stranded chunks are taken back and done."""
     from accounts.models import DailyUsage
     from embeddings.models import Job, JobChunk
-    from embeddings.webhooks import SIGNATURE_HEADER
+    from embeddings.webhooks import SIGNATURE_HEADER, webhook_verify
 
     settings.JOB_CHUNK_TEXTS = 8
     stack = compose_run
@@ -375,7 +375,9 @@ def test_the_compose_services_together_serve_a_job_its_webhook_usage_and_the_swe
     _until(lambda: _Hook.received, 30, "the webhook", stack.logs)
     headers, body = _Hook.received[0]
     assert json.loads(body)["id"] == job_id and json.loads(body)["status"] == "succeeded"
-    assert SIGNATURE_HEADER.lower() in {k.lower() for k in headers}
+    signature = {k.lower(): v for k, v in headers.items()}[SIGNATURE_HEADER.lower()]
+    assert signature.startswith("t=") and ",v1=" in signature
+    assert webhook_verify(alice.tenant.webhook_secret, body, signature)  # timestamped, fresh, over "<t>.<body>"
 
     def flushed() -> bool:
         rows = DailyUsage.objects.filter(tenant=alice.tenant, model=MODEL)

@@ -507,6 +507,7 @@ class Drainer:
                 self.upsert(
                     model=spec.name, version=spec.version, scope=scope,
                     rows=[(k, tokens[i], vectors[i]) for k, i in rows.items()],
+                    capped=True,  # a full tenant cache is served, not stored (embeddings/cachecap.py)
                 )
                 self._store_backoff.succeeded()
             except Exception as exc:

@@ -230,7 +230,12 @@ PROVIDER_TEST_TIMEOUT_SECONDS: float = env.float("PROVIDER_TEST_TIMEOUT_SECONDS"
 PROVIDER_TEST_RATE: str = env.str("PROVIDER_TEST_RATE", default="10/m")
 # Longest backoff (and Retry-After) honored between attempts; longer waits fail at once.
 PROVIDER_MAX_BACKOFF_SECONDS: float = env.float("PROVIDER_MAX_BACKOFF_SECONDS", default=10.0)
+# The most bytes read from one upstream response, counted while streaming it (the call fails as
+# soon as it is over, 502), so a huge body never sits in memory.
 PROVIDER_MAX_RESPONSE_BYTES: int = env.int("PROVIDER_MAX_RESPONSE_BYTES", default=32 * 1024 * 1024)
+# The widest upstream vector accepted (a wider one is a 502 naming this limit; nothing is stored):
+# a tenant's cache costs dims x 4 bytes per text, so this bounds what one text can store.
+PROVIDER_MAX_DIMS: int = env.int("PROVIDER_MAX_DIMS", default=8192)
 # Texts per upstream call never exceed this, nor the preset's own limit.
 PROVIDER_MAX_INPUTS_PER_CALL: int = env.int("PROVIDER_MAX_INPUTS_PER_CALL", default=256)
 
@@ -274,6 +279,7 @@ SPECTACULAR_SETTINGS = {
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "embedplatform.schemas.postprocess_schema",
+        "embedplatform.openapi_links.postprocess_links",  # sign-up -> login -> keys/providers, ...
     ],
 }
 
@@ -333,6 +339,10 @@ USAGE_FLUSH_SECONDS: float = env.float("USAGE_FLUSH_SECONDS", default=10.0)
 # (workers.cache_prune, embeddings/retention.py; the schedule is in settings/celery.py).
 # Unset: the cache is kept forever (`manage.py cache_prune` still prunes by hand).
 CACHE_RETENTION_DAYS: int | None = env.int("CACHE_RETENTION_DAYS", default=None)
+# A tenant's cache is capped at its tier's max_cache_bytes (embeddings/cachecap.py): the writers
+# keep each tenant's byte count in Redis and recount it from Postgres this often (this also
+# bounds how long a tier change or the retention prune takes to show in the cap).
+CACHE_CAP_RECOUNT_SECONDS: int = env.int("CACHE_CAP_RECOUNT_SECONDS", default=300)
 if CACHE_RETENTION_DAYS is not None and CACHE_RETENTION_DAYS < 1:
     raise ImproperlyConfigured(f"CACHE_RETENTION_DAYS={CACHE_RETENTION_DAYS}: use a number of days (1 or more), "
                                "or leave it unset to keep the cache forever.")
@@ -411,7 +421,10 @@ JOB_LEASE_SECONDS: int = env.int("JOB_LEASE_SECONDS", default=120)  # a claimed 
 JOB_MAX_ATTEMPTS: int = env.int("JOB_MAX_ATTEMPTS", default=5)  # claims of one chunk before the job fails
 JOB_POLL_SECONDS: float = env.float("JOB_POLL_SECONDS", default=1.0)  # idle workers look for chunks this often
 JOB_SWEEP_SECONDS: float = env.float("JOB_SWEEP_SECONDS", default=30.0)
+# One webhook delivery, all of it (connect, send, status, body): a total deadline, not per read.
 WEBHOOK_TIMEOUT_SECONDS: float = env.float("WEBHOOK_TIMEOUT_SECONDS", default=10.0)
+# We only need the receiver's status: at most this many bytes of its response body are read.
+WEBHOOK_MAX_RESPONSE_BYTES: int = env.int("WEBHOOK_MAX_RESPONSE_BYTES", default=64 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = max(MAX_REQUEST_BYTES, JOB_MAX_REQUEST_BYTES)
 # Prefix of the status_url / results_url links in job payloads ("" = relative links).
 PUBLIC_BASE_URL: str = env.str("PUBLIC_BASE_URL", default="").rstrip("/")

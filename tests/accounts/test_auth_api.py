@@ -199,3 +199,9 @@ def test_the_webhook_secret_needs_a_jwt_and_is_per_tenant(alice, bob, jwt_for, c
     assert secret == alice.tenant.webhook_secret and len(secret) == 64
     assert secret != jwt_for(bob).get("/v1/webhook-secret").json()["webhook_secret"]
     assert client_for(alice).get("/v1/webhook-secret").status_code == 403
+
+
+def test_the_webhook_secret_endpoint_describes_the_timestamped_signature(alice, jwt_for, redis_db):
+    body = jwt_for(alice).get("/v1/webhook-secret").json()
+    assert body["header"] == "X-Signature"
+    assert body["algorithm"].startswith("t=<unix seconds>,v1=") and '"<t>.<raw body>"' in body["algorithm"]

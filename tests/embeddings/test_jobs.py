@@ -305,7 +305,7 @@ def hook_server(settings):
 
 
 def test_the_webhook_is_signed_and_retried_on_5xx(alice, redis_db, hook_server, transactional_db):
-    from embeddings.webhooks import SIGNATURE_HEADER, WebhookTransient, job_webhook_deliver
+    from embeddings.webhooks import SIGNATURE_HEADER, WebhookTransient, job_webhook_deliver, webhook_verify
 
     job = job_create(tenant=alice.tenant, texts=["w"], options=EmbedOptions(model=MODEL), webhook_url=hook_server)
     Job.objects.filter(pk=job.pk).update(status="succeeded", done=1)
@@ -316,7 +316,13 @@ def test_the_webhook_is_signed_and_retried_on_5xx(alice, redis_db, hook_server, 
     assert job_webhook_deliver(job_id=str(job.pk)) == "delivered"
     headers, body = _Hook.received[-1]
     secret = alice.tenant.webhook_secret.encode()
-    assert headers[SIGNATURE_HEADER] == "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+    # Stripe's scheme: t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>">, signed at the attempt.
+    t, v1 = (part.split("=", 1)[1] for part in headers[SIGNATURE_HEADER].split(","))
+    assert abs(int(t) - time.time()) < 30
+    assert v1 == hmac.new(secret, t.encode() + b"." + body, hashlib.sha256).hexdigest()
+    assert webhook_verify(secret.decode(), body, headers[SIGNATURE_HEADER])
+    assert not webhook_verify(secret.decode(), body, headers[SIGNATURE_HEADER], now=int(t) + 301)  # a replay, too old
+    assert not webhook_verify(secret.decode(), body + b" ", headers[SIGNATURE_HEADER])
     assert json.loads(body)["id"] == str(job.pk) and json.loads(body)["status"] == "succeeded"
     assert job_webhook_deliver(job_id=str(job.pk)) == "delivered"  # once: a repeat sends nothing
     assert len(_Hook.received) == 2

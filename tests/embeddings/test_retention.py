@@ -352,8 +352,10 @@ def test_usage_shows_the_cache_size_per_model(alice, bob, client_for, redis_db):
         "entries": 4, "bytes": 3 * 384 * 4 + 8 * 4,
         "models": [{"model": MODEL, "entries": 3, "bytes": 3 * 384 * 4},
                    {"model": "small-model", "entries": 1, "bytes": 32}],
+        "limit_bytes": 16 << 30, "full": False,  # the paid tier's max_cache_bytes (embeddings/cachecap.py)
     }
-    assert client_for(bob).get("/v1/usage").json()["cache"] == {"entries": 0, "bytes": 0, "models": []}
+    assert client_for(bob).get("/v1/usage").json()["cache"] == {"entries": 0, "bytes": 0, "models": [],
+                                                                 "limit_bytes": 16 << 30, "full": False}
 
 
 @pytest.mark.django_db

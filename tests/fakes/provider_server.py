@@ -79,7 +79,9 @@ class _Handler(BaseHTTPRequestHandler):
             texts = body.get("input")
             texts = [texts] if isinstance(texts, str) else (texts or [])
             out = {"object": "list", "model": body.get("model"),
-                   "data": [{"object": "embedding", "index": i, "embedding": fake.vector(t)} for i, t in enumerate(texts)],
+                   "data": [{"object": "embedding", "index": i,
+                             "embedding": [0.01] * step["dims"] if step.get("dims") else fake.vector(t)}
+                            for i, t in enumerate(texts)],
                    "usage": {"prompt_tokens": 3 * len(texts), "total_tokens": 3 * len(texts)}}
         self._send(200, json.dumps(out).encode())
 
@@ -114,7 +116,8 @@ class FakeProvider:
         return [round(b / 127.5 - 1.0, 6) for b in digest[:DIMS]]
 
     def then(self, **step) -> FakeProvider:
-        """Scripts the next unscripted request: status=, message=, headers=, sleep=, huge=, redirect=."""
+        """Scripts the next unscripted request: status=, message=, headers=, sleep=, huge=, redirect=, dims=
+        (vectors of that width)."""
         self.script.append(step)
         return self
 

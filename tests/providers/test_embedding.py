@@ -107,6 +107,22 @@ def test_an_overlong_model_name_is_a_400(charlie, client_for, fake, charlie_prov
     assert fake.requests == []
 
 
+
+def test_a_vector_wider_than_provider_max_dims_is_a_502_naming_the_limit_and_nothing_is_stored(
+        charlie, client_for, fake, charlie_provider):
+    """Issue 16 part 4: an upstream may not make one text cost 65,536 x 4 bytes of the tenant's cache."""
+    fake.then(dims=8193)
+    response = _embed(client_for(charlie), ["wide"])
+    assert response.status_code == 502, response.content
+    message = response.json()["error"]["message"]
+    assert "8193 dimensions" in message and "at most 8192 (PROVIDER_MAX_DIMS)" in message
+    assert not CachedEmbedding.objects.filter(model=MODEL).exists()
+    fake.then(dims=8192)  # the limit itself is fine
+    response = _embed(client_for(charlie), ["wide enough"])
+    assert response.status_code == 200, response.content
+    assert len(response.json()["data"][0]["embedding"]) == 8192
+
+
 # --- issue 16 part 3: the cache version follows the provider's configuration -------------------
 
 def test_a_changed_template_means_fresh_vectors_but_a_new_key_does_not(charlie, client_for, jwt_client, fake,

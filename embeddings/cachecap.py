@@ -1,0 +1,135 @@
+"""The tier's cap on the bytes a tenant's private cache scope may hold (Tier.max_cache_bytes).
+
+Enforced by the writers, never on the hit path: before a worker stores a sync request's (or a
+provider call's) new vectors in a tenant's scope it reads the scope's state, one Redis hash
+`cachecap:<scope>` = {bytes, limit}; at or over the limit the vectors are still returned to
+the caller but not stored (embed_cache_store_skipped counts them). Every insert into a private
+scope adds its new rows' bytes to the hash (cache_upsert), so the figure moves with the writes.
+The hash lives CACHE_CAP_RECOUNT_SECONDS: then the next writer recounts it from Postgres (the
+index-only count behind GET /v1/usage) with the tier's current limit, which corrects any drift
+(the retention prune, a tier change, increments lost to a race with a recount). DELETE
+/v1/cache drops it at once (cache_cap_forget), so freed room is usable straight away.
+
+Jobs are not capped here: their results are read back from the cache, so a job always stores,
+and instead a tenant whose cache is full cannot create one (cache_cap_check, 403 cache_full).
+The public scope (seed_cache, operator-only) has no cap. The check happens before a batch is
+stored, so a scope may end one batch (or one running job) over its limit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+
+import redis as redis_lib
+from django.conf import settings
+
+from embeddings.models import CachedEmbedding
+from embedplatform import metrics
+from embedplatform.errors import NotAllowed
+from embedplatform.redisconn import redis_client, script
+
+logger = logging.getLogger(__name__)
+
+PUBLIC_SCOPE = CachedEmbedding.PUBLIC_SCOPE
+_KEY = "cachecap:"
+
+CACHE_FULL = (
+    "Your cache holds {bytes} bytes of vectors, the most your tier ({tier}) keeps ({limit} bytes), and a job's "
+    "results are read back from the cache. Delete entries (DELETE /v1/cache), wait for unused ones to expire, "
+    "or move to a tier with a bigger cache. /v1/usage shows the figures."
+)
+
+# Adds to a scope's byte count only while the hash exists: a missing one is recounted whole.
+_ADD = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return redis.call('HINCRBY', KEYS[1], 'bytes', ARGV[1])
+end
+return false
+"""
+
+
+@dataclass(frozen=True)
+class CapState:
+    bytes: int
+    limit: int  # 0: no limit
+
+    @property
+    def full(self) -> bool:
+        return self.limit > 0 and self.bytes >= self.limit
+
+
+def _key(scope: int) -> str:
+    return f"{_KEY}{int(scope)}"
+
+
+def _count(scope: int) -> CapState:
+    """From Postgres: the scope's bytes (embeddings.selectors.cache_size) and its tier's limit."""
+    from accounts.models import Tenant
+    from embeddings.selectors import cache_size
+
+    tenant = Tenant.objects.select_related("tier").filter(pk=scope).first()
+    if tenant is None:
+        return CapState(0, 0)
+    limit = int(tenant.tier.max_cache_bytes or 0)
+    used = sum(c["bytes"] for c in cache_size(tenant=tenant)) if limit else 0  # no limit: nothing to count
+    return CapState(used, limit)
+
+
+def cache_cap_remember(scope: int, state: CapState) -> None:
+    pipe = redis_client().pipeline(transaction=True)
+    pipe.hset(_key(scope), mapping={"bytes": state.bytes, "limit": state.limit})
+    pipe.expire(_key(scope), max(1, int(settings.CACHE_CAP_RECOUNT_SECONDS)))
+    pipe.execute()
+
+
+def cache_cap_state(scope: int) -> CapState:
+    """The scope's bytes and limit: one Redis read, or a recount (then kept in Redis)."""
+    found = redis_client().hmget(_key(scope), ["bytes", "limit"])
+    if found[0] is not None and found[1] is not None:
+        return CapState(int(found[0]), int(found[1]))
+    state = _count(scope)
+    cache_cap_remember(scope, state)
+    return state
+
+
+def cache_cap_full(scope: int) -> bool:
+    """True if new vectors must not be stored in `scope` (never the public one). A Redis or
+    database failure answers False: the cap is a bound on growth, not worth failing a write."""
+    if scope == PUBLIC_SCOPE:
+        return False
+    try:
+        return cache_cap_state(scope).full
+    except Exception:
+        logger.warning("cache cap of scope %s unreadable; storing", scope, exc_info=True)
+        return False
+
+
+def cache_cap_add(scope: int, nbytes: int) -> None:
+    """Counts `nbytes` just stored in `scope` (best effort: a lost count is fixed by the recount)."""
+    if scope == PUBLIC_SCOPE or nbytes <= 0:
+        return
+    with contextlib.suppress(redis_lib.RedisError):
+        script(_ADD)(keys=[_key(scope)], args=[int(nbytes)])
+
+
+def cache_cap_forget(scope: int) -> None:
+    """Drops the scope's count (entries were deleted): the next writer recounts it."""
+    with contextlib.suppress(redis_lib.RedisError):
+        redis_client().delete(_key(scope))
+
+
+def cache_cap_skipped(*, vectors: int) -> None:
+    metrics.CACHE_STORE_SKIPPED.inc(vectors)
+
+
+def cache_cap_check(*, tenant) -> None:
+    """Raises NotAllowed (403, cache_full) if the tenant's cache is at its tier's limit: a job
+    would have nowhere to keep its results. Reads the tier from `tenant`, the bytes from Redis."""
+    limit = int(tenant.tier.max_cache_bytes or 0)
+    if not limit:
+        return
+    state = cache_cap_state(tenant.pk)
+    if state.bytes >= limit:
+        raise NotAllowed(CACHE_FULL.format(bytes=state.bytes, tier=tenant.tier.name, limit=limit), code="cache_full")
