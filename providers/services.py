@@ -91,8 +91,9 @@ def _validate(provider: ProviderConfig, *, api_key: str | None) -> None:
         raise InvalidInput(f"max_inputs: must be between 1 and {MAX_INPUTS_LIMIT}.", param="max_inputs")
     if len(provider.model or "") > 200:
         raise InvalidInput("model: at most 200 characters.", param="model")
-    if api_key is not None and (len(api_key) > 4000 or any(c in api_key for c in "\r\n\0")):
-        raise InvalidInput("api_key: a single line of at most 4000 characters.", param="api_key")
+    # It travels in an HTTP header (e.g. Bearer {{api_key}}): printable ASCII only, else every call would fail.
+    if api_key is not None and (len(api_key) > 4000 or not (api_key.isascii() and api_key.isprintable())):
+        raise InvalidInput("api_key: a single line of at most 4000 printable ASCII characters.", param="api_key")
     needs_key = any("{{api_key}}" in v.replace(" ", "") for v in headers.values())
     has_key = bool(api_key) if api_key is not None else bool(provider.secret_encrypted)
     if needs_key and not has_key:

@@ -3,6 +3,7 @@ Swagger UI, and a schemathesis sweep of the live WSGI app against it finds no 5x
 
 from __future__ import annotations
 
+import collections
 import json
 import re
 
@@ -13,14 +14,25 @@ import yaml
 from django.core.management import call_command
 from django.core.signals import request_finished, request_started
 from django.core.wsgi import get_wsgi_application
-from django.db import close_old_connections
+from django.db import close_old_connections, transaction
 from django.urls import URLPattern, URLResolver, get_resolver
 from drf_spectacular.generators import SchemaGenerator
 from hypothesis import HealthCheck, Phase
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
-from schemathesis.checks import not_a_server_error
+from schemathesis.checks import (
+    content_type_conformance,
+    ensure_resource_availability,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+    use_after_free,
+)
+from schemathesis.core.failures import FailureGroup
+from schemathesis.openapi.checks import JsonSchemaError
 
+from accounts.authcache import cache_clear
+from embeddings.hotcache import hot_cache_reset
 from embeddings.registry import DEFAULT_MODEL
 from embeddings.services import EmbedOptions, job_create
 from providers.services import provider_create
@@ -150,61 +162,113 @@ def test_login_without_remote_addr_is_answered_not_a_500(client, redis_db, alice
         assert answer.status_code == 200, answer.content
 
 
+@pytest.mark.django_db
+def test_a_provider_secret_that_cannot_travel_in_a_header_is_a_400(alice, jwt_for, settings):
+    """Found by the stateful walk below: a provider created with a non-ASCII api_key (or a literal
+    header value) was stored, then every call to it, /test included, was a 500 (httpx cannot
+    encode the Authorization header)."""
+    settings.PROVIDER_ALLOWED_HOSTS = ["127.0.0.1:9"]
+    api = jwt_for(alice)
+    base = {"name": "uni", "preset": "openai", "model": "text-embedding-3-small",
+            "endpoint": "http://127.0.0.1:9/v1/embeddings"}
+    for body, param in (({**base, "api_key": "sk-\u043a\u043b\u044e\u0447"}, "api_key"),
+                        ({**base, "api_key": "sk-ok", "headers": {"X-Team": "\u00e9quipe"}}, "headers")):
+        answer = api.post("/v1/providers", body, format="json")
+        assert answer.status_code == 400, answer.content
+        assert answer.json()["error"]["param"] == param and "ASCII" in answer.json()["error"]["message"]
+    created = api.post("/v1/providers", {**base, "api_key": "sk-ascii-0000"}, format="json")
+    assert created.status_code == 201
+    patched = api.patch(f"/v1/providers/{created.json()['id']}", {"api_key": "sk-\u00fc"}, format="json")
+    assert patched.status_code == 400 and patched.json()["error"]["param"] == "api_key"
+
+
 # --- schemathesis: every operation, bounded, deterministic --------------------------------------
 # schemathesis.pytest's lazy `from_fixture(...).parametrize()` reads pytest internals that pytest 9
 # removed (Function._nodeid), so each operation runs its own Hypothesis test here instead.
+#
+# Each answer is checked against the schema, not only for "no 5xx": its status code is one the
+# operation declares, its Content-Type is declared for that status, its body matches the declared
+# schema and its declared headers are present. An authenticated operation runs once per credential
+# it accepts (an API key, a JWT), and must be seen answering something other than 401/403.
+
+
+def no_unexpected_server_error(ctx, response, case):
+    """schemathesis' not_a_server_error, but 503/504 are the SPEC's answers (checked like any other)."""
+    if response.status_code >= 500 and response.status_code not in ALLOWED_5XX:
+        raise AssertionError(f"{case.operation.label} answered {response.status_code}: {response.text[:300]}")
+
+
+CHECKS = [no_unexpected_server_error, status_code_conformance, content_type_conformance,
+          response_schema_conformance, response_headers_conformance]
+AUTH_REFUSED = {401, 403}
+
+
+def _credentials(op: dict) -> list[str]:
+    schemes = {name for requirement in op.get("security") or [] for name in requirement}
+    return [c for c, scheme in (("key", "ApiKeyAuth"), ("jwt", "JWTAuth")) if scheme in schemes] or ["none"]
+
 
 def _operation_ids() -> list[str]:
     schema = SchemaGenerator().get_schema(request=None, public=True)
-    return [f"{m.upper()} {p}" for p, item in schema["paths"].items() for m in item if m in METHODS]
+    return [f"{m.upper()} {p} [{c}]" for p, item in schema["paths"].items() for m, op in item.items()
+            if m in METHODS for c in _credentials(op)]
 
 
 @pytest.fixture
-def sweep(settings, redis_db, alice, jwt_for):
-    """The live WSGI app on the tests' DB and Redis, alice's credentials per operation, and ids
-    of a real job and provider of hers (half the cases of an operation with an id use them).
+def live_app():
+    """The live WSGI app, sharing the test's DB transaction.
 
-    No embedding worker runs, so a cache miss answers 503 at once (and sync waits are short);
-    the provider points at a closed local port, so its upstream calls fail at once.
-    """
-    settings.SYNC_WAIT_SECONDS = 0.2
-    settings.LOGIN_RATE_IP = settings.LOGIN_RATE_EMAIL = settings.LOGIN_RATE_IP_EMAIL = "1000/m"
-    settings.SIGNUP_RATE_IP = "1000/m"
-    settings.PROVIDER_ALLOWED_HOSTS = ["127.0.0.1:9"]
-    settings.PROVIDER_MAX_RETRIES = 0
-    job = job_create(tenant=alice.tenant, texts=["one", "two"], options=EmbedOptions(model=DEFAULT_MODEL))
-    provider = provider_create(tenant=alice.tenant, name="sweep", preset="openai", model="text-embedding-3-small",
-                               endpoint="http://127.0.0.1:9/v1/embeddings", api_key="sk-sweep-secret-0000")
-    known_ids = {"job_id": str(job.pk), "provider_id": provider.pk}
-    jwt = jwt_for(alice)._credentials["HTTP_AUTHORIZATION"]
-
-    def auth(operation) -> dict:
-        jwt_only = operation.definition.raw.get("security") == [{"JWTAuth": []}]
-        return {"Authorization": jwt if jwt_only else f"Bearer {alice.key}"}
-
-    # As Django's test client does: the WSGI handler would close the test's DB connection (and
-    # its transaction) after every request.
+    As Django's test client does: the WSGI handler would otherwise close the test's DB connection
+    (and its transaction) after every request."""
     request_started.disconnect(close_old_connections)
     request_finished.disconnect(close_old_connections)
     try:
-        schema = schemathesis.openapi.from_wsgi("/api/schema", get_wsgi_application(),
-                                                headers={"Accept": "application/json"})
-        yield schema, auth, known_ids
+        yield get_wsgi_application()
     finally:
         request_started.connect(close_old_connections)
         request_finished.connect(close_old_connections)
 
 
+@pytest.fixture
+def fuzz_settings(settings):
+    """No embedding worker runs, so a cache miss answers 503 at once (and sync waits are short);
+    providers may only point at a closed local port, so upstream calls fail at once; throttles
+    are lifted (each is tested where it lives), so they do not hide the operations behind 429s."""
+    settings.SYNC_WAIT_SECONDS = 0.2
+    settings.LOGIN_RATE_IP = settings.LOGIN_RATE_EMAIL = settings.LOGIN_RATE_IP_EMAIL = "1000/m"
+    settings.SIGNUP_RATE_IP = "1000/m"
+    settings.PROVIDER_TEST_RATE = "1000/m"
+    settings.PROVIDER_ALLOWED_HOSTS = ["127.0.0.1:9"]
+    settings.PROVIDER_MAX_RETRIES = 0
+    return settings
+
+
+@pytest.fixture
+def sweep(fuzz_settings, redis_db, alice, jwt_for, live_app):
+    """The schema of the live app, alice's credentials by name, and ids of a real job, provider
+    and key of hers (half the cases of an operation with an id use them)."""
+    job = job_create(tenant=alice.tenant, texts=["one", "two"], options=EmbedOptions(model=DEFAULT_MODEL))
+    provider = provider_create(tenant=alice.tenant, name="sweep", preset="openai", model="text-embedding-3-small",
+                               endpoint="http://127.0.0.1:9/v1/embeddings", api_key="sk-sweep-secret-0000")
+    known_ids = {"job_id": str(job.pk), "provider_id": provider.pk, "prefix": alice.api_key.prefix}
+    credentials = {"key": {"Authorization": f"Bearer {alice.key}"},
+                   "jwt": {"Authorization": jwt_for(alice)._credentials["HTTP_AUTHORIZATION"]},
+                   "none": {}}
+    schema = schemathesis.openapi.from_wsgi("/api/schema", live_app, headers={"Accept": "application/json"})
+    return schema, credentials, known_ids
+
+
 @pytest.mark.django_db
 @pytest.mark.parametrize("label", _operation_ids())
-def test_no_input_gets_a_server_error(label, sweep):
-    schema, auth, known_ids = sweep
-    method, path = label.split(" ", 1)
+def test_every_answer_matches_the_schema(label, sweep):
+    schema, credentials, known_ids = sweep
+    method, path, credential = re.fullmatch(r"(\w+) (\S+) \[(\w+)\]", label).groups()
     operation = schema[path][method]
-    headers = auth(operation)
+    headers = credentials[credential]
     ids = {name: value for name, value in known_ids.items() if f"{{{name}}}" in path}
     cases = st.one_of(*(operation.as_strategy(generation_mode=mode) for mode in GenerationMode),
                       *([operation.as_strategy(path_parameters=ids)] if ids else []))
+    statuses: list[int] = []
 
     @hypothesis.given(case=cases)
     @hypothesis.settings(max_examples=MAX_EXAMPLES, derandomize=True, deadline=None, database=None,
@@ -212,7 +276,114 @@ def test_no_input_gets_a_server_error(label, sweep):
                          suppress_health_check=list(HealthCheck))
     def run(case):
         response = case.call(headers=headers)
-        if response.status_code not in ALLOWED_5XX:
-            case.validate_response(response, checks=[not_a_server_error])
+        statuses.append(response.status_code)
+        case.validate_response(response, checks=CHECKS)
 
     run()
+    if credential != "none":
+        assert set(statuses) - AUTH_REFUSED, f"{label}: only ever answered {sorted(set(statuses))}"
+
+
+def test_the_conformance_checks_catch_an_answer_off_its_schema(sweep):
+    """Guards the sweep above against passing vacuously: the same checks fail an answer that does
+    not match its declared schema (here: GET /v1/models with a field the schema is told to require)."""
+    schema, credentials, _ = sweep
+    raw = json.loads(json.dumps(schema.raw_schema))
+    model_list = raw["components"]["schemas"]["ModelList"]
+    model_list["required"] = [*model_list.get("required", []), "no_such_field"]
+    altered = schemathesis.openapi.from_dict(raw)
+    altered.app, altered.location = schema.app, schema.location
+    case = altered["/v1/models"]["GET"].Case()
+    response = case.call(headers=credentials["key"])
+    assert response.status_code == 200
+    with pytest.raises(FailureGroup) as failed:
+        case.validate_response(response, checks=CHECKS)
+    assert any(isinstance(e, JsonSchemaError) and "no_such_field" in str(e) for e in failed.value.exceptions)
+
+
+# --- stateful: the OpenAPI links (embedplatform/openapi_links.py) followed with real credentials ---
+LOCAL_UPSTREAM = "http://127.0.0.1:9/v1/embeddings"  # the one upstream fuzz_settings allows (closed)
+STATEFUL_SCENARIOS = 20
+STATEFUL_STEPS = 20
+# Plus: a deleted key or provider is gone (use_after_free), a created one can be read (ensure_resource_availability).
+STATEFUL_CHECKS = [*CHECKS, use_after_free, ensure_resource_availability]
+# The chain and what its links lead to (the list operations are left to the sweep above).
+FLOW_OPERATIONS = ("auth_signup", "auth_login", "auth_refresh", "keys_create", "keys_revoke", "providers_create",
+                   "providers_retrieve", "providers_update", "providers_test", "providers_delete")
+
+
+def test_every_documented_link_is_in_the_schema(openapi):
+    from embedplatform.openapi_links import LINKS
+
+    ops = {op["operationId"]: op for item in openapi["paths"].values() for op in item.values()}
+    for (source, status), links in LINKS.items():
+        assert set(links) <= set(ops[source]["responses"][status].get("links", {})), (source, status)
+        for link in links.values():
+            assert link["operationId"] in ops
+
+
+@pytest.mark.django_db
+def test_linked_flows_hold_up_with_real_credentials(fuzz_settings, redis_db, tiers, live_app):
+    """Hypothesis walks the links: sign-up -> login -> keys / providers -> the created key or
+    provider. Each step carries the credential its operation accepts, from the scenario's latest
+    sign-up (API key) or login/refresh (access token); every answer is checked against the schema.
+    The walk must reach each step of the chain with a success.
+
+    Each scenario starts from the same state (a savepoint rolled back, the tests' Redis DB
+    emptied, the in-process caches too), so the same choices meet the same answers: Hypothesis requires it, and a failure
+    replays as it happened."""
+    schema = schemathesis.openapi.from_wsgi("/api/schema", live_app, headers={"Accept": "application/json"})
+    flows = schema.include(operation_id=list(FLOW_OPERATIONS))
+    seen: collections.Counter[tuple[str, int]] = collections.Counter()
+
+    class Flows(flows.as_state_machine()):
+        def setup(self):
+            self.api_key = self.access = None
+            self.savepoint = transaction.savepoint()
+            redis_db.flushdb()
+            cache_clear()
+            hot_cache_reset()
+
+        def teardown(self):
+            transaction.savepoint_rollback(self.savepoint)
+            super().teardown()
+
+        def before_call(self, case):
+            # The stateless sweep fuzzes these fields; here a sign-up must succeed (a password the
+            # validators take) and a provider must mostly be creatable (a preset, its key, the one
+            # allowed upstream) for the walk to go on.
+            if not isinstance(case.body, dict):
+                return
+            if case.operation.label == "POST /v1/auth/signup":
+                case.body.update(email="walker@example.com", password="walk the links 0123")
+            elif case.operation.label == "POST /v1/providers":
+                case.body.update(preset="openai", endpoint=LOCAL_UPSTREAM, api_key="sk-walk-0000")
+
+        def get_call_kwargs(self, case):
+            accepted = _credentials(case.operation.definition.raw)
+            token = self.api_key if "key" in accepted and self.api_key else self.access if "jwt" in accepted else None
+            return {"headers": {"Authorization": f"Bearer {token}"}} if token else {}
+
+        def after_call(self, response, case):
+            super().after_call(response, case)
+            seen[(case.operation.label, response.status_code)] += 1
+            if response.status_code < 300:
+                body = response.json()
+                if case.path == "/v1/auth/signup":
+                    self.api_key = body["api_key"]
+                elif case.path in ("/v1/auth/login", "/v1/auth/refresh"):
+                    self.access = body["access"]
+
+        def validate_response(self, response, case, additional_checks=None, **kwargs):
+            case.validate_response(response, checks=STATEFUL_CHECKS, recorder=self.recorder)
+
+    Flows.run(settings=hypothesis.settings(
+        max_examples=STATEFUL_SCENARIOS, stateful_step_count=STATEFUL_STEPS,
+        derandomize=True, deadline=None,
+        database=None, phases=[Phase.generate], suppress_health_check=list(HealthCheck)))
+    walked = sorted(seen.items())
+    for step in (("POST /v1/auth/signup", 201), ("POST /v1/auth/login", 200), ("POST /v1/keys", 201),
+                 ("DELETE /v1/keys/{prefix}", 200), ("POST /v1/providers", 201)):
+        assert seen[step], f"the walk never reached {step}: {walked}"
+    by_id = {(label, status) for label, status in seen if "{provider_id}" in label and 200 <= status < 300}
+    assert by_id, f"no operation on a created provider succeeded: {walked}"
