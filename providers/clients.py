@@ -120,7 +120,7 @@ def headers_validate(headers) -> None:
         if name.lower() in _FORBIDDEN_HEADERS:
             raise TemplateError(f"{name} is set by the platform and may not be configured")
         if not isinstance(value, str) or len(value) > 4000 or not (value.isascii() and value.isprintable()):
-            raise TemplateError(f"the value of {name} must be a single line of printable ASCII (as HTTP header values are)")
+            raise TemplateError(f"the value of {name} must be a single-line string of printable ASCII (as HTTP header values are)")
         for placeholder in _PLACEHOLDER.findall(value):
             if placeholder != "api_key":
                 raise TemplateError(f'unknown placeholder "{{{{{placeholder}}}}}" in {name}; only {{{{api_key}}}} is known')
