@@ -405,8 +405,8 @@ def provider_embed_run(*, provider_id: int, model: str, texts: list[str], keys: 
                 cache_upsert(
                     model=f"{provider.name}/{model}", version=provider_cache_version(provider), scope=provider.tenant_id,
                     rows=[(bytes.fromhex(k), t, v) for k, t, v in zip(keys, tokens, vectors, strict=True)],
-                )
                     capped=True,  # a full tenant cache is served, not stored (embeddings/cachecap.py)
+                )
             except Exception:
                 logger.exception("cache upsert of %d provider vectors failed", len(keys))
             payload = reply_ok(tokens, vectors)
