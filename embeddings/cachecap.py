@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from dataclasses import dataclass
 
 import redis as redis_lib
@@ -41,13 +42,21 @@ CACHE_FULL = (
     "or move to a tier with a bigger cache. /v1/usage shows the figures."
 )
 
-# Adds to a scope's byte count only while the hash exists: a missing one is recounted whole.
+# Adds to a scope's byte count only while the hash exists (a missing one is recounted whole);
+# returns {bytes, limit} after the add, or false.
 _ADD = """
 if redis.call('EXISTS', KEYS[1]) == 1 then
-  return redis.call('HINCRBY', KEYS[1], 'bytes', ARGV[1])
+  redis.call('HINCRBY', KEYS[1], 'bytes', ARGV[1])
+  return redis.call('HMGET', KEYS[1], 'bytes', 'limit')
 end
 return false
 """
+
+# Per process: scope -> (full?, until). A writer's check reuses what this process learnt in the last
+# MEMO_SECONDS (from its last check or its last add), so a busy scope costs one Redis round trip per
+# store (the add) instead of two. A cap reached by another process is seen at most that late.
+MEMO_SECONDS = 1.0
+_memo: dict[int, tuple[bool, float]] = {}
 
 
 @dataclass(frozen=True)
@@ -99,8 +108,13 @@ def cache_cap_full(scope: int) -> bool:
     database failure answers False: the cap is a bound on growth, not worth failing a write."""
     if scope == PUBLIC_SCOPE:
         return False
+    known = _memo.get(scope)
+    if known is not None and known[1] > time.monotonic():
+        return known[0]
     try:
-        return cache_cap_state(scope).full
+        full = cache_cap_state(scope).full
+        _memo[scope] = (full, time.monotonic() + MEMO_SECONDS)
+        return full
     except Exception:
         logger.warning("cache cap of scope %s unreadable; storing", scope, exc_info=True)
         return False
@@ -111,11 +125,15 @@ def cache_cap_add(scope: int, nbytes: int) -> None:
     if scope == PUBLIC_SCOPE or nbytes <= 0:
         return
     with contextlib.suppress(redis_lib.RedisError):
-        script(_ADD)(keys=[_key(scope)], args=[int(nbytes)])
+        after = script(_ADD)(keys=[_key(scope)], args=[int(nbytes)])
+        if after and after[0] is not None and after[1] is not None:
+            _memo[scope] = (CapState(int(after[0]), int(after[1])).full, time.monotonic() + MEMO_SECONDS)
 
 
 def cache_cap_forget(scope: int) -> None:
-    """Drops the scope's count (entries were deleted): the next writer recounts it."""
+    """Drops the scope's count (entries were deleted): the next writer recounts it (a writer in
+    another process may still skip stores for up to MEMO_SECONDS)."""
+    _memo.pop(scope, None)
     with contextlib.suppress(redis_lib.RedisError):
         redis_client().delete(_key(scope))
 

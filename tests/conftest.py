@@ -102,13 +102,16 @@ def _fresh_process_caches():
     """The web's in-process caches (API keys, hot vectors) would outlive each test's rolled-back
     database: every test starts with them empty."""
     from accounts.authcache import cache_clear
+    from embeddings import cachecap
     from embeddings.hotcache import hot_cache_reset
 
     cache_clear()
     hot_cache_reset()
+    cachecap._memo.clear()
     yield
     cache_clear()
     hot_cache_reset()
+    cachecap._memo.clear()
 
 
 @pytest.fixture
