@@ -254,11 +254,17 @@ def embed_serve(*, tenant: Tenant, texts: list[str], options: EmbedOptions, wait
                 if plan.missing and not at_once else None)
     quota, rate = admit(tenant=tenant, texts=len(texts), caller=caller, usage=hits,
                         work=waiting.work_push(item) if item is not None else None, cache=use, inflight=inflight)
+    answered = False
     try:
-        return _serve_admitted(plan, tenant=tenant, texts=texts, options=options, wait=wait, item=item,
-                               at_once=at_once, job_fallback=job_fallback, quota=quota, rate=rate, hits=hits, use=use)
+        served = _serve_admitted(plan, tenant=tenant, texts=texts, options=options, wait=wait, item=item,
+                                 at_once=at_once, job_fallback=job_fallback, quota=quota, rate=rate, hits=hits,
+                                 use=use)
+        # The drain loop that answered a work item ended its in-flight entry in the reply's round trip.
+        answered = item is not None and isinstance(served[0], EmbedResult)
+        return served
     finally:
-        inflight_release(inflight)  # the wait is over, whatever its end
+        if not answered:
+            inflight_release(inflight)  # the wait is over, whatever its end
 
 
 def _serve_admitted(plan: EmbedPlan, *, tenant: Tenant, texts: list[str], options: EmbedOptions, wait: float,

@@ -201,3 +201,16 @@ def _version() -> str:
     from embeddings.registry import model_get
 
     return model_get(MODEL).version
+
+
+def test_the_drain_loop_that_answers_ends_the_in_flight_entry(alice, client_for, drainer, monkeypatch):
+    """The worker's reply ends the request's in-flight entry in the same round trip, so the web
+    spends no round trip of its own on it after a served miss."""
+    from embeddings import services
+
+    released = []
+    monkeypatch.setattr(services, "inflight_release", lambda inflight: released.append(inflight))
+    response = client_for(alice).post("/v1/embeddings", {"model": MODEL, "input": "a miss to compute"}, format="json")
+    assert response.status_code == 200, response.content
+    assert released == []  # the web did not release it ...
+    assert inflight_count(alice.tenant.pk) == 0  # ... the drain loop did

@@ -26,6 +26,7 @@ import numpy as np
 import redis as redis_lib
 from django.db import InterfaceError, OperationalError
 
+from accounts.quotas import inflight_key
 from accounts.services import usage_record
 from embeddings.cache import text_key
 from embeddings.waiting import REPLY_TTL_SECONDS, WorkItem, reply_error, reply_ok
@@ -493,6 +494,8 @@ class Drainer:
         key = reply_key(item.id)
         pipe.rpush(key, payload)
         pipe.expire(key, REPLY_TTL_SECONDS)
+        if item.tenant:  # the request's wait ends here: its in-flight entry too, saving the web a round trip
+            pipe.zrem(inflight_key(item.tenant), item.id)
 
     def _store(self, spec, items: list[WorkItem], index: dict[bytes, int], tokens: np.ndarray, vectors: np.ndarray) -> None:
         """One idempotent upsert per scope. A failure is logged, not raised: the waiters still get their vectors."""
