@@ -14,22 +14,15 @@ import time
 
 import numpy as np
 import pytest
-from django.db import connections
 
 from accounts.quotas import INFLIGHT_GRACE_SECONDS, inflight_count, inflight_key
 from embeddings.waiting import WorkItem, reply_error, reply_ok, reply_send
+from tests.helpers import in_thread, tier_limit, until
 from workers.queues import alive_key, work_list
 
 MODEL = "all-MiniLM-L6-v2"
 DIMS = 384
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def _limit(world, **fields):
-    tier = world.tenant.tier
-    for name, value in fields.items():
-        setattr(tier, name, value)
-    tier.save()
 
 
 class FakeWorker:
@@ -67,27 +60,6 @@ def worker(redis_db, alice, bob):
     fake = FakeWorker(redis_db, answer={bob.tenant.pk})
     yield fake
     fake.stop()
-
-
-def _in_thread(fn) -> tuple[threading.Thread, list]:
-    out: list = []
-
-    def run():
-        try:
-            out.append(fn())
-        finally:
-            connections.close_all()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread, out
-
-
-def _until(predicate, timeout: float = 5.0) -> None:
-    ends = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < ends, "timed out"
-        time.sleep(0.02)
 
 
 # --- wait is bounded by SYNC_WAIT_MAX ----------------------------------------------------------
@@ -128,17 +100,17 @@ def test_the_n_plus_first_waiting_request_of_a_tenant_is_429_while_others_are_se
     WHEN 2 of her requests wait THEN her 3rd is 429 too_many_in_flight (Retry-After 1, the
     X-RateLimit headers, nothing counted), her cache hits are still served, bob is served; once
     her waits end (job fallback, timeout) the slots are free again."""
-    _limit(alice, max_sync_in_flight=2)
+    tier_limit(alice, max_sync_in_flight=2)
     from embeddings.cache import cache_upsert, text_key
 
     cache_upsert(model=MODEL, version=_version(), scope=alice.tenant.pk,
                  rows=[(text_key("cached text"), 2, np.ones(DIMS, dtype=np.float32))])
     waiting = [
-        _in_thread(lambda i=i: client_for(alice).post("/v1/embed/batch", {"texts": [f"slow {i}"], "wait": 2},
+        in_thread(lambda i=i: client_for(alice).post("/v1/embed/batch", {"texts": [f"slow {i}"], "wait": 2},
                                                      format="json"))
         for i in range(2)
     ]
-    _until(lambda: inflight_count(alice.tenant.pk) == 2)
+    until(lambda: inflight_count(alice.tenant.pk) == 2)
     assert 0 < redis_db.ttl(inflight_key(alice.tenant.pk)) <= 60 + 2 * INFLIGHT_GRACE_SECONDS  # a leak ends
 
     client = client_for(alice)
@@ -167,7 +139,7 @@ def test_the_n_plus_first_waiting_request_of_a_tenant_is_429_while_others_are_se
 
 
 def test_an_error_reply_releases_the_slot(alice, client_for, redis_db):
-    _limit(alice, max_sync_in_flight=1)
+    tier_limit(alice, max_sync_in_flight=1)
     fake = FakeWorker(redis_db, fail={alice.tenant.pk})
     try:
         client = client_for(alice)
@@ -183,7 +155,7 @@ def test_an_error_reply_releases_the_slot(alice, client_for, redis_db):
 def test_a_slot_left_by_a_killed_web_process_ends_at_its_deadline(alice, bob, client_for, worker, redis_db):
     """A web process killed mid-wait never releases its slot: the entry carries its deadline and
     the next admission trims it, and the set itself has a TTL."""
-    _limit(alice, max_sync_in_flight=1)
+    tier_limit(alice, max_sync_in_flight=1)
     key = inflight_key(alice.tenant.pk)
     redis_db.zadd(key, {"killed-live": time.time() + 30})
     refused = client_for(alice).post("/v1/embeddings", {"model": MODEL, "input": ["x"], "wait": 0.3}, format="json")

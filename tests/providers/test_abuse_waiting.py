@@ -7,14 +7,13 @@ upstream (tests/fakes/provider_server.py), which can be told to answer slowly.""
 
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
-from django.db import connections
 
 from accounts.quotas import inflight_count, provider_slot_key
 from providers.services import provider_create
+from tests.helpers import in_thread, tier_limit, until
 from tests.providers.conftest import SECRET, openai_body
 
 MODEL = "myopenai/text-embedding-3-small"
@@ -29,34 +28,6 @@ def charlie_provider(charlie, fake, provider_worker, redis_db):
     return provider_create(tenant=charlie.tenant, name="myopenai", preset="openai", endpoint=fake.url(), api_key=SECRET)
 
 
-def _limit(world, **fields):
-    tier = world.tenant.tier
-    for name, value in fields.items():
-        setattr(tier, name, value)
-    tier.save()
-
-
-def _in_thread(fn) -> tuple[threading.Thread, list]:
-    out: list = []
-
-    def run():
-        try:
-            out.append(fn())
-        finally:
-            connections.close_all()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread, out
-
-
-def _until(predicate, timeout: float = 5.0) -> None:
-    ends = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < ends, "timed out"
-        time.sleep(0.02)
-
-
 def _embed(client, texts, **extra):
     return client.post("/v1/embeddings", {"model": MODEL, "input": texts, **extra}, format="json")
 
@@ -65,10 +36,10 @@ def test_provider_misses_count_as_sync_requests_in_flight(charlie, client_for, f
     """GIVEN charlie's tier allows 1 sync request in flight and his upstream is slow WHEN one
     request waits for it THEN a second is 429 too_many_in_flight at once (no upstream call); the
     slot is free again when the first ends (here a 504: the upstream was too slow)."""
-    _limit(charlie, max_sync_in_flight=1)
+    tier_limit(charlie, max_sync_in_flight=1)
     fake.then(sleep=3)
-    first = _in_thread(lambda: _embed(client_for(charlie), ["slow"], wait=1.5))
-    _until(lambda: inflight_count(charlie.tenant.pk) == 1)
+    first = in_thread(lambda: _embed(client_for(charlie), ["slow"], wait=1.5))
+    until(lambda: inflight_count(charlie.tenant.pk) == 1)
     started = time.monotonic()
     refused = _embed(client_for(charlie), ["another"])
     assert time.monotonic() - started < 1.0
@@ -91,10 +62,10 @@ def test_a_tenant_holds_at_most_its_bound_of_provider_worker_threads(charlie, cl
     request that gave up would) WHEN he sends a request THEN its provider task does not call the
     upstream (it comes back later, taking no thread) until the slot is free; then it runs and the
     request is served; the slot is released after the call."""
-    _limit(charlie, max_sync_in_flight=1)
+    tier_limit(charlie, max_sync_in_flight=1)
     key = provider_slot_key(charlie.tenant.pk)
     redis_db.zadd(key, {"an-earlier-call": time.time() + 60})
-    request = _in_thread(lambda: _embed(client_for(charlie), ["queued behind"], wait=5))
+    request = in_thread(lambda: _embed(client_for(charlie), ["queued behind"], wait=5))
     time.sleep(1.0)
     assert fake.requests == []  # the task re-queued itself rather than call the upstream
     freed_at = time.monotonic()
@@ -109,7 +80,7 @@ def test_a_tenant_holds_at_most_its_bound_of_provider_worker_threads(charlie, cl
 
 def test_a_provider_slot_left_by_a_killed_worker_ends_at_its_deadline(charlie, client_for, fake, charlie_provider,
                                                                       redis_db):
-    _limit(charlie, max_sync_in_flight=1)
+    tier_limit(charlie, max_sync_in_flight=1)
     redis_db.zadd(provider_slot_key(charlie.tenant.pk), {"killed": time.time() - 1})
     response = _embed(client_for(charlie), ["after a crash"], wait=5)
     assert response.status_code == 200, response.content
