@@ -227,6 +227,20 @@ local function work_refusal(list_key, alive_key, max_depth)
 end
 """
 
+# The tenant semaphores (sync requests in flight, provider-worker slots): a sorted set of members
+# scored by their deadline, so that a holder that died (a killed web process or worker) stops
+# counting at its deadline. The one definition: the admission script and _SLOT open with it.
+SLOTS_LUA = """
+local function slots_held(key, now)
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+  return redis.call('ZCARD', key)
+end
+local function slot_hold(key, member, deadline, ttl)
+  redis.call('ZADD', key, deadline, member)
+  redis.call('EXPIRE', key, ttl)
+end
+"""
+
 
 # Every limit of the data plane in one round trip (DECISIONS #14, #19): the auth epoch, the
 # tenant's minute window, its sync requests in flight, the text quotas, the usage of the
@@ -248,7 +262,7 @@ end
 # rate; -5 over the tenant's sync requests in flight (the sixth field: how many; no text counted);
 # -4 the work refused (no text counted; the sixth field is work_refusal's answer); -9 epoch moved,
 # -8 cache scope epoch moved (nothing counted).
-_ADMIT = WORK_REFUSAL_LUA + """
+_ADMIT = WORK_REFUSAL_LUA + SLOTS_LUA + """
 local ce = ''
 local e = redis.call('GET', KEYS[1])
 if not e then e = ARGV[2]; redis.call('SET', KEYS[1], e) end
@@ -267,8 +281,7 @@ local d = tonumber(redis.call('GET', KEYS[3]) or '0')
 local m = tonumber(redis.call('GET', KEYS[4]) or '0')
 if ARGV[3] == '1' and n > tonumber(ARGV[5]) then return {-3, d, m, n, e, 0, ce} end
 if KEYS[12] ~= '' then
-  redis.call('ZREMRANGEBYSCORE', KEYS[12], '-inf', ARGV[19])
-  local held = redis.call('ZCARD', KEYS[12])
+  local held = slots_held(KEYS[12], ARGV[19])
   if held >= tonumber(ARGV[20]) then return {-5, d, m, n, e, held, ce} end
 end
 if ARGV[14] ~= '' then
@@ -293,10 +306,7 @@ if KEYS[9] ~= '' and #ARGV > 22 then
   for i = 23, #ARGV do redis.call('HINCRBY', KEYS[9], ARGV[i], 1) end
   redis.call('SADD', KEYS[10], ARGV[22])
 end
-if KEYS[12] ~= '' then
-  redis.call('ZADD', KEYS[12], ARGV[18], ARGV[17])
-  redis.call('EXPIRE', KEYS[12], ARGV[21])
-end
+if KEYS[12] ~= '' then slot_hold(KEYS[12], ARGV[17], ARGV[18], ARGV[21]) end
 if ARGV[14] ~= '' then redis.call('RPUSH', KEYS[7], ARGV[14]) end
 return {1, d, m, n, e, 0, ce}
 """
@@ -437,12 +447,11 @@ def batch_size_check(*, tier: Tier, texts: int) -> None:
 # KEYS: the tenant's provider-slot sorted set. ARGV: member, its deadline, now, the bound, TTL.
 # Trims the entries whose deadline passed (a worker killed mid-call), then takes a slot if one
 # is free. Returns 1 (taken) or 0 (the tenant's calls in progress are at the bound).
-_SLOT = """
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[3])
+_SLOT = SLOTS_LUA + """
+local held = slots_held(KEYS[1], ARGV[3])
 if redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 1 end
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[4]) then return 0 end
-redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
-redis.call('EXPIRE', KEYS[1], ARGV[5])
+if held >= tonumber(ARGV[4]) then return 0 end
+slot_hold(KEYS[1], ARGV[1], ARGV[2], ARGV[5])
 return 1
 """
 
