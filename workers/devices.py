@@ -1,4 +1,7 @@
-"""EMBED_DEVICE -> the torch device string. Never imports torch or touches CUDA here.
+"""EMBED_DEVICE -> the torch device string, and a CPU worker's thread counts.
+
+Never imports torch or touches CUDA: CUDA must not start before a worker process forks and is
+pinned to its GPU, and scripts/run.py, which starts every process, imports this module too.
 
 `make worker DEVICE=cuda:1` pins a worker to GPU 1 by exporting CUDA_VISIBLE_DEVICES=1
 and EMBED_DEVICE=cuda, so inside the process the one visible GPU is cuda:0. Set
@@ -31,14 +34,14 @@ def pin_env(device: str) -> dict[str, str]:
 def cpu_threads(configured: int) -> tuple[int, int]:
     """(big-pass threads, small-pass threads) of a CPU worker: EMBED_THREADS for both when set.
 
-    By default the passes of 3+ texts (they come under load, when the web tier, PostgreSQL and
-    Redis want the other cores) get half the cores this process may run on, at least one: torch
-    in bfloat16 on AMX or AVX512-BF16, else a second ONNX Runtime session; two such passes at once
-    in two drain loops but for bfloat16 on AMX (DECISIONS #22, #23).
-    The ONNX Runtime session of the passes of one or two texts (when the machine is quiet) gets
-    them all. On this repo's 2-core box: one torch thread gave 285-356 single-text
-    misses/s from 32 clients against 238-283 with two; two ONNX Runtime threads a p50 of
-    10.4-10.6 ms from one client against 11.5-11.8 with one (DECISIONS #21)."""
+    By default the passes of 3+ texts get half the cores this process may run on, at least one:
+    they come under load, when the web tier, PostgreSQL and Redis want the other cores, and a
+    model thread that waits for a core, or wakes for every operator, costs more than it gives.
+    They run in bfloat16 on AMX or AVX512-BF16, else on a second ONNX Runtime session; two such
+    passes at once in two drain loops but for bfloat16 on AMX (DECISIONS #21, #22, #23).
+    The ONNX Runtime session of the passes of one or two texts gets all the cores: those passes
+    come when the machine is quiet, and there fewer threads only make a single request wait
+    longer (DECISIONS #21; docs/BENCHMARKS.md, "Where the CPU goes")."""
     if configured > 0:
         return configured, configured
     cores = len(os.sched_getaffinity(0))

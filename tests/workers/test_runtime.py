@@ -77,15 +77,16 @@ def test_another_model_is_exported_cached_and_matches_torch(tiny_model, tmp_path
 
 def test_a_model_onnx_cannot_serve_stays_on_torch(tiny_model, tmp_path, monkeypatch):
     """A broken export (here: any file that is not a model) costs speed, never correctness."""
-    from workers import runtime as runtime_module
+    from workers import backends
+    from workers.runtime import ModelRuntime
 
-    def broken(self, onnx_dir):
+    def broken(spec, inputs, onnx_dir):
         path = tmp_path / "broken.onnx"
         path.write_bytes(b"not a model")
         return path
 
-    monkeypatch.setattr(runtime_module.ModelRuntime, "_onnx_export", broken)
-    runtime = runtime_module.ModelRuntime(tiny_model, "cpu", precision="fp32")
+    monkeypatch.setattr(backends, "onnx_export_cached", broken)
+    runtime = ModelRuntime(tiny_model, "cpu", precision="fp32")
     assert runtime.backend == "torch"
     _, vectors = runtime.encode(TEXTS)
     assert _cos(vectors, runtime.model.encode(TEXTS)).min() > 0.9999
@@ -146,8 +147,8 @@ def test_passes_of_three_texts_or_more_run_in_bfloat16_smaller_ones_on_onnx_runt
     from workers.runtime import BIG_PASS_TEXTS
 
     onnx, bf16 = _Counting(minilm_bf16._session), _Counting(minilm_bf16._bf16)
-    monkeypatch.setattr(minilm_bf16, "_session", onnx)
-    monkeypatch.setattr(minilm_bf16, "_bf16", bf16)
+    monkeypatch.setattr(minilm_bf16.small, "session", onnx)
+    monkeypatch.setattr(minilm_bf16.big, "graph", bf16)
     minilm_bf16.encode(TEXTS[:BIG_PASS_TEXTS - 1])
     assert (onnx.calls, bf16.calls) == (1, 0)
     minilm_bf16.encode(TEXTS[:BIG_PASS_TEXTS])
@@ -195,12 +196,14 @@ def test_precision_fp32_keeps_every_pass_in_float32(minilm):
 
 
 def test_a_model_bfloat16_cannot_reproduce_stays_in_float32(minilm, monkeypatch):
-    from workers import runtime as runtime_module
+    from workers import backends
+    from workers.runtime import ModelRuntime
 
-    real = runtime_module.ModelRuntime._check
-    monkeypatch.setattr(runtime_module.ModelRuntime, "_check",
-                        lambda self, backend: 0.99 if backend == "bf16" else real(self, backend))
-    runtime = runtime_module.ModelRuntime(minilm.spec, "cpu", precision="bf16")
+    real = backends.cosine_to_float32
+    monkeypatch.setattr(backends, "cosine_to_float32",
+                        lambda reference, candidate, pad: 0.99 if candidate.name == "bf16"
+                        else real(reference, candidate, pad))
+    runtime = ModelRuntime(minilm.spec, "cpu", precision="bf16")
     assert runtime._bf16 is None and runtime.backend == "onnx"
     _, vectors = runtime.encode(TEXTS)
     assert _cos(vectors, runtime.model.encode(TEXTS)).min() > 0.99999
@@ -251,8 +254,8 @@ def test_without_bfloat16_big_passes_run_on_an_onnx_session_of_their_own_with_fe
     assert runtime._session.get_session_options().intra_op_num_threads == 2
     assert runtime._session_big.get_session_options().intra_op_num_threads == 1
     small, big = _Counting(runtime._session), _Counting(runtime._session_big)
-    monkeypatch.setattr(runtime, "_session", small)
-    monkeypatch.setattr(runtime, "_session_big", big)
+    monkeypatch.setattr(runtime.small, "session", small)
+    monkeypatch.setattr(runtime.big, "session", big)
     _, one = runtime.encode(TEXTS[:BIG_PASS_TEXTS - 1])
     assert (small.calls, big.calls) == (1, 0)
     _, many = runtime.encode(TEXTS)

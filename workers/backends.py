@@ -1,0 +1,354 @@
+"""How one forward pass of a model runs: one small class per way, behind one interface.
+
+ModelRuntime (runtime.py) tokenizes, packs and pads; a Backend takes the padded input tensors
+of one pass and gives the pass's sentence embeddings:
+
+  TorchBackend  sentence-transformers' own modules: GPUs, and the CPU where asked
+                (EMBED_BACKEND=torch) or where no other backend can serve the model.
+  OnnxBackend   the transformer exported once to ONNX (cached under EMBED_ONNX_DIR) and run by
+                ONNX Runtime: the CPU default, because eager torch pays a per-operator overhead
+                that dominates the small passes of interactive traffic (DECISIONS #20). A second
+                session of the same graph, on part of the cores, runs the big passes of a CPU
+                without bfloat16 matrix instructions (#22).
+  Bf16Backend   a copy of the transformer with bfloat16 Linear weights under autocast, traced
+                and frozen by TorchScript: the big passes of a CPU with bfloat16 matrix
+                instructions, which do the matrix products faster than float32 (#21, #23).
+
+ONNX and bfloat16 run the transformer only; the model's own pooling and normalization modules
+follow in float32, so every backend gives the model's own embedding. backends_load picks the
+backends of a model once, at load. A backend that fails to load or does not reproduce float32
+torch on the check texts is dropped with a warning: it costs speed, never correctness.
+
+torch is imported at the top: nothing imports this module but ModelRuntime when it loads a
+model, and the ONNX export's child process (`python -m workers.backends`).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import warnings
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from django.conf import settings
+from sentence_transformers import SentenceTransformer
+from sentence_transformers.models import Transformer
+
+if TYPE_CHECKING:
+    from embeddings.registry import ModelSpec
+
+logger = logging.getLogger(__name__)
+
+Features = dict[str, torch.Tensor]  # the padded input tensors of one pass, by input name
+
+ONNX_OPSET = 17
+# An ONNX export or a bfloat16 copy must reproduce float32 torch to this cosine on the check
+# texts, or the model runs without it.
+MIN_COSINE = 0.9999
+# Short, long (truncated at the model's limit) and non-ASCII texts, checked in one pass and
+# one by one, so a graph that baked in one shape or one padding fails the check.
+CHECK_TEXTS = ["warm up", "The quick brown fox jumps over the lazy dog near the river bank.",
+               "Ünïcödé, 中文 and emoji 🎉 in one line", "word " * 300]
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+class Backend(ABC):
+    """Runs one padded pass of a model. Called from several drain threads at once."""
+
+    name: str
+    # How many passes of this backend run well side by side (the worker's drain loops): more
+    # than one only where a pass runs on part of the cores (DECISIONS #22, #23).
+    parallel_passes: int = 1
+
+    def forward(self, features: Features) -> np.ndarray:
+        """The pass's embeddings: float32[texts, dims] on the host."""
+        with torch.inference_mode():
+            return self.embed(features).float().cpu().numpy()
+
+    @abstractmethod
+    def embed(self, features: Features) -> torch.Tensor:
+        """The pass's sentence embeddings (under inference_mode)."""
+
+    def for_big_passes(self, threads: int, small_threads: int) -> Backend:
+        """The backend of the big passes when they get `threads` of the `small_threads` threads
+        of the small ones: this one, unless running on fewer threads needs its own instance."""
+        return self
+
+
+class TorchBackend(Backend):
+    """sentence-transformers' own modules on the model's device."""
+
+    name = "torch"
+
+    def __init__(self, model: SentenceTransformer, device: str):
+        self.model = model
+        self.device = device
+
+    def embed(self, features: Features) -> torch.Tensor:
+        features = {k: v.to(self.device) for k, v in features.items()}
+        return self.model(features)["sentence_embedding"]
+
+
+class _PooledBackend(Backend):
+    """A backend that computes the transformer's last hidden state its own way; the model's
+    pooling and normalization modules (float32 torch) make the embedding from it."""
+
+    def __init__(self, inputs: list[str], post_modules: list[torch.nn.Module]):
+        self.inputs = inputs  # the transformer inputs the graph takes, in order
+        self.post_modules = post_modules
+
+    @abstractmethod
+    def hidden(self, features: Features) -> torch.Tensor:
+        """The transformer's last hidden state, float32."""
+
+    def embed(self, features: Features) -> torch.Tensor:
+        pooled = {"token_embeddings": self.hidden(features), "attention_mask": features["attention_mask"]}
+        for module in self.post_modules:
+            pooled = module(pooled)
+        return pooled["sentence_embedding"]
+
+
+class OnnxBackend(_PooledBackend):
+    """The exported transformer on an ONNX Runtime session with `threads` threads. ONNX Runtime
+    sessions are safe to call from several threads."""
+
+    name = "onnx"
+
+    def __init__(self, path: Path, threads: int, inputs: list[str], post_modules: list[torch.nn.Module]):
+        super().__init__(inputs, post_modules)
+        self.path = path
+        self.session = _onnx_session(path, threads)
+
+    def hidden(self, features: Features) -> torch.Tensor:
+        feed = {name: features[name].numpy() for name in self.inputs}
+        return torch.from_numpy(self.session.run(None, feed)[0])
+
+    def for_big_passes(self, threads: int, small_threads: int) -> Backend:
+        """A second session of the same graph with `threads` threads where that is fewer than the
+        small passes' session has: big passes then run two at once, each on part of the cores,
+        instead of one splitting every operator across all of them (DECISIONS #22)."""
+        if 0 < threads < small_threads:
+            return OnnxBigBackend(self.path, threads, self.inputs, self.post_modules)
+        return self
+
+
+class OnnxBigBackend(OnnxBackend):
+    """OnnxBackend's second session, for big passes on part of the cores."""
+
+    name = "onnx_big"
+    parallel_passes = 2
+
+
+class Bf16Backend(_PooledBackend):
+    """The transformer with bfloat16 Linear weights under autocast: the matrix products in
+    bfloat16, norms and softmax in float32."""
+
+    name = "bf16"
+
+    def __init__(self, graph: torch.nn.Module, inputs: list[str], post_modules: list[torch.nn.Module],
+                 parallel_passes: int):
+        super().__init__(inputs, post_modules)
+        self.graph = graph  # traced and frozen by TorchScript, or the eager module where tracing failed
+        self.parallel_passes = parallel_passes
+
+    def hidden(self, features: Features) -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            hidden = self.graph(*[features[name] for name in self.inputs])
+        return hidden.float()
+
+
+# --- choosing the backends of a model -----------------------------------------------------------
+
+def backend_default(device: str) -> str:
+    return "onnx" if device == "cpu" else "torch"
+
+
+def backends_load(model: SentenceTransformer, spec: ModelSpec, pad: Callable[[list[str]], Features], *,
+                  device: str, backend: str | None, precision: str, threads: int, small_threads: int,
+                  bf16_isa: str, onnx_dir: Path | None) -> tuple[Backend, Backend]:
+    """(small, big): the backends of the passes under and from ModelRuntime's BIG_PASS_TEXTS
+    texts (the same object where both run alike). `pad` tokenizes and pads texts into a pass;
+    `threads` and `small_threads` are the threads of big and small passes; `bf16_isa` is
+    runtime.cpu_bf16's answer ("" on a GPU). Raises ValueError for a backend or precision that
+    cannot be asked for; a backend that fails to load is skipped (logged)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"EMBED_PRECISION={precision!r}: use auto, fp32 or bf16")
+    wanted = backend or backend_default(device)
+    if wanted not in ("torch", "onnx"):
+        raise ValueError(f"EMBED_BACKEND={wanted!r}: use torch or onnx")
+    if wanted == "onnx" and device != "cpu":
+        raise ValueError(f"EMBED_BACKEND=onnx runs on the CPU, not {device}; use torch there")
+    reference = TorchBackend(model, device)
+    small: Backend = reference
+    if wanted == "onnx":
+        small = _onnx_load(model, spec, reference, pad, onnx_dir, small_threads) or reference
+    big = None
+    if device == "cpu" and (precision == "bf16" or (precision == "auto" and bf16_isa)):
+        # Two bfloat16 passes side by side where they run on part of the cores, except on AMX,
+        # where a second one gave nothing (DECISIONS #21, #23).
+        parallel = 2 if bf16_isa != "amx" and 0 < threads < small_threads else 1
+        big = _bf16_load(model, spec, reference, pad, parallel)
+    return small, big or small.for_big_passes(threads, small_threads)
+
+
+def cosine_to_float32(reference: Backend, candidate: Backend, pad: Callable[[list[str]], Features]) -> float:
+    """The lowest cosine between `candidate` and float32 `reference` over the check texts (in
+    one pass, and text by text)."""
+    want = reference.forward(pad(CHECK_TEXTS))
+    got = np.concatenate([candidate.forward(pad(CHECK_TEXTS))] + [candidate.forward(pad([t])) for t in CHECK_TEXTS])
+    want = np.concatenate([want, want])
+    return float(np.min(np.sum(got * want, axis=1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)))
+
+
+def _transformer(model: SentenceTransformer) -> Transformer:
+    first = model[0]
+    if not isinstance(first, Transformer):
+        raise ValueError(f"its first module is {type(first).__name__}, not a Transformer")
+    return first
+
+
+def _input_names(model: SentenceTransformer) -> list[str]:
+    """The transformer inputs the exported and traced graphs take, in order."""
+    names = model.tokenizer.model_input_names
+    return [n for n in names if n in ("input_ids", "attention_mask", "token_type_ids")]
+
+
+def _onnx_load(model: SentenceTransformer, spec: ModelSpec, reference: Backend, pad: Callable[[list[str]], Features],
+               onnx_dir: Path | None, threads: int) -> OnnxBackend | None:
+    """The model's transformer exported (once) and loaded for ONNX Runtime, or None where it cannot
+    be, or does not match torch."""
+    try:
+        _transformer(model)
+        inputs = _input_names(model)
+        backend = OnnxBackend(onnx_export_cached(spec, inputs, onnx_dir), threads, inputs, list(model)[1:])
+        cosine = cosine_to_float32(reference, backend, pad)
+        if cosine < MIN_COSINE:
+            raise ValueError(f"the export gives cosine {cosine:.6f} to torch")
+        return backend
+    except Exception as exc:
+        logger.warning("model %s stays on torch: ONNX Runtime could not serve it (%s)", spec.name, exc)
+        return None
+
+
+def _onnx_session(path: Path, threads: int):
+    # Imported here, not at the top: GPU workers run torch only and never load ONNX Runtime.
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = max(1, threads)
+    options.inter_op_num_threads = 1
+    # Idle threads sleep instead of spinning: the worker shares its cores with the web
+    # processes, and spinning threads take CPU the web needs (DECISIONS #20).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _bf16_load(model: SentenceTransformer, spec: ModelSpec, reference: Backend, pad: Callable[[list[str]], Features],
+               parallel_passes: int) -> Bf16Backend | None:
+    """A copy of the transformer whose Linear weights are bfloat16, or None where it cannot be
+    made or does not match float32."""
+    try:
+        transformer = copy.deepcopy(_transformer(model).auto_model).eval()
+        for module in transformer.modules():
+            if isinstance(module, torch.nn.Linear):
+                module.to(torch.bfloat16)
+        inputs = _input_names(model)
+        graph = _bf16_trace(_LastHidden(transformer, inputs), pad(CHECK_TEXTS[:2]), inputs, spec.name)
+        backend = Bf16Backend(graph, inputs, list(model)[1:], parallel_passes)
+        cosine = cosine_to_float32(reference, backend, pad)
+        if cosine < MIN_COSINE:
+            raise ValueError(f"it gives cosine {cosine:.6f} to float32")
+        return backend
+    except Exception as exc:
+        logger.warning("model %s stays in float32: bfloat16 passes could not serve it (%s)", spec.name, exc)
+        return None
+
+
+def _bf16_trace(module: torch.nn.Module, sample: Features, inputs: list[str], name: str) -> torch.nn.Module:
+    """`module` traced and frozen by TorchScript, or as it is when tracing fails. One graph runs
+    faster than eager modules, with the same vectors (DECISIONS #21; docs/BENCHMARKS.md, "Model
+    runtimes in one process"); the load check then compares what is kept with float32."""
+    try:
+        with warnings.catch_warnings(), torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+            warnings.simplefilter("ignore")  # TracerWarnings about branches on shapes; the check decides
+            traced = torch.jit.trace(module, tuple(sample[n] for n in inputs), check_trace=False, strict=False)
+            return torch.jit.freeze(traced.eval())
+    except Exception as exc:
+        logger.info("model %s: bfloat16 passes run eagerly (tracing failed: %s)", name, exc)
+        return module
+
+
+# --- the ONNX export ----------------------------------------------------------------------------
+
+class _LastHidden(torch.nn.Module):
+    """A transformer as a module of positional inputs `names` that returns last_hidden_state
+    (what the ONNX export and the TorchScript trace take)."""
+
+    def __init__(self, inner: torch.nn.Module, names: list[str]):
+        super().__init__()
+        self.inner = inner
+        self.names = names
+
+    def forward(self, *args):
+        return self.inner(**dict(zip(self.names, args, strict=True))).last_hidden_state
+
+
+def onnx_export_cached(spec: ModelSpec, inputs: list[str], onnx_dir: Path | None) -> Path:
+    """The cached export of this model (keyed by its files and the exporter), made if missing.
+    Written to a temporary name and renamed: workers starting together never read a half file."""
+    weights = sorted(Path(spec.path).glob("*.safetensors")) + sorted(Path(spec.path).glob("*.bin"))
+    stamp = "|".join([spec.path, spec.version, torch.__version__, str(ONNX_OPSET), *inputs]
+                     + [f"{w.name}:{w.stat().st_size}:{w.stat().st_mtime_ns}" for w in weights])
+    folder = Path(onnx_dir if onnx_dir is not None else settings.EMBED_ONNX_DIR)
+    path = folder / f"{spec.name.replace('/', '_')}-{hashlib.sha256(stamp.encode()).hexdigest()[:16]}.onnx"
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # In a child process: tracing for the export leaves the traced torch model giving wrong
+    # vectors (DECISIONS #20), so the exporter never touches the served one.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".onnx.tmp")
+    os.close(fd)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "workers.backends", spec.path, tmp, ",".join(inputs)],
+            cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True, timeout=600,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"the ONNX export failed: {done.stderr.strip()[-500:]}")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    logger.info("exported %s to %s", spec.name, path)
+    return path
+
+
+def onnx_export(model_path: str, out: str, names: list[str]) -> None:
+    """Exports the transformer of the sentence-transformers model at `model_path` to `out`: inputs
+    `names` (batch and token axes dynamic), output last_hidden_state."""
+    model = SentenceTransformer(model_path, device="cpu", local_files_only=True)
+    transformer = model[0].auto_model.eval()
+    sample = model.tokenizer(["hello world", "a longer sample text"], padding=True, return_tensors="pt")
+    if "token_type_ids" in names and "token_type_ids" not in sample:
+        sample["token_type_ids"] = torch.zeros_like(sample["input_ids"])
+    axes = {n: {0: "batch", 1: "tokens"} for n in names} | {"last_hidden_state": {0: "batch", 1: "tokens"}}
+    with warnings.catch_warnings(), torch.inference_mode():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(_LastHidden(transformer, names), tuple(sample[n] for n in names), out, input_names=names,
+                          output_names=["last_hidden_state"], dynamic_axes=axes, opset_version=ONNX_OPSET,
+                          dynamo=False)
+
+
+if __name__ == "__main__":  # python -m workers.backends MODEL_PATH OUT input_ids,attention_mask,...
+    onnx_export(sys.argv[1], sys.argv[2], sys.argv[3].split(","))
