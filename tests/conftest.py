@@ -11,7 +11,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -23,10 +22,11 @@ from django.conf import settings
 from django.db import connection, connections
 from rest_framework.test import APIClient
 
-from accounts.models import ApiKey, Tenant, Tier
-from accounts.seeds import tiers_seed
-from accounts.services import api_key_create, tenant_create
+from accounts.models import ApiKey, Tenant
+from accounts.seeds import SEED_TIERS
 from embedplatform import embedded
+from tests.factories import ApiKeyFactory, TierFactory, UserFactory
+from tests.helpers import poll_until
 
 ROOT = Path(__file__).resolve().parent.parent
 LIVE_REDIS_DB = settings.TEST_REDIS_DB + 1
@@ -41,14 +41,13 @@ class World:
 
 @pytest.fixture
 def tiers(db):
-    tiers_seed(Tier)
-    return {t.name: t for t in Tier.objects.all()}
+    return {name: TierFactory(name=name) for name in SEED_TIERS}
 
 
 def _world(email: str, tier: str) -> World:
-    tenant, user = tenant_create(email=email, tier=tier, password="correct horse battery")
-    api_key, key = api_key_create(tenant=tenant, name="test", created_by=user)
-    return World(tenant=tenant, key=key, api_key=api_key)
+    user = UserFactory(email=email, tenant__tier__name=tier)
+    api_key = ApiKeyFactory(tenant=user.tenant, created_by=user)
+    return World(tenant=user.tenant, key=api_key.clear, api_key=api_key)
 
 
 @pytest.fixture
@@ -131,7 +130,7 @@ def jwt_for():
 @pytest.fixture
 def redis_db():
     """The tests' own Redis DB (TEST_REDIS_DB), emptied before each test."""
-    from embeddings.waiting import redis_client
+    from embedplatform.redisconn import redis_client
 
     client = redis_client()
     db = client.connection_pool.connection_kwargs.get("db")
@@ -229,18 +228,18 @@ def live_stack(django_db_setup, django_db_blocker):
         stdout=(logs / "web.log").open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    ready = None
-    while time.monotonic() < deadline:
+    answers: list[httpx.Response] = []
+
+    def ready_or_exited() -> bool:
         if worker.poll() is not None or web.poll() is not None:
-            break
-        try:
-            ready = httpx.get(f"{url}/health/ready", timeout=2)
-            if ready.status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
+            return True  # no use waiting: the check below fails with the logs
+        with contextlib.suppress(httpx.HTTPError):
+            answers[:] = [httpx.get(f"{url}/health/ready", timeout=2)]
+        return bool(answers) and answers[0].status_code == 200
+
+    with contextlib.suppress(AssertionError):  # timed out: the check below fails with the logs
+        poll_until(ready_or_exited, timeout=90, interval=0.5)
+    ready = answers[0] if answers else None
     if ready is None or ready.status_code != 200:
         _stop(worker, timeout=1)
         _stop(web, timeout=1, group=True)

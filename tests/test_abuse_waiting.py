@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 from accounts.quotas import INFLIGHT_GRACE_SECONDS, inflight_count, inflight_key
-from embeddings.waiting import WorkItem, reply_error, reply_ok, reply_send
-from tests.helpers import in_thread, tier_limit, until
-from workers.queues import alive_key, work_list
+from dispatch.frames import WorkItem, reply_error, reply_ok, reply_send
+from dispatch.keys import alive_key, work_list
+from tests.helpers import in_thread, poll_until, tier_limit
 
 MODEL = "all-MiniLM-L6-v2"
 DIMS = 384
@@ -110,7 +110,7 @@ def test_the_n_plus_first_waiting_request_of_a_tenant_is_429_while_others_are_se
                                                      format="json"))
         for i in range(2)
     ]
-    until(lambda: inflight_count(alice.tenant.pk) == 2)
+    poll_until(lambda: inflight_count(alice.tenant.pk) == 2, timeout=5, message="both requests to wait")
     assert 0 < redis_db.ttl(inflight_key(alice.tenant.pk)) <= 60 + 2 * INFLIGHT_GRACE_SECONDS  # a leak ends
 
     client = client_for(alice)
@@ -178,10 +178,10 @@ def _version() -> str:
 def test_the_drain_loop_that_answers_ends_the_in_flight_entry(alice, client_for, drainer, monkeypatch):
     """The worker's reply ends the request's in-flight entry in the same round trip, so the web
     spends no round trip of its own on it after a served miss."""
-    from embeddings import services
+    from embeddings import serving
 
     released = []
-    monkeypatch.setattr(services, "inflight_release", lambda inflight: released.append(inflight))
+    monkeypatch.setattr(serving, "inflight_release", lambda inflight: released.append(inflight))
     response = client_for(alice).post("/v1/embeddings", {"model": MODEL, "input": "a miss to compute"}, format="json")
     assert response.status_code == 200, response.content
     assert released == []  # the web did not release it ...

@@ -20,7 +20,6 @@ import shutil
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -36,6 +35,8 @@ from django.utils import timezone
 
 from embedplatform import embedded
 from tests.conftest import LIVE_REDIS_DB, _database_url, _free_port, _redis_url_db, _stop
+from tests.factories import JobFactory
+from tests.helpers import poll_until
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
@@ -220,13 +221,8 @@ class _Hook(BaseHTTPRequestHandler):
 
 
 def _until(predicate, timeout: float, what: str, logs: dict[str, Path]):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.3)
-    tails = "\n".join(f"--- {name}:\n{path.read_text(errors='replace')[-2500:]}" for name, path in logs.items())
-    raise AssertionError(f"timed out ({timeout:g} s) waiting for {what}\n{tails}")
+    """poll_until, failing with the tails of the services' logs."""
+    return poll_until(predicate, timeout=timeout, interval=0.3, message=what, logs=logs.values())
 
 
 class ComposeRun:
@@ -314,12 +310,11 @@ def _job_with_stranded_chunks(alice) -> tuple[str, list[int]]:
     live worker claims them first: one held by a drain loop whose heartbeat stopped (a killed
     worker: its lease runs another hour), one by a claim whose lease ran out (a hung worker)."""
     from embeddings.models import JobChunk
-    from embeddings.services import EmbedOptions, job_create
 
     texts = [f"stranded {i} {uuid.uuid4().hex[:8]}" for i in range(2 * settings.JOB_CHUNK_TEXTS)]
     now = timezone.now()
     with transaction.atomic():
-        job = job_create(tenant=alice.tenant, texts=texts, options=EmbedOptions(model=MODEL))
+        job = JobFactory(tenant=alice.tenant, texts=texts)
         first, second = JobChunk.objects.filter(job=job).order_by("seq")
         JobChunk.objects.filter(pk=first.pk).update(status="running", attempts=1, lease="0123abcd@deadtoken:gone",
                                                     lease_until=now + timedelta(hours=1))
@@ -337,8 +332,8 @@ def test_the_compose_services_together_serve_a_job_its_webhook_usage_and_the_swe
     THEN the job succeeds, its webhook arrives, beat's periodic flush writes the usage to Postgres,
     and the stranded chunks are taken back and done."""
     from accounts.models import DailyUsage
+    from accounts.signing import SIGNATURE_HEADER, webhook_verify
     from embeddings.models import Job, JobChunk
-    from embeddings.webhooks import SIGNATURE_HEADER, webhook_verify
 
     settings.JOB_CHUNK_TEXTS = 8
     stack = compose_run

@@ -6,13 +6,13 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
 import redis
 
 from embedplatform import embedded
+from tests.helpers import poll_until
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.live
@@ -44,6 +44,13 @@ def test_embedded_postgres_and_redis_start_migrate_and_keep_data():
         embedded.quiet_logs()
 
 
+def _answers(client: redis.Redis) -> bool:
+    try:
+        return client.ping()
+    except redis.ConnectionError:
+        return False
+
+
 def test_counters_survive_a_redis_crash_through_the_append_only_file(tmp_path):
     """Quota and usage counters live in Redis: written, then Redis SIGKILLed (no chance to save its
     snapshot) and started again on the same VAR_DIR, they are still there (redis.aof)."""
@@ -53,13 +60,13 @@ def test_counters_survive_a_redis_crash_through_the_append_only_file(tmp_path):
         client = redis.Redis.from_url(embedded.redis_url(var_dir))
         client.incrby("quota:day:1", 41)
         client.incr("quota:day:1")
+        # Redis may hold writes back a moment (while the rewrite that makes the file runs, or an
+        # fsync: appendfsync everysec); once they are in the file they outlive the SIGKILL.
+        aof = var_dir / embedded.REDIS_AOF
+        poll_until(lambda: aof.exists() and aof.read_bytes().count(b"quota:day:1") == 2, timeout=5,
+                   message="both writes to reach the append-only file")
         os.kill(rds.pid, signal.SIGKILL)
-        for _ in range(50):  # the killed server's socket answers no more
-            try:
-                client.ping()
-            except redis.ConnectionError:
-                break
-            time.sleep(0.1)
+        poll_until(lambda: not _answers(client), timeout=5, message="the killed Redis to stop answering")
         (var_dir / "redis.sock.owner").write_text("999999")  # as after the whole run was killed
         rds = embedded.start_redis(var_dir)
         assert redis.Redis.from_url(embedded.redis_url(var_dir)).get("quota:day:1") == b"42"

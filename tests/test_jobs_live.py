@@ -11,20 +11,16 @@ import pytest
 
 from embeddings.models import CachedEmbedding, Job, JobChunk
 from embeddings.selectors import job_results_iter
-from embeddings.services import EmbedOptions, job_create
+from tests.factories import JobFactory
+from tests.helpers import poll_until
 
 MODEL = "all-MiniLM-L6-v2"
 pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True)]
 
 
 def _until(predicate, timeout: float, what: str, procs=()):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    logs = "\n".join(p.log_path.read_text()[-2000:] for p in procs)
-    raise AssertionError(f"timed out waiting for {what}\n{logs}")
+    """poll_until, failing with the tails of the workers' logs."""
+    return poll_until(predicate, timeout=timeout, interval=0.2, message=what, logs=[p.log_path for p in procs])
 
 
 def redis_keys(redis, pattern: str) -> list[bytes]:
@@ -56,7 +52,7 @@ def test_two_workers_share_a_job_and_a_killed_one_loses_nothing(alice, worker_pr
 
     _until(both_alive, 120, "both workers to load the model", (a, b))
     texts = [f"durable {i} {uuid.uuid4().hex[:8]}" for i in range(3000)]
-    job = job_create(tenant=alice.tenant, texts=texts, options=EmbedOptions(model=MODEL))
+    job = JobFactory(tenant=alice.tenant, texts=texts)
 
     def both_working() -> bool:  # summed over each worker's drain loops (one or two: DECISIONS #22, #23)
         chunks = [sum(int(redis.hget(k, "job_chunks") or 0) for k in redis.scan_iter(match=f"embed:stats:{w}@*"))
@@ -99,7 +95,7 @@ def test_a_job_completes_after_the_broker_is_flushed(alice, worker_procs, settin
     THEN a worker started afterwards still finds the job in Postgres and finishes it."""
     settings.JOB_CHUNK_TEXTS = 64
     texts = [f"flushed {i} {uuid.uuid4().hex[:8]}" for i in range(200)]
-    job = job_create(tenant=alice.tenant, texts=texts, options=EmbedOptions(model=MODEL))
+    job = JobFactory(tenant=alice.tenant, texts=texts)
     worker_procs.redis.flushdb()
     worker = worker_procs("c")
     _until(lambda: Job.objects.get(pk=job.pk).is_final, 120, "the job to finish", (worker,))

@@ -4,13 +4,14 @@ and the official OpenAI SDK as the client."""
 import base64
 import os
 import threading
-import time
 import uuid
 
 import httpx
 import numpy as np
 import openai
 import pytest
+
+from tests.helpers import poll_until, tier_limit
 
 MODEL = "all-MiniLM-L6-v2"
 pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True)]
@@ -65,9 +66,7 @@ def test_concurrent_single_text_requests_share_forward_passes(live_stack, alice)
                 total[field.decode()] = total.get(field.decode(), 0) + int(value)
         return total
 
-    tier = alice.tenant.tier  # 32 of alice's requests wait at once: lift her tier's bound (paid: 16)
-    tier.max_sync_in_flight = 64
-    tier.save()
+    tier_limit(alice, max_sync_in_flight=64)  # 32 of alice's requests wait at once: lift her tier's bound (paid: 16)
     before = stats()
     failures = []
 
@@ -86,9 +85,11 @@ def test_concurrent_single_text_requests_share_forward_passes(live_stack, alice)
     assert not failures, failures[:3]
     # A loop counts a pass in its stats after it has sent the pass's replies (bookkeeping is
     # nobody's latency): the last pass's counts may land just after its clients have their answers.
-    deadline = time.monotonic() + 5
-    while (after := stats()).get("items", 0) - before.get("items", 0) < 160 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    def all_counted() -> dict[str, int] | None:
+        after = stats()
+        return after if after.get("items", 0) - before.get("items", 0) >= 160 else None
+
+    after = poll_until(all_counted, timeout=5, message=lambda: f"the stats to count 160 items: {before} -> {stats()}")
     items = after["items"] - before.get("items", 0)
     batches = after["batches"] - before.get("batches", 0)
     assert items == 160

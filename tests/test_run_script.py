@@ -13,6 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.helpers import poll_until
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -86,12 +88,8 @@ def _kill_ours(var_dir: Path) -> None:
 
 
 def _until(predicate, timeout: float, what: str, log: Path):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out ({timeout:g} s) waiting for {what}\n{log.read_text()[-4000:]}")
+    """poll_until, failing with the tail of the run's log."""
+    return poll_until(predicate, timeout=timeout, interval=0.2, message=what, logs=[log])
 
 
 def _live(port: int) -> bool:
@@ -216,7 +214,8 @@ def test_it_restarts_the_embedded_postgres_and_redis_when_they_are_killed(tmp_pa
     try:
         _until(lambda: _pids("beat", var_dir), 60, "beat", log)
         redis_lib.Redis(unix_socket_path=str(embedded.redis_socket(var_dir))).set("kept", "yes")
-        time.sleep(1.5)  # appendfsync everysec
+        aof = var_dir / embedded.REDIS_AOF  # in the file, the write outlives the SIGKILL of Redis
+        _until(lambda: aof.exists() and b"kept" in aof.read_bytes(), 5, "the write to reach the append-only file", log)
         (redis_pid,) = [pid for pid, cmd in _ours(var_dir).items() if "redis-server" in cmd]
         os.kill(redis_pid, signal.SIGKILL)
         _until(lambda: "the embedded Redis had stopped" in log.read_text(), 20, "run.py to restart Redis", log)

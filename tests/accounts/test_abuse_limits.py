@@ -12,6 +12,7 @@ from django.test import Client, RequestFactory
 from rest_framework.test import APIClient
 
 from accounts.models import ApiKey, User
+from tests.factories import UserFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -161,7 +162,7 @@ def _admin_login(ip: str, username: str, password: str):
 def test_admin_login_is_throttled_per_address_and_username(tiers, redis_db, settings):
     settings.ADMIN_LOGIN_RATE_IP_USER = "3/h"
     settings.ADMIN_LOGIN_RATE_IP = "6/h"
-    User.objects.create_superuser(email="ops@example.com", password="right password 42")
+    UserFactory(staff=True, email="ops@example.com", password="right password 42")
     codes = [_admin_login("10.0.0.1", "ops@example.com", f"guess {i}").status_code for i in range(3)]
     assert codes == [200, 200, 200]  # the form again, with its error
     refused = _admin_login("10.0.0.1", "ops@example.com", "right password 42")

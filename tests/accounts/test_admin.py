@@ -7,21 +7,21 @@ import pytest
 from django.test import Client
 from django.urls import reverse
 
-from accounts.models import ApiKey, DailyUsage, User
+from accounts.models import ApiKey, DailyUsage
 from embeddings.cache import cache_upsert, text_key
 from embeddings.models import CachedEmbedding, Job
-from embeddings.services import EmbedOptions, job_create
+from tests.factories import JobFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
 def staff_client(alice):
-    staff = User.objects.create_superuser(email="ops@example.com", password="x" * 12)
+    staff = UserFactory(staff=True, email="ops@example.com", password="x" * 12)
     DailyUsage.objects.create(tenant=alice.tenant, day="2026-11-20", model="all-MiniLM-L6-v2", cache_hits=3)
     cache_upsert(model="all-MiniLM-L6-v2", version="v", scope=alice.tenant.pk,
                  rows=[(text_key("hello"), 2, np.ones(4, dtype=np.float32))])
-    job_create(tenant=alice.tenant, texts=["queued a", "queued b"], options=EmbedOptions(model="all-MiniLM-L6-v2"))
+    JobFactory(tenant=alice.tenant, texts=["queued a", "queued b"])
     client = Client()
     client.force_login(staff)
     return client

@@ -15,14 +15,19 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
+from django.db.models.functions import Now
 
-from embeddings import services, waiting
+from dispatch import local
+from dispatch.keys import job_signal_key
+from embeddings import jobs
 from embeddings.cache import cache_upsert, text_key
+from embeddings.jobs import job_chunk_complete, job_sweep
 from embeddings.models import CachedEmbedding, Job, JobChunk
-from embeddings.services import EmbedOptions, job_chunk_claim, job_chunk_complete, job_create, job_sweep
+from tests.factories import JobFactory
+from tests.handoff import job_chunk_claim, work_submit
+from tests.helpers import poll_until
 from workers.drain import Drainer
 from workers.jobfeed import JobFeed
-from workers.queues import job_signal_key
 
 MODEL = "all-MiniLM-L6-v2"
 
@@ -43,16 +48,17 @@ def job_loop(transactional_db):
 
 
 def _wait_job(client, job_id, timeout=60.0) -> dict:
-    deadline = time.monotonic() + timeout
+    """The job's final state, with `_progress`: its `done` count at each poll."""
     seen = []
-    while time.monotonic() < deadline:
+
+    def final() -> dict | None:
         body = client.get(f"/v1/jobs/{job_id}").json()
         seen.append(body["done"])
-        if body["status"] in ("succeeded", "failed", "cancelled"):
-            body["_progress"] = seen
-            return body
-        time.sleep(0.05)
-    raise AssertionError(f"job {job_id} did not finish: {body}")
+        return body if body["status"] in ("succeeded", "failed", "cancelled") else None
+
+    body = poll_until(final, timeout=timeout, message=lambda: f"job {job_id} to finish (done so far: {seen[-1]})")
+    body["_progress"] = seen
+    return body
 
 
 def test_a_job_runs_with_progress_and_its_results_page_and_stream(alice, client_for, drainer, minilm, settings):
@@ -175,15 +181,15 @@ def test_embed_batch_falls_back_to_a_job_when_wait_runs_out(job_loop, alice, cli
 
 def test_interactive_requests_go_ahead_of_job_chunks(job_loop, alice, redis_db, minilm, transactional_db, settings):
     settings.JOB_CHUNK_TEXTS = 8
-    job_create(tenant=alice.tenant, texts=[f"bulk {i}" for i in range(32)], options=EmbedOptions(model=MODEL))
+    JobFactory(tenant=alice.tenant, texts=[f"bulk {i}" for i in range(32)])
     loop = job_loop(runtimes={MODEL: minilm}, redis=redis_db, max_texts=64, max_tokens=16384, upsert=cache_upsert,
                    name="prio", jobs=JobFeed(lease_seconds=30, poll_seconds=0))
     loop.heartbeat(force=True)
     assert loop.run_once(block=0.1) == 8  # a chunk
-    item = waiting.work_submit(model=MODEL, texts=["interactive"], keys=[text_key("interactive")], scope=alice.tenant.pk,
+    item = work_submit(model=MODEL, texts=["interactive"], keys=[text_key("interactive")], scope=alice.tenant.pk,
                                wait=10)
     assert loop.run_once(block=0.1) == 1  # the waiting request, before the next chunk
-    waiting.work_wait(item, wait=1, dims=384)
+    local.work_wait(item, wait=1, dims=384)
     assert loop.run_once(block=0.1) == 8
 
 
@@ -192,7 +198,7 @@ def test_a_job_pass_runs_in_forward_passes_of_job_forward_texts_serving_requests
     """Two drain loops of one thread each keep a job's forward passes as short as one loop's
     were (bootsteps: MAX_BATCH_TEXTS // loops): a request that arrives during one is served next."""
     settings.JOB_CHUNK_TEXTS = 8
-    job = job_create(tenant=alice.tenant, texts=[f"bulk {i}" for i in range(8)], options=EmbedOptions(model=MODEL))
+    job = JobFactory(tenant=alice.tenant, texts=[f"bulk {i}" for i in range(8)])
     passes, submitted = [], []
 
     class Recording:  # the real runtime, recording each forward pass; a request arrives during the first
@@ -201,7 +207,7 @@ def test_a_job_pass_runs_in_forward_passes_of_job_forward_texts_serving_requests
         def encode(self, texts, **kwargs):
             passes.append(len(texts))
             if not submitted:
-                submitted.append(waiting.work_submit(model=MODEL, texts=["in between"], keys=[text_key("in between")],
+                submitted.append(work_submit(model=MODEL, texts=["in between"], keys=[text_key("in between")],
                                                      scope=alice.tenant.pk, wait=10))
             return minilm.encode(texts, **kwargs)
 
@@ -211,7 +217,7 @@ def test_a_job_pass_runs_in_forward_passes_of_job_forward_texts_serving_requests
     assert loop.run_once(block=0.1) == 8
     loop.flush()
     assert passes == [4, 1, 4]  # the request went between the job's two forward passes
-    _, vectors = waiting.work_wait(submitted[0], wait=1, dims=384)
+    _, vectors = local.work_wait(submitted[0], wait=1, dims=384)
     assert float(np.dot(vectors[0], minilm.model.encode(["in between"])[0])) > 0.999
     job.refresh_from_db()
     assert job.done == 8
@@ -223,7 +229,7 @@ def test_a_claim_gives_up_on_a_locked_table_instead_of_queueing(alice, redis_db,
     import psycopg
     from django.db import connection
 
-    job_create(tenant=alice.tenant, texts=["locked out"], options=EmbedOptions(model=MODEL))
+    JobFactory(tenant=alice.tenant, texts=["locked out"])
     params = connection.get_connection_params()
     other = psycopg.connect(**{k: v for k, v in params.items() if k != "cursor_factory"})
     try:
@@ -240,8 +246,8 @@ def test_a_claim_gives_up_on_a_locked_table_instead_of_queueing(alice, redis_db,
 
 def test_chunks_of_different_tenants_interleave(alice, bob, redis_db, transactional_db, settings):
     settings.JOB_CHUNK_TEXTS = 4
-    big = job_create(tenant=alice.tenant, texts=[f"a{i}" for i in range(40)], options=EmbedOptions(model=MODEL))
-    small = job_create(tenant=bob.tenant, texts=[f"b{i}" for i in range(8)], options=EmbedOptions(model=MODEL))
+    big = JobFactory(tenant=alice.tenant, texts=[f"a{i}" for i in range(40)])
+    small = JobFactory(tenant=bob.tenant, texts=[f"b{i}" for i in range(8)])
     order = []
     for _ in range(6):
         chunk = job_chunk_claim(models=[(MODEL, "gt-0.1.0")], lease_seconds=30)
@@ -253,9 +259,10 @@ def test_chunks_of_different_tenants_interleave(alice, bob, redis_db, transactio
 
 def test_a_dead_workers_chunk_is_swept_back_and_counted_once(job_loop, alice, redis_db, minilm, transactional_db, settings):
     settings.JOB_CHUNK_TEXTS = 4
-    job = job_create(tenant=alice.tenant, texts=[f"s{i}" for i in range(8)], options=EmbedOptions(model=MODEL))
+    job = JobFactory(tenant=alice.tenant, texts=[f"s{i}" for i in range(8)])
     dead = job_chunk_claim(models=[(MODEL, "gt-0.1.0")], lease_seconds=0.01)  # claimed, then its worker died
-    time.sleep(0.05)
+    poll_until(lambda: JobChunk.objects.filter(pk=dead.id, lease_until__lt=Now()).exists(), timeout=5, interval=0.01,
+               message="the dead worker's lease to run out")
     assert job_sweep() == 1
     assert redis_db.lrange(job_signal_key(MODEL), 0, -1)  # the workers are poked
     loop = job_loop(runtimes={MODEL: minilm}, redis=redis_db, max_texts=64, max_tokens=16384, upsert=cache_upsert,
@@ -272,10 +279,10 @@ def test_a_dead_workers_chunk_is_swept_back_and_counted_once(job_loop, alice, re
 
 def test_a_chunk_that_keeps_failing_fails_the_job(alice, redis_db, transactional_db, settings):
     settings.JOB_MAX_ATTEMPTS = 2
-    job = job_create(tenant=alice.tenant, texts=["x"], options=EmbedOptions(model=MODEL))
+    job = JobFactory(tenant=alice.tenant, texts=["x"])
     for _ in range(2):
         chunk = job_chunk_claim(models=[(MODEL, "gt-0.1.0")], lease_seconds=30)
-        services.job_chunk_release(chunk=chunk, error="CUDA out of memory")
+        jobs.job_chunk_release(chunk=chunk, error="CUDA out of memory")
     job.refresh_from_db()
     assert job.status == "failed" and "CUDA out of memory" in job.error
 
@@ -305,9 +312,10 @@ def hook_server(settings):
 
 
 def test_the_webhook_is_signed_and_retried_on_5xx(alice, redis_db, hook_server, transactional_db):
-    from embeddings.webhooks import SIGNATURE_HEADER, WebhookTransient, job_webhook_deliver, webhook_verify
+    from accounts.signing import SIGNATURE_HEADER, webhook_verify
+    from embeddings.webhooks import WebhookTransient, job_webhook_deliver
 
-    job = job_create(tenant=alice.tenant, texts=["w"], options=EmbedOptions(model=MODEL), webhook_url=hook_server)
+    job = JobFactory(tenant=alice.tenant, texts=["w"], webhook_url=hook_server)
     Job.objects.filter(pk=job.pk).update(status="succeeded", done=1)
     _Hook.status = 503
     with pytest.raises(WebhookTransient):
@@ -330,9 +338,9 @@ def test_the_webhook_is_signed_and_retried_on_5xx(alice, redis_db, hook_server, 
 
 def test_one_claim_fills_a_pass_with_chunks_of_every_job_in_turn(alice, bob, redis_db, transactional_db, settings):
     settings.JOB_CHUNK_TEXTS = 4
-    big = job_create(tenant=alice.tenant, texts=[f"a{i}" for i in range(40)], options=EmbedOptions(model=MODEL))
-    small = job_create(tenant=bob.tenant, texts=[f"b{i}" for i in range(8)], options=EmbedOptions(model=MODEL))
-    chunks = services.job_chunks_claim(models=[(MODEL, "gt-0.1.0")], lease_seconds=30, limit=4)
+    big = JobFactory(tenant=alice.tenant, texts=[f"a{i}" for i in range(40)])
+    small = JobFactory(tenant=bob.tenant, texts=[f"b{i}" for i in range(8)])
+    chunks = jobs.job_chunks_claim(models=[(MODEL, "gt-0.1.0")], lease_seconds=30, limit=4)
     assert sorted((c.job_id, c.start) for c in chunks) == sorted(
         [(str(big.pk), 0), (str(big.pk), 4), (str(small.pk), 0), (str(small.pk), 4)]
     )
@@ -344,7 +352,7 @@ def test_a_sync_request_is_served_between_the_forward_passes_of_a_job_pass(job_l
     """GIVEN a job pass of 4 forward passes WHEN a request arrives during the first THEN it is
     answered before the job pass ends, not after it."""
     settings.JOB_CHUNK_TEXTS = 8
-    job_create(tenant=alice.tenant, texts=[f"long pass {i}" for i in range(32)], options=EmbedOptions(model=MODEL))
+    JobFactory(tenant=alice.tenant, texts=[f"long pass {i}" for i in range(32)])
     answered_during_pass = []
 
     class Arriving:  # the real runtime; a request arrives while its first forward pass runs
@@ -357,7 +365,7 @@ def test_a_sync_request_is_served_between_the_forward_passes_of_a_job_pass(job_l
         def encode(self, texts, **kwargs):
             self.calls += 1
             if self.calls == 1:
-                self.item = waiting.work_submit(model=MODEL, texts=["urgent"], keys=[text_key("urgent")],
+                self.item = work_submit(model=MODEL, texts=["urgent"], keys=[text_key("urgent")],
                                                 scope=alice.tenant.pk, wait=10)
             elif self.item is not None and redis_db.llen(f"embed:r:{self.item.id}"):
                 answered_during_pass.append(self.calls)
@@ -370,7 +378,7 @@ def test_a_sync_request_is_served_between_the_forward_passes_of_a_job_pass(job_l
     assert loop.run_once(block=0.1) == 32  # one job pass: 4 chunks, 4 forward passes of 8
     loop.flush()
     assert answered_during_pass and answered_during_pass[0] <= 3  # the 1-text pass ran between job passes
-    _, vectors = waiting.work_wait(runtime.item, wait=1, dims=384)
+    _, vectors = local.work_wait(runtime.item, wait=1, dims=384)
     assert float(np.dot(vectors[0], minilm.encode(["urgent"])[1][0])) > 0.999
 
 
@@ -437,8 +445,8 @@ def test_a_value_the_database_refuses_is_400_not_503(alice, client_for, redis_db
 def test_wait_0_is_a_job_at_once_unless_every_text_is_cached(alice, client_for, redis_db):
     """`wait: 0` means "do not wait": 202 with the job at once, and nothing is queued for a sync
     wait; every text a cache hit: 200. No worker runs here (a wait would end in 503 or 504)."""
+    from dispatch.keys import work_list
     from embeddings.registry import model_get
-    from workers.queues import work_list
 
     cache_upsert(model=MODEL, version=model_get(MODEL).version, scope=alice.tenant.pk,
                  rows=[(text_key(t), 2, np.full(384, 0.05, dtype=np.float32)) for t in ("warm one", "warm two")])

@@ -17,6 +17,7 @@ from embeddings.cache import PUBLIC_SCOPE, cache_upsert, text_key
 from embeddings.models import CachedEmbedding
 from embeddings.registry import DEFAULT_MODEL, model_get
 from embeddings.retention import cache_hits_flush, cache_prune, duration_parse
+from tests.factories import UserFactory
 
 MODEL = DEFAULT_MODEL
 
@@ -100,7 +101,7 @@ def test_the_beat_flush_task_flushes_hit_stats_too(alice, client_for, redis_db):
 
 @pytest.mark.django_db
 def test_job_chunks_that_find_texts_cached_count_hits(alice, redis_db):
-    from embeddings.services import ClaimedChunk
+    from embeddings.jobs import ClaimedChunk
     from workers.jobfeed import JobFeed
 
     scope = alice.tenant.pk
@@ -363,11 +364,9 @@ def test_the_tenant_admin_page_shows_the_cache_size(alice, redis_db):
     from django.test import Client
     from django.urls import reverse
 
-    from accounts.models import User
-
     _store(alice.tenant.pk, "1", "2")
     client = Client()
-    client.force_login(User.objects.create_superuser(email="ops@example.com", password="x" * 12))
+    client.force_login(UserFactory(staff=True, email="ops@example.com", password="x" * 12))
     page = client.get(reverse("admin:accounts_tenant_change", args=[alice.tenant.pk]))
     assert page.status_code == 200
     assert f"{MODEL}: 2 entries, 3.0\xa0KB" in page.content.decode()

@@ -11,10 +11,9 @@ import time
 import pytest
 
 from embeddings.models import Job
-from embeddings.services import EmbedOptions, job_create
 from embeddings.webhooks import WebhookTransient, job_webhook_deliver, webhook_post
-
-MODEL = "all-MiniLM-L6-v2"
+from tests.factories import JobFactory
+from tests.helpers import poll_until
 
 
 class _Receiver:
@@ -24,6 +23,7 @@ class _Receiver:
         self.behave = behave
         self.sent = 0
         self.requests: list[bytes] = []
+        self.handled = 0  # connections whose behaviour has ended (done, or the platform hung up)
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         threading.Thread(target=self._serve, daemon=True).start()
@@ -51,6 +51,7 @@ class _Receiver:
             pass  # the platform hung up: what these tests want
         finally:
             conn.close()
+            self.handled += 1
 
     def send(self, conn, data: bytes):
         conn.sendall(data)
@@ -64,13 +65,13 @@ def _trickle_body(server, conn):
     server.send(conn, b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n")
     for _ in range(100_000):
         server.send(conn, b"x")
-        time.sleep(1)
+        time.sleep(1)  # the misbehaviour under test: one byte a second
 
 
 def _trickle_status(server, conn):
     for byte in b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n":
         server.send(conn, bytes([byte]))
-        time.sleep(1)
+        time.sleep(1)  # the misbehaviour under test: one byte a second
 
 
 def _huge(server, conn):
@@ -97,8 +98,7 @@ def receiver(settings):
 
 
 def _job(tenant, port) -> Job:
-    job = job_create(tenant=tenant, texts=["w"], options=EmbedOptions(model=MODEL),
-                     webhook_url=f"http://127.0.0.1:{port}/hook")
+    job = JobFactory(tenant=tenant, texts=["w"], webhook_url=f"http://127.0.0.1:{port}/hook")
     Job.objects.filter(pk=job.pk).update(status="succeeded", done=1)
     return job
 
@@ -137,7 +137,7 @@ def test_a_receiver_sending_100_mb_is_read_up_to_the_cap_only(alice, redis_db, r
     assert job_webhook_deliver(job_id=str(job.pk)) == "delivered"
     assert time.monotonic() - started < 5.0
     # The platform hung up after the cap: the receiver got at most the socket buffers' worth out.
-    time.sleep(0.5)
+    poll_until(lambda: server.handled == 1, timeout=5, message="the receiver to see the platform hang up")
     assert server.sent < 20 * 1024 * 1024, server.sent
     # What the client itself read: the cap plus at most one 64 KiB network read.
     status, read = webhook_post(f"http://127.0.0.1:{server.port}/hook", body=b"{}",

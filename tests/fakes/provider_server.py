@@ -58,7 +58,7 @@ class _Handler(BaseHTTPRequestHandler):
         fake.requests.append(Recorded(self.path, {k.lower(): v for k, v in self.headers.items()}, body, time.monotonic()))
         step = fake.script.popleft() if fake.script else {}
         if step.get("sleep"):
-            time.sleep(step["sleep"])
+            time.sleep(step["sleep"])  # a slow upstream: the behaviour the test asked for
         if step.get("redirect"):
             return self._send(302, b"", {"Location": step["redirect"]})
         if step.get("huge"):

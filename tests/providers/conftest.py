@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest
 from rest_framework.test import APIClient
 
+from tests.factories import PROVIDER_SECRET
 from tests.fakes.provider_server import FakeProvider
 
-SECRET = "sk-test-0123456789abcdefWXYZ"
+SECRET = PROVIDER_SECRET  # the key the fake expects, and ProviderFactory's
 
 
 @pytest.fixture(scope="session")
@@ -50,8 +51,8 @@ def provider_worker(django_db_setup):
     (two in one process share Celery's global worker state)."""
     from celery.contrib.testing.worker import start_worker
 
+    from dispatch.keys import PROVIDER_QUEUE
     from embedplatform.celery import app
-    from workers.queues import PROVIDER_QUEUE
 
     try:
         with start_worker(app, pool="threads", concurrency=4, queues=[PROVIDER_QUEUE], perform_ping_check=False,

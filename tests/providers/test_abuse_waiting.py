@@ -10,11 +10,13 @@ from __future__ import annotations
 import time
 
 import pytest
+from celery.signals import task_postrun
 
 from accounts.quotas import inflight_count, provider_slot_key
-from providers.services import provider_create
-from tests.helpers import in_thread, tier_limit, until
-from tests.providers.conftest import SECRET, openai_body
+from dispatch.keys import PROVIDER_EMBED_TASK
+from tests.factories import ProviderFactory
+from tests.helpers import in_thread, poll_until, tier_limit
+from tests.providers.conftest import openai_body
 
 MODEL = "myopenai/text-embedding-3-small"
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -22,10 +24,10 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 @pytest.fixture
 def charlie_provider(charlie, fake, provider_worker, redis_db):
-    from workers.queues import provider_alive_key
+    from dispatch.keys import provider_alive_key
 
     redis_db.set(provider_alive_key(), "1", ex=120)  # the in-process worker's beat may be later than the test
-    return provider_create(tenant=charlie.tenant, name="myopenai", preset="openai", endpoint=fake.url(), api_key=SECRET)
+    return ProviderFactory(tenant=charlie.tenant, endpoint=fake.url())
 
 
 def _embed(client, texts, **extra):
@@ -39,7 +41,7 @@ def test_provider_misses_count_as_sync_requests_in_flight(charlie, client_for, f
     tier_limit(charlie, max_sync_in_flight=1)
     fake.then(sleep=3)
     first = in_thread(lambda: _embed(client_for(charlie), ["slow"], wait=1.5))
-    until(lambda: inflight_count(charlie.tenant.pk) == 1)
+    poll_until(lambda: inflight_count(charlie.tenant.pk) == 1, timeout=5, message="the first request to wait")
     started = time.monotonic()
     refused = _embed(client_for(charlie), ["another"])
     assert time.monotonic() - started < 1.0
@@ -65,8 +67,18 @@ def test_a_tenant_holds_at_most_its_bound_of_provider_worker_threads(charlie, cl
     tier_limit(charlie, max_sync_in_flight=1)
     key = provider_slot_key(charlie.tenant.pk)
     redis_db.zadd(key, {"an-earlier-call": time.time() + 60})
-    request = in_thread(lambda: _embed(client_for(charlie), ["queued behind"], wait=5))
-    time.sleep(1.0)
+    runs = []
+
+    def count_run(sender, **kwargs):
+        if sender.name == PROVIDER_EMBED_TASK:
+            runs.append(sender.name)
+
+    task_postrun.connect(count_run, weak=False)
+    try:
+        request = in_thread(lambda: _embed(client_for(charlie), ["queued behind"], wait=5))
+        poll_until(lambda: len(runs) >= 2, timeout=5, message="the provider task to run twice while the slot is held")
+    finally:
+        task_postrun.disconnect(count_run)
     assert fake.requests == []  # the task re-queued itself rather than call the upstream
     freed_at = time.monotonic()
     redis_db.zrem(key, "an-earlier-call")

@@ -4,9 +4,8 @@ import pytest
 from django.test import Client
 from django.urls import reverse
 
-from accounts.models import User
 from providers.models import ProviderConfig
-from providers.services import provider_create
+from tests.factories import ProviderFactory, UserFactory
 from tests.providers.conftest import SECRET
 
 pytestmark = pytest.mark.django_db
@@ -15,13 +14,13 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture
 def staff(alice):
     client = Client()
-    client.force_login(User.objects.create_superuser(email="ops@example.com", password="x" * 12))
+    client.force_login(UserFactory(staff=True, email="ops@example.com", password="x" * 12))
     return client
 
 
 @pytest.fixture
 def provider(alice, fake):
-    return provider_create(tenant=alice.tenant, name="myopenai", preset="openai", endpoint=fake.url(), api_key=SECRET)
+    return ProviderFactory(tenant=alice.tenant, endpoint=fake.url())
 
 
 def test_admin_pages_show_only_the_mask(staff, provider):
@@ -60,7 +59,7 @@ HEADER_VALUE = "org-secret-value-56789"
 
 @pytest.fixture
 def header_provider(alice, fake):
-    return provider_create(tenant=alice.tenant, name="withheader", preset="openai", endpoint=fake.url(), api_key=SECRET,
+    return ProviderFactory(tenant=alice.tenant, name="withheader", endpoint=fake.url(),
                            headers={"Authorization": "Bearer {{api_key}}", "X-Org": HEADER_VALUE})
 
 

@@ -9,10 +9,11 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import connection
 
-from providers.crypto import secret_decrypt, secret_encrypt, secret_mask
+from embedplatform.masking import secret_mask
+from providers.crypto import secret_decrypt, secret_encrypt
 from providers.errors import SecretUnreadable
 from providers.models import ProviderConfig
-from providers.services import provider_create
+from tests.factories import ProviderFactory
 from tests.providers.conftest import SECRET
 
 KEY_A = Fernet.generate_key().decode()
@@ -46,7 +47,7 @@ def test_a_bad_key_is_a_clear_configuration_error(settings):
 @pytest.fixture
 def stored(alice, fake, settings):
     settings.ENCRYPTION_KEY = KEY_A
-    return provider_create(tenant=alice.tenant, name="myopenai", preset="openai", endpoint=fake.url(), api_key=SECRET)
+    return ProviderFactory(tenant=alice.tenant, endpoint=fake.url())
 
 
 def test_the_secret_is_not_in_the_database_nor_in_dumpdata(stored):
@@ -98,7 +99,7 @@ HEADER_VALUE = "org-secret-value-56789"
 @pytest.fixture
 def with_header(alice, fake, settings):
     settings.ENCRYPTION_KEY = KEY_A
-    return provider_create(tenant=alice.tenant, name="withheader", preset="openai", endpoint=fake.url(), api_key=SECRET,
+    return ProviderFactory(tenant=alice.tenant, name="withheader", endpoint=fake.url(),
                            headers={"Authorization": "Bearer {{api_key}}", "X-Org": HEADER_VALUE})
 
 

@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 
 from embeddings.models import CachedEmbedding
-from providers.services import provider_create
-from tests.providers.conftest import SECRET
+from tests.factories import ProviderFactory
 
 MODEL = "myopenai/text-embedding-3-small"
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -18,7 +17,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 @pytest.fixture
 def charlie_provider(charlie, fake, provider_worker):
-    return provider_create(tenant=charlie.tenant, name="myopenai", preset="openai", endpoint=fake.url(), api_key=SECRET)
+    return ProviderFactory(tenant=charlie.tenant, endpoint=fake.url())
 
 
 def _embed(client, texts, model=MODEL, **extra):

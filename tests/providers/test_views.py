@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 
 from providers.models import ProviderConfig
+from tests.factories import ProviderFactory
 from tests.providers.conftest import SECRET, openai_body
 
 
@@ -131,9 +132,7 @@ def test_the_test_endpoint_says_what_failed(alice, jwt_client, fake, alice_provi
 def test_with_no_provider_worker_a_miss_is_a_fast_503(charlie, client_for, fake, redis_db):
     """No worker consumes the provider queue (none started, heartbeat key absent): the request
     is refused at once with 503 + Retry-After instead of waiting out SYNC_WAIT_SECONDS."""
-    from providers.services import provider_create
-
-    provider_create(tenant=charlie.tenant, name="lonely", preset="openai", endpoint=fake.url(), api_key="sk-test-1234")
+    ProviderFactory(tenant=charlie.tenant, name="lonely", endpoint=fake.url(), api_key="sk-test-1234")
     response = client_for(charlie).post("/v1/embeddings", {"model": "lonely/text-embedding-3-small", "input": "x"},
                                         format="json")
     assert response.status_code == 503 and response["Retry-After"] == "5"
@@ -261,7 +260,7 @@ def test_a_mask_sent_back_keeps_the_value_but_cannot_move_it(alice, jwt_client, 
 
 
 def test_the_cache_version_follows_everything_that_shapes_the_vectors(alice, jwt_client, fake, header_provider):
-    from providers.services import provider_cache_version
+    from providers.dispatch import provider_cache_version
 
     client, pid = jwt_client(alice), header_provider["id"]
 

@@ -8,11 +8,13 @@ import numpy as np
 import pytest
 from django.db import connections
 
-from embeddings import waiting
+from dispatch import local
+from dispatch.keys import reply_key
 from embeddings.cache import cache_lookup, cache_upsert, text_key
 from embeddings.registry import model_get
+from tests import handoff
+from tests.helpers import poll_until
 from workers.drain import Drainer
-from workers.queues import reply_key
 
 MODEL = "all-MiniLM-L6-v2"
 
@@ -26,7 +28,7 @@ def loop(transactional_db, redis_db, minilm):
 
 
 def _submit(texts, scope=1, wait=30.0):
-    return waiting.work_submit(model=MODEL, texts=texts, keys=[text_key(t) for t in texts], scope=scope, wait=wait)
+    return handoff.work_submit(model=MODEL, texts=texts, keys=[text_key(t) for t in texts], scope=scope, wait=wait)
 
 
 def test_one_step_drains_many_waiting_requests_into_one_pass(loop, minilm):
@@ -34,7 +36,7 @@ def test_one_step_drains_many_waiting_requests_into_one_pass(loop, minilm):
     assert loop.run_once(block=0.1) == 20
     assert loop.stats.batches == 1 and loop.stats.batch_items == [20]
     for item in items:
-        tokens, vectors = waiting.work_wait(item, wait=1, dims=384)
+        tokens, vectors = local.work_wait(item, wait=1, dims=384)
         ref = minilm.model.encode(item.texts)[0]
         assert float(np.dot(vectors[0], ref)) > 0.999 and tokens[0] > 2
 
@@ -50,8 +52,8 @@ def test_the_same_text_from_two_requests_is_embedded_once_and_stored_per_scope(l
     text = f"shared {uuid.uuid4().hex}"
     a, b = _submit([text], scope=1), _submit([text, "other"], scope=2)
     assert loop.run_once(block=0.1) == 2  # two unique texts
-    va = waiting.work_wait(a, wait=1, dims=384)[1][0]
-    vb = waiting.work_wait(b, wait=1, dims=384)[1][0]
+    va = local.work_wait(a, wait=1, dims=384)[1][0]
+    vb = local.work_wait(b, wait=1, dims=384)[1][0]
     np.testing.assert_array_equal(va, vb)
     key = text_key(text)
     assert key in cache_lookup(model=MODEL, version=loop.runtimes[MODEL].spec.version, keys=[key], scopes=[1])
@@ -60,7 +62,7 @@ def test_the_same_text_from_two_requests_is_embedded_once_and_stored_per_scope(l
 
 def test_expired_requests_are_dropped_unanswered(loop, redis_db):
     item = _submit(["nobody waits"], wait=0.01)
-    time.sleep(0.05)
+    poll_until(lambda: time.time() > item.deadline, timeout=1, interval=0.005, message="the item's deadline to pass")
     assert loop.run_once(block=0.1) == 0
     assert redis_db.llen(reply_key(item.id)) == 0
 
@@ -77,11 +79,11 @@ def test_a_failing_batch_is_retried_item_by_item(loop, monkeypatch):
     monkeypatch.setattr(runtime, "encode", flaky)
     good, bad = _submit(["fine text"]), _submit(["poison"])
     assert loop.run_once(block=0.1) == 1
-    assert waiting.work_wait(good, wait=1, dims=384)[1].shape == (1, 384)
+    assert local.work_wait(good, wait=1, dims=384)[1].shape == (1, 384)
     from embedplatform.errors import InvalidInput
 
     with pytest.raises(InvalidInput, match="cannot embed poison"):
-        waiting.work_wait(bad, wait=1, dims=384)
+        local.work_wait(bad, wait=1, dims=384)
 
 
 def test_a_full_queue_is_refused_with_503_semantics(loop, settings):
@@ -102,7 +104,7 @@ def test_under_concurrent_load_batches_hold_many_requests(drainer):
             for j in range(6):
                 t = f"client {n} text {j} {uuid.uuid4().hex[:6]}"
                 item = _submit([t])
-                waiting.work_wait(item, wait=20, dims=384)
+                local.work_wait(item, wait=20, dims=384)
         except Exception as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
@@ -150,7 +152,7 @@ def test_two_drain_loops_on_one_runtime_answer_every_request_right(transactional
         for j in range(6):
             texts = [f"client {n} request {j} {uuid.uuid4().hex[:8]}"] * (1 + j % 2) + [f"extra {n} {j}"]
             try:
-                answers[(n, j)] = (texts, waiting.work_wait(_submit(texts), wait=30, dims=384)[1])
+                answers[(n, j)] = (texts, local.work_wait(_submit(texts), wait=30, dims=384)[1])
             except Exception as exc:
                 failures.append(repr(exc))
 

@@ -1,6 +1,6 @@
 """Work held by a drain loop that died is taken over within seconds, not after a lease.
 
-A loop beats under its own token (workers.queues.owner_key); its job leases and the work items
+A loop beats under its own token (dispatch.keys.owner_key); its job leases and the work items
 it takes carry that token. These tests kill a loop the way SIGKILL does (it just stops beating:
 its owner key is gone) and watch the job chunks and the waiting request it held.
 """
@@ -15,21 +15,22 @@ import numpy as np
 import pytest
 import redis as redis_lib
 
-from embeddings import waiting
+from dispatch import local
+from dispatch.keys import owner_key, taken_key, work_list
 from embeddings.cache import cache_upsert, text_key
-from embeddings.models import CachedEmbedding, JobChunk
-from embeddings.services import (
-    EmbedOptions,
+from embeddings.jobs import (
     job_chunks_claim,
-    job_create,
     job_orphans_requeue,
     job_sweep,
     lease_owner,
 )
+from embeddings.models import CachedEmbedding, JobChunk
 from embedplatform.errors import Overloaded
+from tests import handoff
+from tests.factories import JobFactory
+from tests.helpers import poll_until
 from workers.drain import Drainer
 from workers.jobfeed import JobFeed
-from workers.queues import owner_key, taken_key, work_list
 
 MODEL = "all-MiniLM-L6-v2"
 VERSION = "gt-0.1.0"
@@ -58,7 +59,7 @@ def _die(loop: Drainer, redis_db) -> None:
 
 
 def test_the_lease_names_the_loops_token_and_its_name(alice, redis_db, transactional_db):
-    job_create(tenant=alice.tenant, texts=["a"], options=EmbedOptions(model=MODEL))
+    JobFactory(tenant=alice.tenant, texts=["a"])
     [chunk] = job_chunks_claim(models=[(MODEL, VERSION)], lease_seconds=120, owner="1a2b3c4d:embed-cpu@host")
     assert lease_owner(chunk.lease) == "1a2b3c4d"
     assert chunk.lease.endswith("@1a2b3c4d:embed-cpu@host") and len(chunk.lease) <= 32
@@ -67,7 +68,7 @@ def test_the_lease_names_the_loops_token_and_its_name(alice, redis_db, transacti
 
 def test_chunks_of_a_loop_that_stopped_beating_are_requeued_at_once(alice, redis_db, transactional_db, settings):
     settings.JOB_CHUNK_TEXTS = 2
-    job = job_create(tenant=alice.tenant, texts=[f"t{i}" for i in range(6)], options=EmbedOptions(model=MODEL))
+    job = JobFactory(tenant=alice.tenant, texts=[f"t{i}" for i in range(6)])
     dead = job_chunks_claim(models=[(MODEL, VERSION)], lease_seconds=120, owner="deadbeef:ghost", limit=2)
     live = job_chunks_claim(models=[(MODEL, VERSION)], lease_seconds=120, owner="a11ce000:alive")
     assert len(dead) == 2 and len(live) == 1
@@ -80,7 +81,7 @@ def test_chunks_of_a_loop_that_stopped_beating_are_requeued_at_once(alice, redis
 
 
 def test_the_sweep_takes_over_orphans_without_waiting_for_their_lease(alice, redis_db, transactional_db):
-    job_create(tenant=alice.tenant, texts=["x", "y"], options=EmbedOptions(model=MODEL))
+    JobFactory(tenant=alice.tenant, texts=["x", "y"])
     [chunk] = job_chunks_claim(models=[(MODEL, VERSION)], lease_seconds=3600, owner="deadbeef:ghost")
     redis_db.set(owner_key("deadbeef"), "ghost")
     assert job_sweep() == 0  # its loop still beats: nothing to do for an hour
@@ -91,7 +92,7 @@ def test_the_sweep_takes_over_orphans_without_waiting_for_their_lease(alice, red
 
 def test_a_chunk_that_killed_its_worker_every_time_fails_its_job(alice, redis_db, transactional_db, settings):
     settings.JOB_MAX_ATTEMPTS = 2
-    job = job_create(tenant=alice.tenant, texts=["oom"], options=EmbedOptions(model=MODEL))
+    job = JobFactory(tenant=alice.tenant, texts=["oom"])
     for _ in range(2):
         job_chunks_claim(models=[(MODEL, VERSION)], lease_seconds=3600, owner="deadbeef:ghost")
         job_orphans_requeue(alive=lambda tokens: set())
@@ -104,20 +105,22 @@ def test_a_surviving_loop_finishes_a_dead_loops_job_within_seconds(loops, alice,
     WHEN another loop runs
     THEN it re-queues and finishes them within seconds (not JOB_LEASE_SECONDS), each text once."""
     settings.JOB_CHUNK_TEXTS = 4
-    job = job_create(tenant=alice.tenant, texts=[f"orphan {i}" for i in range(12)], options=EmbedOptions(model=MODEL))
+    job = JobFactory(tenant=alice.tenant, texts=[f"orphan {i}" for i in range(12)])
     doomed = loops("doomed")
     held = job_chunks_claim(models=[(MODEL, VERSION)], lease_seconds=120, owner=f"{doomed.token}:doomed", limit=3)
     assert len(held) == 3
     _die(doomed, redis_db)
 
     survivor = loops("survivor")
-    started = time.monotonic()
-    while time.monotonic() - started < 20:
+
+    def step_finishes() -> bool:  # one step of the surviving loop; then, is the job done?
         survivor.run_once(block=0.1)
         survivor.flush()
         job.refresh_from_db()
-        if job.status == "succeeded":
-            break
+        return job.status == "succeeded"
+
+    started = time.monotonic()
+    poll_until(step_finishes, timeout=20, interval=0, message=lambda: f"the job to finish ({job.status}, {job.done} done)")
     took = time.monotonic() - started
     assert (job.status, job.done) == ("succeeded", 12)
     assert took < 5, f"took {took:.1f}s"
@@ -127,8 +130,8 @@ def test_a_surviving_loop_finishes_a_dead_loops_job_within_seconds(loops, alice,
 
 def test_a_failure_storing_one_tenants_chunk_does_not_charge_anothers(loops, alice, bob, redis_db, settings):
     settings.JOB_CHUNK_TEXTS = 2
-    a = job_create(tenant=alice.tenant, texts=["alice 1", "alice 2"], options=EmbedOptions(model=MODEL))
-    b = job_create(tenant=bob.tenant, texts=["bob 1", "bob 2"], options=EmbedOptions(model=MODEL))
+    a = JobFactory(tenant=alice.tenant, texts=["alice 1", "alice 2"])
+    b = JobFactory(tenant=bob.tenant, texts=["bob 1", "bob 2"])
 
     def upsert(**kwargs):
         if kwargs["scope"] == bob.tenant.pk:
@@ -148,8 +151,8 @@ def test_a_failure_storing_one_tenants_chunk_does_not_charge_anothers(loops, ali
 
 def test_a_pass_whose_model_call_fails_is_retried_chunk_by_chunk(loops, alice, bob, redis_db, settings, monkeypatch):
     settings.JOB_CHUNK_TEXTS = 2
-    a = job_create(tenant=alice.tenant, texts=["fine 1", "fine 2"], options=EmbedOptions(model=MODEL))
-    b = job_create(tenant=bob.tenant, texts=["poison 1", "poison 2"], options=EmbedOptions(model=MODEL))
+    a = JobFactory(tenant=alice.tenant, texts=["fine 1", "fine 2"])
+    b = JobFactory(tenant=bob.tenant, texts=["poison 1", "poison 2"])
     loop = loops("careful")
     loop.jobs.chunks_per_pass = 2
     runtime = loop.runtimes[MODEL]
@@ -170,15 +173,15 @@ def test_a_pass_whose_model_call_fails_is_retried_chunk_by_chunk(loops, alice, b
 
 
 def _submit(texts, wait=10.0):
-    item = waiting.work_item(model=MODEL, texts=texts, keys=[text_key(t) for t in texts], scope=1, wait=wait)
-    waiting.work_queue(item)
+    item = handoff.work_item(model=MODEL, texts=texts, keys=[text_key(t) for t in texts], scope=1, wait=wait)
+    handoff.work_queue(item)
     return item
 
 
 def test_a_request_taken_by_a_dead_loop_is_served_by_another(loops, redis_db, minilm):
     doomed = loops("doomed")
     item = _submit(["taken, then its worker died"])
-    popped = doomed._take(0.1)[1]  # the loop takes the item ... and is killed before it answers
+    popped = doomed.take(0.1)[1]  # the loop takes the item ... and is killed before it answers
     assert [it.id for it in popped] == [item.id]
     assert redis_db.get(taken_key(item.id)).decode() == doomed.token
     _die(doomed, redis_db)
@@ -187,7 +190,7 @@ def test_a_request_taken_by_a_dead_loop_is_served_by_another(loops, redis_db, mi
     survivor_thread = survivor.start(name="survivor")
     started = time.monotonic()
     try:
-        _tokens, vectors = waiting.work_wait(item, wait=10, dims=384)
+        _tokens, vectors = local.work_wait(item, wait=10, dims=384)
     finally:
         survivor.stop()
         survivor_thread.join(timeout=10)
@@ -198,12 +201,12 @@ def test_a_request_taken_by_a_dead_loop_is_served_by_another(loops, redis_db, mi
 def test_a_request_taken_by_a_dead_loop_gets_503_at_once_when_no_worker_is_left(loops, redis_db):
     doomed = loops("doomed")
     item = _submit(["nobody left"])
-    doomed._take(0.1)
+    doomed.take(0.1)
     _die(doomed, redis_db)
     redis_db.delete(f"embed:alive:{MODEL}")  # no worker beats for the model any more
     started = time.monotonic()
     with pytest.raises(Overloaded) as refused:
-        waiting.work_wait(item, wait=20, dims=384)
+        local.work_wait(item, wait=20, dims=384)
     assert time.monotonic() - started < 3
     assert refused.value.status == 503 and refused.value.retry_after
     assert redis_db.llen(work_list(MODEL, "hi")) == 0
@@ -221,7 +224,7 @@ def test_a_failing_step_backs_off_and_logs_one_traceback(loops, redis_db, caplog
     monkeypatch.setattr(loop, "_take", broken)
     thread = loop.start(name="unlucky")
     with caplog.at_level(logging.INFO, logger="workers.drain"):
-        time.sleep(2.0)
+        time.sleep(2.0)  # not a wait for an event: the window in which the failing steps are counted
         loop.stop()
         thread.join(timeout=10)
     failures = [r for r in caplog.records if "drain step" in r.getMessage()]
@@ -238,7 +241,7 @@ def test_a_queued_request_whose_only_worker_died_gets_503_at_once(loops, redis_d
     redis_db.delete(f"embed:alive:{MODEL}")
     started = time.monotonic()
     with pytest.raises(Overloaded) as refused:
-        waiting.work_wait(item, wait=20, dims=384)
+        local.work_wait(item, wait=20, dims=384)
     assert time.monotonic() - started < 3
     assert refused.value.code == "no_worker"
     assert redis_db.llen(work_list(MODEL, "hi")) == 0  # no worker will find it later
