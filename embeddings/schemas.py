@@ -1,31 +1,31 @@
-"""OpenAPI declarations of the embedding, job and model endpoints.
-
-The request serializers are the real ones (embeddings/serializers.py); the answers are built
-as dicts by the views, so their shapes are declared here.
-"""
+"""OpenAPI documentation of the embedding, job, model and cache endpoints: summaries, examples,
+error answers. The request and response definitions are the views' own (embeddings/serializers.py,
+embeddings/responses.py)."""
 
 from __future__ import annotations
 
 from django.conf import settings
 from drf_spectacular.extensions import OpenApiSerializerFieldExtension
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import (
-    OpenApiExample,
-    OpenApiParameter,
-    OpenApiResponse,
-    extend_schema,
-    extend_schema_field,
-    inline_serializer,
-)
-from rest_framework import serializers
+from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema
 
-from embeddings.models import Job
+from embeddings.responses import (
+    CacheDeletedSerializer,
+    EmbedBatchResponse,
+    EmbeddingsResponse,
+    EmbedResponse,
+    JobList,
+    JobResults,
+    ModelListSerializer,
+)
 from embeddings.serializers import (
     EmbedBatchRequestSerializer,
     EmbeddingsRequestSerializer,
     EmbedRequestSerializer,
+    Job,
     JobCreateRequestSerializer,
 )
+from embedplatform.responses import shape_serializer
 from embedplatform.schemas import DATA_PLANE_ERRORS, JWT_ONLY, MANAGEMENT_ERRORS, error_responses, named
 
 EXAMPLE_JOB_ID = "5b0e8f3c-2f4e-4a51-9c57-2b1f0b7d9e41"
@@ -60,111 +60,6 @@ class TextFieldExtension(OpenApiSerializerFieldExtension):
         return _text_schema()
 
 
-@extend_schema_field(
-    {
-        "oneOf": [
-            {"type": "array", "items": {"type": "number", "format": "float"}},
-            {"type": "string", "format": "byte", "description": "base64 of little-endian float32"},
-        ],
-        "description": "The vector: floats, or base64 of float32 with encoding_format=base64.",
-    }
-)
-class VectorField(serializers.Field):
-    pass
-
-
-USAGE = inline_serializer(
-    "EmbeddingUsage", fields={"prompt_tokens": serializers.IntegerField(), "total_tokens": serializers.IntegerField()}
-)
-
-
-class EmbeddingItemSerializer(serializers.Serializer):
-    object = serializers.CharField(default="embedding")
-    index = serializers.IntegerField()
-    embedding = VectorField()
-    cached = serializers.BooleanField(help_text="True where the vector came from the cache.")
-
-
-class EmbeddingsResponseSerializer(serializers.Serializer):
-    object = serializers.CharField(default="list")
-    data = EmbeddingItemSerializer(many=True)
-    model = serializers.CharField()
-    usage = USAGE
-
-
-class EmbedResponseSerializer(serializers.Serializer):
-    embedding = VectorField()
-    model = serializers.CharField()
-    dimensions = serializers.IntegerField()
-    tokens = serializers.IntegerField()
-    cached = serializers.BooleanField()
-    latency_ms = serializers.FloatField()
-
-
-class EmbedBatchResponseSerializer(serializers.Serializer):
-    embeddings = serializers.ListField(child=VectorField())
-    cached = serializers.ListField(child=serializers.BooleanField())
-    model = serializers.CharField()
-    dimensions = serializers.IntegerField()
-    usage = USAGE
-
-
-class JobSerializer(serializers.Serializer):
-    id = serializers.UUIDField()
-    object = serializers.CharField(default="job")
-    status = serializers.ChoiceField(choices=Job.Status.values)
-    model = serializers.CharField()
-    total = serializers.IntegerField()
-    done = serializers.IntegerField(help_text="Texts done so far (progress).")
-    cached = serializers.IntegerField(help_text="Texts served from the cache.")
-    created_at = serializers.DateTimeField()
-    started_at = serializers.DateTimeField(allow_null=True)
-    finished_at = serializers.DateTimeField(allow_null=True)
-    error = serializers.CharField(allow_null=True)
-    webhook_url = serializers.CharField(allow_null=True)
-    status_url = serializers.CharField()
-    results_url = serializers.CharField()
-
-
-class JobListSerializer(serializers.Serializer):
-    object = serializers.CharField(default="list")
-    data = JobSerializer(many=True)
-    next_cursor = serializers.CharField(allow_null=True, help_text="Pass as ?cursor= for the next page.")
-    has_more = serializers.BooleanField()
-
-
-class JobResultItemSerializer(serializers.Serializer):
-    index = serializers.IntegerField()
-    embedding = VectorField()
-    cached = serializers.BooleanField()
-
-
-class JobResultsSerializer(serializers.Serializer):
-    object = serializers.CharField(default="list")
-    job_id = serializers.UUIDField()
-    model = serializers.CharField()
-    total = serializers.IntegerField()
-    offset = serializers.IntegerField()
-    limit = serializers.IntegerField()
-    has_more = serializers.BooleanField()
-    data = JobResultItemSerializer(many=True)
-
-
-class ModelSerializer(serializers.Serializer):
-    id = serializers.CharField()
-    object = serializers.CharField(default="model")
-    dimensions = serializers.IntegerField()
-    max_tokens = serializers.IntegerField()
-    compute = serializers.ChoiceField(choices=("local", "byok"))
-    owned_by = serializers.CharField()
-    version = serializers.CharField()
-
-
-class ModelListSerializer(serializers.Serializer):
-    object = serializers.CharField(default="list")
-    data = ModelSerializer(many=True)
-
-
 JOB_EXAMPLE = {
     "id": EXAMPLE_JOB_ID,
     "object": "job",
@@ -182,7 +77,7 @@ JOB_EXAMPLE = {
     "results_url": f"/v1/jobs/{EXAMPLE_JOB_ID}/results",
 }
 JOB_ACCEPTED = OpenApiResponse(
-    JobSerializer,
+    shape_serializer(Job),
     description="Accepted as a job: poll `status_url` (also the Location header).",
     examples=[OpenApiExample("job", value=JOB_EXAMPLE, status_codes=["202"], response_only=True)],
 )
@@ -204,7 +99,7 @@ embeddings_create_schema = extend_schema(
     request=named(EmbeddingsRequestSerializer, "Embeddings"),
     responses={
         200: _ok(
-            EmbeddingsResponseSerializer,
+            shape_serializer(EmbeddingsResponse),
             "embeddings",
             {
                 "object": "list",
@@ -232,7 +127,7 @@ embed_schema = extend_schema(
     request=named(EmbedRequestSerializer, "Embed"),
     responses={
         200: _ok(
-            EmbedResponseSerializer,
+            shape_serializer(EmbedResponse),
             "vector",
             {
                 "embedding": EXAMPLE_VECTOR,
@@ -261,7 +156,7 @@ embed_batch_schema = extend_schema(
     request=named(EmbedBatchRequestSerializer, "EmbedBatch"),
     responses={
         200: _ok(
-            EmbedBatchResponseSerializer,
+            shape_serializer(EmbedBatchResponse),
             "vectors",
             {
                 "embeddings": [EXAMPLE_VECTOR, EXAMPLE_VECTOR],
@@ -289,7 +184,7 @@ def job_list_schema(filter_serializer):
         parameters=[filter_serializer],
         responses={
             200: _ok(
-                JobListSerializer,
+                shape_serializer(JobList),
                 "jobs",
                 {"object": "list", "data": [JOB_EXAMPLE], "next_cursor": None, "has_more": False},
             ),
@@ -323,7 +218,7 @@ job_detail_schema = extend_schema(
     summary="A job's status and progress",
     parameters=[JOB_ID],
     responses={
-        200: _ok(JobSerializer, "job", JOB_EXAMPLE | {"status": "running", "done": 2}),
+        200: _ok(shape_serializer(Job), "job", JOB_EXAMPLE | {"status": "running", "done": 2}),
         **error_responses(401, 403, 404, 429),
     },
 )
@@ -335,7 +230,7 @@ job_cancel_schema = extend_schema(
     parameters=[JOB_ID],
     request=None,
     responses={
-        200: _ok(JobSerializer, "cancelled", JOB_EXAMPLE | {"status": "cancelled"}),
+        200: _ok(shape_serializer(Job), "cancelled", JOB_EXAMPLE | {"status": "cancelled"}),
         **error_responses(401, 403, 404, 429),
     },
 )
@@ -349,7 +244,7 @@ def job_results_schema(filter_serializer):
         parameters=[JOB_ID, filter_serializer],
         responses={
             (200, "application/json"): _ok(
-                JobResultsSerializer,
+                shape_serializer(JobResults),
                 "page",
                 {
                     "object": "list",
@@ -368,10 +263,6 @@ def job_results_schema(filter_serializer):
             **error_responses(400, 401, 403, 404, 409, 429),
         },
     )
-
-
-class CacheDeletedSerializer(serializers.Serializer):
-    deleted = serializers.IntegerField(help_text="Entries deleted from your cache scope.")
 
 
 def cache_delete_schema(input_serializer):

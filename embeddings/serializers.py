@@ -1,14 +1,19 @@
-"""Request serializers shared by the embedding endpoints (OpenAI's shape and ours)."""
+"""Request serializers shared by the embedding endpoints (OpenAI's shape and ours), and the job's
+shape (embedplatform/responses.py), which the job endpoints, the 202 answers and the webhook share."""
 
 from __future__ import annotations
 
 import copy
+from typing import Annotated, Literal, TypedDict
 
 from django.conf import settings
 from rest_framework import serializers
 
+from embeddings import models
 from embeddings.registry import DEFAULT_MODEL, INPUT_TYPES
 from embedplatform.errors import WAIT_TOO_LONG
+
+IsoTime = Annotated[str, serializers.DateTimeField]  # a time as datetime.isoformat() writes it
 
 
 def _check_text(value, where: str) -> str:
@@ -152,7 +157,26 @@ class JobCreateRequestSerializer(EmbedOptionsSerializer):
     webhook_url = serializers.URLField(required=False, allow_blank=True, default="", max_length=2000)
 
 
-def job_payload(job) -> dict:
+class Job(TypedDict):
+    """A job: its status, progress and where its results are; also the body of its webhook."""
+
+    id: Annotated[str, serializers.UUIDField]
+    object: Literal["job"]
+    status: Annotated[str, serializers.ChoiceField(choices=models.Job.Status.values)]
+    model: str
+    total: int
+    done: Annotated[int, "Texts done so far (progress)."]
+    cached: Annotated[int, "Texts served from the cache."]
+    created_at: IsoTime
+    started_at: IsoTime | None
+    finished_at: IsoTime | None
+    error: str | None
+    webhook_url: str | None
+    status_url: str
+    results_url: str
+
+
+def job_payload(job: models.Job) -> Job:
     """The job as the API, and its webhook, show it."""
     base = f"{settings.PUBLIC_BASE_URL}/v1/jobs/{job.pk}"
     return {

@@ -3,7 +3,6 @@ from __future__ import annotations
 import contextlib
 import time
 
-import orjson
 from django.conf import settings
 from django.http import StreamingHttpResponse
 from redis.exceptions import RedisError
@@ -18,9 +17,18 @@ from accounts.permissions import IsJwtAuthenticated
 from accounts.quotas import AuthEpochMoved, CacheEpochMoved, Caller, admit, quota_state
 from embeddings import schemas
 from embeddings.cache import scope_epoch_learn as cache_scope_epoch_learn
-from embeddings.encoding import vector_encode
 from embeddings.models import Job
 from embeddings.registry import INPUT_TYPES, model_specs
+from embeddings.responses import (
+    CacheDeletedSerializer,
+    ModelListSerializer,
+    embed_batch_body,
+    embed_body,
+    embeddings_body,
+    job_list_body,
+    job_result_lines,
+    job_results_body,
+)
 from embeddings.retention import cache_delete
 from embeddings.selectors import job_get, job_list, job_results_iter, job_results_page
 from embeddings.serializers import (
@@ -154,18 +162,7 @@ class EmbeddingCreateApi(EmbedEndpointApi):
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
         result = self.embed(request, data, data["input"])
-        fmt = data["encoding_format"]
-        return Response(
-            {
-                "object": "list",
-                "data": [
-                    {"object": "embedding", "index": i, "embedding": vector_encode(v, fmt), "cached": c}
-                    for i, (v, c) in enumerate(zip(result.vectors, result.cached, strict=True))
-                ],
-                "model": result.model.name,
-                "usage": {"prompt_tokens": result.total_tokens, "total_tokens": result.total_tokens},
-            }
-        )
+        return Response(embeddings_body(result, data["encoding_format"]))
 
 
 class EmbedApi(EmbedEndpointApi):
@@ -180,16 +177,7 @@ class EmbedApi(EmbedEndpointApi):
         result = self.embed(request, data, [data["text"]], job_fallback=True)
         if isinstance(result, Job):
             return _accepted(result)
-        return Response(
-            {
-                "embedding": vector_encode(result.vectors[0], data["encoding_format"]),
-                "model": result.model.name,
-                "dimensions": int(result.vectors.shape[1]),
-                "tokens": result.tokens[0],
-                "cached": result.cached[0],
-                "latency_ms": round((time.perf_counter() - started) * 1000, 2),
-            }
-        )
+        return Response(embed_body(result, data["encoding_format"], started=started))
 
 
 class EmbedBatchApi(EmbedEndpointApi):
@@ -203,16 +191,7 @@ class EmbedBatchApi(EmbedEndpointApi):
         result = self.embed(request, data, data["texts"], job_fallback=True)
         if isinstance(result, Job):
             return _accepted(result)
-        fmt = data["encoding_format"]
-        return Response(
-            {
-                "embeddings": [vector_encode(v, fmt) for v in result.vectors],
-                "cached": result.cached,
-                "model": result.model.name,
-                "dimensions": int(result.vectors.shape[1]),
-                "usage": {"prompt_tokens": result.total_tokens, "total_tokens": result.total_tokens},
-            }
-        )
+        return Response(embed_batch_body(result, data["encoding_format"]))
 
 
 class CacheDeleteApi(APIView):
@@ -235,7 +214,7 @@ class CacheDeleteApi(APIView):
         data = serializer.validated_data
         if "input_type" in data and "texts" not in data:
             raise InvalidInput(CACHE_INPUT_TYPE_WITHOUT_TEXTS, param="input_type")
-        return Response({"deleted": cache_delete(tenant=request_tenant(request), **data)})
+        return Response(CacheDeletedSerializer({"deleted": cache_delete(tenant=request_tenant(request), **data)}).data)
 
 
 class ModelListApi(APIView):
@@ -243,16 +222,7 @@ class ModelListApi(APIView):
 
     @schemas.model_list_schema
     def get(self, request: Request) -> Response:
-        return Response(
-            {
-                "object": "list",
-                "data": [
-                    {"id": s.name, "object": "model", "dimensions": s.dims, "max_tokens": s.max_tokens,
-                     "compute": "local", "owned_by": s.owned_by, "version": s.version}
-                    for s in model_specs().values()
-                ],
-            }
-        )
+        return Response(ModelListSerializer({"data": model_specs().values()}).data)
 
 
 class JobListCreateApi(DataPlaneApi):
@@ -279,8 +249,7 @@ class JobListCreateApi(DataPlaneApi):
         serializer = self.FilterSerializer(data=request.query_params)
         serializer.is_valid(raise_exception=True)
         jobs, next_cursor = job_list(tenant=request_tenant(request), **serializer.validated_data)
-        return Response({"object": "list", "data": [job_payload(j) for j in jobs], "next_cursor": next_cursor,
-                         "has_more": next_cursor is not None})
+        return Response(job_list_body(jobs, next_cursor))
 
 
 class JobDetailApi(DataPlaneApi):
@@ -317,14 +286,8 @@ class JobResultsApi(DataPlaneApi):
         tenant = request_tenant(request)
         if f["format"] == "jsonl":
             job, rows = job_results_iter(tenant=tenant, job_id=job_id)
-            lines = (orjson.dumps({"index": r.index, "embedding": vector_encode(r.vector, f["encoding_format"]),
-                                   "cached": r.cached}) + b"\n" for r in rows)
-            return StreamingHttpResponse(lines, content_type="application/x-ndjson")
+            return StreamingHttpResponse(job_result_lines(rows, f["encoding_format"]),
+                                         content_type="application/x-ndjson")
         job, rows = job_results_page(tenant=tenant, job_id=job_id, offset=f["offset"], limit=f["limit"])
-        end = f["offset"] + len(rows)
-        return Response({
-            "object": "list", "job_id": str(job.pk), "model": job.model, "total": job.total,
-            "offset": f["offset"], "limit": f["limit"], "has_more": end < job.total,
-            "data": [{"index": r.index, "embedding": vector_encode(r.vector, f["encoding_format"]), "cached": r.cached}
-                     for r in rows],
-        })
+        return Response(job_results_body(job, rows, offset=f["offset"], limit=f["limit"],
+                                         encoding_format=f["encoding_format"]))

@@ -1,9 +1,9 @@
 """OpenAPI pieces shared by every app: the error envelope, the two bearer schemes, error responses.
 
-The views build most answers as dicts; their schemas are declared next to each app
-(accounts/schemas.py, embeddings/schemas.py, providers/schemas.py) and attached with
-`extend_schema`. Importing this module registers the authentication extensions, so every
-app's schemas module imports it.
+Each answer's shape is defined once, where the view builds it (<app>/responses.py, see
+embedplatform/responses.py); each app's schemas module adds the documentation (summaries,
+examples, error answers) with `extend_schema`. Importing this module registers the
+authentication extensions, so every app's schemas module imports it.
 """
 
 from __future__ import annotations

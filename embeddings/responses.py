@@ -1,0 +1,187 @@
+"""What the embedding, job, model and cache endpoints answer, each defined once
+(embedplatform/responses.py says how).
+
+The vector answers and the job pages are TypedDict shapes with their builders here: the views
+answer the builder's plain dict (orjson renders it, numpy rows become lists in vector_encode),
+and the schema shows `shape_serializer(shape)`. The job itself is a shape of
+embeddings/serializers.py, beside job_payload, which its webhook shares.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Annotated, Literal, TypedDict
+
+import orjson
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from embeddings.encoding import vector_encode
+from embeddings.serializers import Job, job_payload
+
+if TYPE_CHECKING:
+    from embeddings.registry import ModelSpec
+    from embeddings.serving import EmbedResult
+
+
+@extend_schema_field(
+    {
+        "oneOf": [
+            {"type": "array", "items": {"type": "number", "format": "float"}},
+            {"type": "string", "format": "byte", "description": "base64 of little-endian float32"},
+        ],
+        "description": "The vector: floats, or base64 of float32 with encoding_format=base64.",
+    }
+)
+class VectorField(serializers.Field):
+    pass
+
+
+Vector = Annotated[list[float] | str, VectorField]
+
+
+class EmbeddingUsage(TypedDict):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingItem(TypedDict):
+    object: Literal["embedding"]
+    index: int
+    embedding: Vector
+    cached: Annotated[bool, "True where the vector came from the cache."]
+
+
+class EmbeddingsResponse(TypedDict):
+    object: Literal["list"]
+    data: list[EmbeddingItem]
+    model: str
+    usage: EmbeddingUsage
+
+
+class EmbedResponse(TypedDict):
+    embedding: Vector
+    model: str
+    dimensions: int
+    tokens: int
+    cached: bool
+    latency_ms: float
+
+
+class EmbedBatchResponse(TypedDict):
+    embeddings: list[Vector]
+    cached: list[bool]
+    model: str
+    dimensions: int
+    usage: EmbeddingUsage
+
+
+class JobList(TypedDict):
+    object: Literal["list"]
+    data: list[Job]
+    next_cursor: Annotated[str | None, "Pass as ?cursor= for the next page."]
+    has_more: bool
+
+
+class JobResultItem(TypedDict):
+    index: int
+    embedding: Vector
+    cached: bool
+
+
+class JobResults(TypedDict):
+    object: Literal["list"]
+    job_id: Annotated[str, serializers.UUIDField]
+    model: str
+    total: int
+    offset: int
+    limit: int
+    has_more: bool
+    data: list[JobResultItem]
+
+
+def _usage(tokens: int) -> EmbeddingUsage:
+    return {"prompt_tokens": tokens, "total_tokens": tokens}
+
+
+def embeddings_body(result: EmbedResult, encoding_format: str) -> EmbeddingsResponse:
+    return {
+        "object": "list",
+        "data": [
+            {"object": "embedding", "index": i, "embedding": vector_encode(v, encoding_format), "cached": c}
+            for i, (v, c) in enumerate(zip(result.vectors, result.cached, strict=True))
+        ],
+        "model": result.model.name,
+        "usage": _usage(result.total_tokens),
+    }
+
+
+def embed_body(result: EmbedResult, encoding_format: str, *, started: float) -> EmbedResponse:
+    """`started`: the request's perf_counter() at arrival; latency_ms is taken last, as the body is done."""
+    return {
+        "embedding": vector_encode(result.vectors[0], encoding_format),
+        "model": result.model.name,
+        "dimensions": int(result.vectors.shape[1]),
+        "tokens": result.tokens[0],
+        "cached": result.cached[0],
+        "latency_ms": round((time.perf_counter() - started) * 1000, 2),
+    }
+
+
+def embed_batch_body(result: EmbedResult, encoding_format: str) -> EmbedBatchResponse:
+    return {
+        "embeddings": [vector_encode(v, encoding_format) for v in result.vectors],
+        "cached": result.cached,
+        "model": result.model.name,
+        "dimensions": int(result.vectors.shape[1]),
+        "usage": _usage(result.total_tokens),
+    }
+
+
+def job_list_body(jobs: Iterable, next_cursor: str | None) -> JobList:
+    return {"object": "list", "data": [job_payload(j) for j in jobs], "next_cursor": next_cursor,
+            "has_more": next_cursor is not None}
+
+
+def _result_item(row, encoding_format: str) -> JobResultItem:
+    return {"index": row.index, "embedding": vector_encode(row.vector, encoding_format), "cached": row.cached}
+
+
+def job_results_body(job, rows: list, *, offset: int, limit: int, encoding_format: str) -> JobResults:
+    return {
+        "object": "list", "job_id": str(job.pk), "model": job.model, "total": job.total,
+        "offset": offset, "limit": limit, "has_more": offset + len(rows) < job.total,
+        "data": [_result_item(r, encoding_format) for r in rows],
+    }
+
+
+def job_result_lines(rows: Iterable, encoding_format: str) -> Iterator[bytes]:
+    """?format=jsonl: one JobResultItem per line."""
+    for r in rows:
+        yield orjson.dumps(_result_item(r, encoding_format)) + b"\n"
+
+
+class ModelSerializer(serializers.Serializer):
+    """A model to name in `model`."""
+
+    id = serializers.CharField(source="name")
+    object = serializers.CharField(default="model")
+    dimensions = serializers.IntegerField(source="dims")
+    max_tokens = serializers.IntegerField()
+    compute = serializers.SerializerMethodField()
+    owned_by = serializers.CharField()
+    version = serializers.CharField()
+
+    @extend_schema_field(serializers.ChoiceField(choices=("local", "byok")))
+    def get_compute(self, spec: ModelSpec) -> str:
+        return "local"  # the served models; a tenant's provider models (byok) are not listed here
+
+
+class ModelListSerializer(serializers.Serializer):
+    object = serializers.CharField(default="list")
+    data = ModelSerializer(many=True)
+
+
+class CacheDeletedSerializer(serializers.Serializer):
+    deleted = serializers.IntegerField(help_text="Entries deleted from your cache scope.")
