@@ -1,11 +1,21 @@
-"""OpenAPI declarations of the accounts endpoints (the views answer with dicts of these shapes)."""
+"""OpenAPI documentation of the accounts endpoints: summaries, examples, error answers. The request
+and response definitions are the views' own (accounts/views.py, accounts/responses.py)."""
 
 from __future__ import annotations
 
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
-from rest_framework import serializers
+from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema
 
+from accounts.responses import (
+    ApiKeyCreatedSerializer,
+    ApiKeyListSerializer,
+    ApiKeyRevokedSerializer,
+    LoginResponseSerializer,
+    RefreshResponseSerializer,
+    SignupResponseSerializer,
+    UsageSerializer,
+    WebhookSecretSerializer,
+)
 from embedplatform.errors import KEY_LIMIT, LOGIN_THROTTLED, SIGNUP_THROTTLED, error_body
 from embedplatform.schemas import (
     ERROR_DOCS,
@@ -19,53 +29,6 @@ from embedplatform.schemas import (
 
 EXAMPLE_KEY = "ep_3kQ9xZ1a.Jb7p2Yw0cVnT4sRk8dLq6mHf5gUe1iOa"
 EXAMPLE_TIME = "2026-01-15T09:30:00Z"
-
-
-class SignupResponseSerializer(serializers.Serializer):
-    user_id = serializers.IntegerField()
-    tenant_id = serializers.IntegerField()
-    tier = serializers.CharField()
-    api_key = serializers.CharField(help_text="The clear API key, shown this once.")
-
-
-class LoginResponseSerializer(serializers.Serializer):
-    access = serializers.CharField(help_text="JWT access token: `Authorization: Bearer <access>`.")
-    refresh = serializers.CharField(help_text="Refresh token for POST /v1/auth/refresh.")
-    token_type = serializers.CharField(default="Bearer")
-    expires_in = serializers.IntegerField(help_text="Seconds until the access token expires.")
-
-
-class RefreshResponseSerializer(serializers.Serializer):
-    access = serializers.CharField()
-    expires_in = serializers.IntegerField()
-
-
-class ApiKeySerializer(serializers.Serializer):
-    id = serializers.IntegerField()
-    name = serializers.CharField()
-    prefix = serializers.CharField(help_text="The key's public id (DELETE /v1/keys/{prefix}).")
-    created_at = serializers.DateTimeField()
-    last_used_at = serializers.DateTimeField(allow_null=True)
-    revoked_at = serializers.DateTimeField(allow_null=True)
-
-
-class ApiKeyListSerializer(serializers.Serializer):
-    object = serializers.CharField(default="list")
-    data = ApiKeySerializer(many=True)
-
-
-class ApiKeyCreatedSerializer(serializers.Serializer):
-    id = serializers.IntegerField()
-    name = serializers.CharField()
-    prefix = serializers.CharField()
-    created_at = serializers.DateTimeField()
-    api_key = serializers.CharField(help_text="The clear API key, shown this once.")
-
-
-class ApiKeyRevokedSerializer(serializers.Serializer):
-    revoked = serializers.BooleanField()
-    prefix = serializers.CharField()
-    revoked_at = serializers.DateTimeField()
 
 
 def _error(code: int, description: str, **examples: dict) -> OpenApiResponse:
@@ -93,80 +56,6 @@ KEY_CREATE_403 = _error(
     "active keys (key_limit): revoke one with DELETE /v1/keys/{prefix}, or upgrade.",
     jwt_required=ERROR_DOCS[403][1],
     key_limit=error_body(KEY_LIMIT.format(tier="free", limit=5, active=5), type="permission_error", code="key_limit"),
-)
-
-
-def _totals(name: str):
-    return inline_serializer(
-        name,
-        fields={
-            "texts": serializers.IntegerField(),
-            "cache_hits": serializers.IntegerField(),
-            "cache_misses": serializers.IntegerField(),
-            "tokens": serializers.IntegerField(),
-            "compute_ms": serializers.FloatField(),
-        },
-    )
-
-
-UsageResponseSerializer = inline_serializer(
-    "Usage",
-    fields={
-        "object": serializers.CharField(default="usage"),
-        "from": serializers.DateField(),
-        "to": serializers.DateField(),
-        "cache_hits": serializers.IntegerField(),
-        "cache_misses": serializers.IntegerField(),
-        "total_cached": serializers.IntegerField(help_text="Vectors stored in the tenant's cache scope."),
-        "cache": inline_serializer(
-            "UsageCache",
-            fields={
-                "entries": serializers.IntegerField(help_text="Vectors stored in the tenant's cache scope."),
-                "bytes": serializers.IntegerField(help_text="Their float32 vectors' size (entries x dims x 4)."),
-                "models": inline_serializer(
-                    "UsageCacheModel",
-                    many=True,
-                    fields={
-                        "model": serializers.CharField(),
-                        "entries": serializers.IntegerField(),
-                        "bytes": serializers.IntegerField(),
-                    },
-                ),
-                "limit_bytes": serializers.IntegerField(
-                    allow_null=True,
-                    help_text="The most your tier's cache keeps (max_cache_bytes); null: no limit.",
-                ),
-                "full": serializers.BooleanField(
-                    help_text="At the limit: new vectors are still returned but not stored, and POST /v1/jobs "
-                              "is refused (403 cache_full) until entries are deleted or expire.",
-                ),
-            },
-        ),
-        "today": _totals("UsageTotalsToday"),
-        "month": _totals("UsageTotalsMonth"),
-        "quota": inline_serializer(
-            "Quota",
-            fields={
-                "daily_limit": serializers.IntegerField(),
-                "used_today": serializers.IntegerField(),
-                "monthly_limit": serializers.IntegerField(),
-                "used_month": serializers.IntegerField(),
-                "resets_at": serializers.DateTimeField(help_text="Next daily reset (midnight UTC)."),
-            },
-        ),
-        "data": inline_serializer(
-            "UsageRow",
-            many=True,
-            fields={
-                "day": serializers.DateField(),
-                "model": serializers.CharField(),
-                "cache_hits": serializers.IntegerField(),
-                "cache_misses": serializers.IntegerField(),
-                "tokens": serializers.IntegerField(),
-                "compute_ms": serializers.FloatField(),
-            },
-        ),
-    },
 )
 
 
@@ -352,7 +241,7 @@ usage_schema = extend_schema(
     ],
     responses={
         200: OpenApiResponse(
-            UsageResponseSerializer,
+            UsageSerializer,
             examples=[
                 OpenApiExample(
                     "usage",
@@ -410,16 +299,7 @@ webhook_secret_schema = extend_schema(
     auth=JWT_ONLY,
     responses={
         200: OpenApiResponse(
-            inline_serializer(
-                "WebhookSecret",
-                fields={
-                    "webhook_secret": serializers.CharField(),
-                    "header": serializers.CharField(help_text="The request header that carries the signature."),
-                    "algorithm": serializers.CharField(
-                        help_text="The signature's format (Stripe's scheme): refuse a delivery whose t is more "
-                                  "than 300 s from now, or whose v1 differs from the HMAC you compute."),
-                },
-            ),
+            WebhookSecretSerializer,
             examples=[
                 OpenApiExample(
                     "secret",

@@ -15,6 +15,16 @@ from rest_framework_simplejwt.tokens import RefreshToken
 from accounts import schemas
 from accounts.authentication import request_tenant
 from accounts.permissions import IsJwtAuthenticated
+from accounts.responses import (
+    ApiKeyCreatedSerializer,
+    ApiKeyListSerializer,
+    ApiKeyRevokedSerializer,
+    LoginResponseSerializer,
+    RefreshResponseSerializer,
+    SignupResponseSerializer,
+    UsageSerializer,
+    WebhookSecretSerializer,
+)
 from accounts.selectors import api_key_list, usage_summary
 from accounts.services import api_key_create, api_key_revoke, tenant_signup
 from accounts.throttles import login_check, login_failed, signup_check
@@ -45,7 +55,7 @@ class SignupApi(APIView):
         serializer.is_valid(raise_exception=True)
         signup_check(request)
         tenant, user, key = tenant_signup(**serializer.validated_data)
-        return Response({"user_id": user.pk, "tenant_id": tenant.pk, "tier": tenant.tier.name, "api_key": key}, status=201)
+        return Response(SignupResponseSerializer({"user": user, "tenant": tenant, "api_key": key}).data, status=201)
 
 
 class LoginApi(APIView):
@@ -70,10 +80,7 @@ class LoginApi(APIView):
             login_failed(request, email=data["email"])
             raise AuthenticationError(LOGIN_FAILED, code="invalid_credentials")
         refresh = RefreshToken.for_user(user)
-        return Response(
-            {"access": str(refresh.access_token), "refresh": str(refresh), "token_type": "Bearer",
-             "expires_in": _expires_in()}
-        )
+        return Response(LoginResponseSerializer({"refresh": refresh, "expires_in": _expires_in()}).data)
 
 
 class RefreshApi(APIView):
@@ -93,16 +100,7 @@ class RefreshApi(APIView):
             access = RefreshToken(serializer.validated_data["refresh"]).access_token
         except TokenError:
             raise AuthenticationError(REFRESH_INVALID, code="invalid_token") from None
-        return Response({"access": str(access), "expires_in": _expires_in()})
-
-
-class KeyOutputSerializer(serializers.Serializer):
-    id = serializers.IntegerField()
-    name = serializers.CharField()
-    prefix = serializers.CharField()
-    created_at = serializers.DateTimeField()
-    last_used_at = serializers.DateTimeField()
-    revoked_at = serializers.DateTimeField()
+        return Response(RefreshResponseSerializer({"access": access, "expires_in": _expires_in()}).data)
 
 
 class KeyListCreateApi(APIView):
@@ -117,15 +115,14 @@ class KeyListCreateApi(APIView):
     @schemas.key_list_schema
     def get(self, request: Request) -> Response:
         keys = api_key_list(tenant=request_tenant(request))
-        return Response({"object": "list", "data": KeyOutputSerializer(keys, many=True).data})
+        return Response(ApiKeyListSerializer({"data": keys}).data)
 
     @schemas.key_create_schema(InputSerializer)
     def post(self, request: Request) -> Response:
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         key, clear = api_key_create(tenant=request_tenant(request), created_by=request.user, **serializer.validated_data)
-        data = KeyOutputSerializer(key).data
-        return Response({k: data[k] for k in ("id", "name", "prefix", "created_at")} | {"api_key": clear}, status=201)
+        return Response(ApiKeyCreatedSerializer(key, context={"api_key": clear}).data, status=201)
 
 
 class KeyRevokeApi(APIView):
@@ -137,7 +134,7 @@ class KeyRevokeApi(APIView):
     @schemas.key_revoke_schema
     def delete(self, request: Request, prefix: str) -> Response:
         key = api_key_revoke(tenant=request_tenant(request), prefix=prefix)
-        return Response({"revoked": True, "prefix": key.prefix, "revoked_at": key.revoked_at})
+        return Response(ApiKeyRevokedSerializer(key).data)
 
 
 class UsageApi(APIView):
@@ -157,28 +154,7 @@ class UsageApi(APIView):
         f = serializer.validated_data
         if f.get("date_from") and f.get("date_to") and f["date_from"] > f["date_to"]:
             raise InvalidInput("`from` must not be after `to`.", param="from")
-        s = usage_summary(tenant=request_tenant(request), **f)
-        return Response(
-            {
-                "object": "usage",
-                "from": s.date_from, "to": s.date_to,
-                "cache_hits": sum(r.cache_hits for r in s.rows),
-                "cache_misses": sum(r.cache_misses for r in s.rows),
-                "total_cached": s.total_cached,
-                "cache": {"entries": s.total_cached, "bytes": s.cache_bytes, "models": s.cache,
-                          "limit_bytes": s.cache_limit_bytes or None, "full": s.cache_full},
-                "today": s.today,
-                "month": s.month,
-                "quota": {"daily_limit": s.quota.daily_limit, "used_today": s.quota.used_today,
-                          "monthly_limit": s.quota.monthly_limit, "used_month": s.quota.used_month,
-                          "resets_at": s.quota.day_reset},
-                "data": [
-                    {"day": r.day, "model": r.model, "cache_hits": r.cache_hits, "cache_misses": r.cache_misses,
-                     "tokens": r.tokens, "compute_ms": round(r.compute_ms, 3)}
-                    for r in s.rows
-                ],
-            }
-        )
+        return Response(UsageSerializer(usage_summary(tenant=request_tenant(request), **f)).data)
 
 
 class WebhookSecretApi(APIView):
@@ -192,5 +168,5 @@ class WebhookSecretApi(APIView):
         from embeddings.webhooks import SIGNATURE_HEADER, SIGNATURE_SCHEME
 
         tenant = request_tenant(request)
-        return Response({"webhook_secret": tenant.webhook_secret, "header": SIGNATURE_HEADER,
-                         "algorithm": SIGNATURE_SCHEME})
+        return Response(WebhookSecretSerializer({"webhook_secret": tenant.webhook_secret, "header": SIGNATURE_HEADER,
+                                                 "algorithm": SIGNATURE_SCHEME}).data)
