@@ -1,11 +1,18 @@
-"""OpenAPI declarations of the BYOK provider endpoints (all need a JWT)."""
+"""OpenAPI documentation of the BYOK provider endpoints (all need a JWT): summaries, examples, error
+answers. The request and response definitions are the views' own (providers/views.py,
+providers/responses.py)."""
 
 from __future__ import annotations
 
-from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
-from rest_framework import serializers
+from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema
 
 from embedplatform.schemas import JWT_ONLY, MANAGEMENT_ERRORS, error_responses, named
+from providers.responses import (
+    ProviderDeletedSerializer,
+    ProviderListSerializer,
+    ProviderSerializer,
+    ProviderTestResultSerializer,
+)
 
 PROVIDER_EXAMPLE = {
     "id": 2,
@@ -31,30 +38,19 @@ def _ok(serializer, name: str, value, status: int = 200) -> OpenApiResponse:
     )
 
 
-def provider_list_schema(output_serializer):
-    return extend_schema(
-        operation_id="providers_list",
-        tags=["providers"],
-        summary="The tenant's providers (secrets masked)",
-        auth=JWT_ONLY,
-        responses={
-            200: _ok(
-                inline_serializer(
-                    "ProviderList",
-                    fields={
-                        "object": serializers.CharField(default="list"),
-                        "data": named(output_serializer, "Provider")(many=True),
-                    },
-                ),
-                "providers",
-                {"object": "list", "data": [PROVIDER_EXAMPLE]},
-            ),
-            **error_responses(*MANAGEMENT_ERRORS),
-        },
-    )
+provider_list_schema = extend_schema(
+    operation_id="providers_list",
+    tags=["providers"],
+    summary="The tenant's providers (secrets masked)",
+    auth=JWT_ONLY,
+    responses={
+        200: _ok(ProviderListSerializer, "providers", {"object": "list", "data": [PROVIDER_EXAMPLE]}),
+        **error_responses(*MANAGEMENT_ERRORS),
+    },
+)
 
 
-def provider_create_schema(input_serializer, output_serializer):
+def provider_create_schema(input_serializer):
     return extend_schema(
         operation_id="providers_create",
         tags=["providers"],
@@ -62,7 +58,7 @@ def provider_create_schema(input_serializer, output_serializer):
         auth=JWT_ONLY,
         request=named(input_serializer, "Provider"),
         responses={
-            201: _ok(named(output_serializer, "Provider"), "created", PROVIDER_EXAMPLE, 201),
+            201: _ok(ProviderSerializer, "created", PROVIDER_EXAMPLE, 201),
             **error_responses(400, *MANAGEMENT_ERRORS, 413),
         },
         examples=[
@@ -88,18 +84,17 @@ def provider_create_schema(input_serializer, output_serializer):
     )
 
 
-def provider_detail_schema(output_serializer):
-    return extend_schema(
-        operation_id="providers_retrieve",
-        tags=["providers"],
-        summary="One provider (secret masked)",
-        auth=JWT_ONLY,
-        parameters=[PROVIDER_ID],
-        responses={
-            200: _ok(named(output_serializer, "Provider"), "provider", PROVIDER_EXAMPLE),
-            **error_responses(*MANAGEMENT_ERRORS, 404),
-        },
-    )
+provider_detail_schema = extend_schema(
+    operation_id="providers_retrieve",
+    tags=["providers"],
+    summary="One provider (secret masked)",
+    auth=JWT_ONLY,
+    parameters=[PROVIDER_ID],
+    responses={
+        200: _ok(ProviderSerializer, "provider", PROVIDER_EXAMPLE),
+        **error_responses(*MANAGEMENT_ERRORS, 404),
+    },
+)
 
 
 API_KEY_AGAIN_EXAMPLE = {
@@ -113,7 +108,7 @@ API_KEY_AGAIN_EXAMPLE = {
 }
 
 
-def provider_update_schema(input_serializer, output_serializer):
+def provider_update_schema(input_serializer):
     errors = error_responses(400, *MANAGEMENT_ERRORS, 404, 413)
     errors[400] = OpenApiResponse(
         errors[400].response,
@@ -140,7 +135,7 @@ def provider_update_schema(input_serializer, output_serializer):
         parameters=[PROVIDER_ID],
         request=named(input_serializer, "Provider"),
         responses={
-            200: _ok(named(output_serializer, "Provider"), "updated", PROVIDER_EXAMPLE),
+            200: _ok(ProviderSerializer, "updated", PROVIDER_EXAMPLE),
             **errors,
         },
         examples=[
@@ -158,13 +153,7 @@ provider_delete_schema = extend_schema(
     auth=JWT_ONLY,
     parameters=[PROVIDER_ID],
     responses={
-        200: _ok(
-            inline_serializer(
-                "ProviderDeleted", fields={"id": serializers.IntegerField(), "deleted": serializers.BooleanField()}
-            ),
-            "deleted",
-            {"id": 2, "deleted": True},
-        ),
+        200: _ok(ProviderDeletedSerializer, "deleted", {"id": 2, "deleted": True}),
         **error_responses(*MANAGEMENT_ERRORS, 404),
     },
 )
@@ -183,17 +172,7 @@ def provider_test_schema(input_serializer):
         request=named(input_serializer, "ProviderTest"),
         responses={
             200: _ok(
-                inline_serializer(
-                    "ProviderTestResult",
-                    fields={
-                        "ok": serializers.BooleanField(),
-                        "model": serializers.CharField(),
-                        "dimensions": serializers.IntegerField(allow_null=True),
-                        "latency_ms": serializers.FloatField(allow_null=True),
-                        "status": serializers.IntegerField(allow_null=True, help_text="The upstream's HTTP status."),
-                        "error": serializers.CharField(allow_null=True),
-                    },
-                ),
+                ProviderTestResultSerializer,
                 "works",
                 {
                     "ok": True,

@@ -16,8 +16,13 @@ from accounts.authentication import request_tenant
 from accounts.permissions import IsJwtAuthenticated
 from accounts.quotas import provider_test_check
 from providers import schemas
-from providers.models import ProviderConfig
 from providers.presets import CUSTOM, PRESET_CHOICES
+from providers.responses import (
+    ProviderDeletedSerializer,
+    ProviderListSerializer,
+    ProviderSerializer,
+    ProviderTestResultSerializer,
+)
 from providers.selectors import provider_get, provider_list
 from providers.services import MAX_INPUTS_LIMIT, provider_create, provider_delete, provider_test, provider_update
 
@@ -34,68 +39,43 @@ class ProviderInputSerializer(serializers.Serializer):
     max_inputs = serializers.IntegerField(min_value=1, max_value=MAX_INPUTS_LIMIT, required=False, allow_null=True)
 
 
-class ProviderOutputSerializer(serializers.Serializer):
-    id = serializers.IntegerField()
-    name = serializers.CharField()
-    preset = serializers.CharField()
-    endpoint = serializers.CharField(source="effective_endpoint")
-    request_template = serializers.JSONField(source="effective_template")
-    response_path = serializers.CharField(source="effective_response_path")
-    headers = serializers.SerializerMethodField()
-    model = serializers.CharField()
-    max_inputs = serializers.IntegerField(source="effective_max_inputs")
-    api_key_mask = serializers.CharField(source="secret_mask")
-    models = serializers.SerializerMethodField()
-    created_at = serializers.DateTimeField()
-    updated_at = serializers.DateTimeField()
-
-    def get_headers(self, obj: ProviderConfig) -> dict[str, str]:
-        # {{api_key}} templates as written; every other value is a secret, stored encrypted and
-        # shown by its mask (send the mask back to keep the value).
-        return dict(obj.effective_headers)
-
-    def get_models(self, obj: ProviderConfig) -> list[str]:
-        return [f"{obj.name}/{obj.model}"] if obj.model else []
-
-
 class ProviderListCreateApi(APIView):
     permission_classes = [IsJwtAuthenticated]
     jwt_required_for = "providers"
 
-    @schemas.provider_list_schema(ProviderOutputSerializer)
+    @schemas.provider_list_schema
     def get(self, request: Request) -> Response:
-        providers = provider_list(tenant=request_tenant(request))
-        return Response({"object": "list", "data": ProviderOutputSerializer(providers, many=True).data})
+        return Response(ProviderListSerializer({"data": provider_list(tenant=request_tenant(request))}).data)
 
-    @schemas.provider_create_schema(ProviderInputSerializer, ProviderOutputSerializer)
+    @schemas.provider_create_schema(ProviderInputSerializer)
     def post(self, request: Request) -> Response:
         serializer = ProviderInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         provider = provider_create(tenant=request_tenant(request), **serializer.validated_data)
-        return Response(ProviderOutputSerializer(provider).data, status=201)
+        return Response(ProviderSerializer(provider).data, status=201)
 
 
 class ProviderDetailApi(APIView):
     permission_classes = [IsJwtAuthenticated]
     jwt_required_for = "providers"
 
-    @schemas.provider_detail_schema(ProviderOutputSerializer)
+    @schemas.provider_detail_schema
     def get(self, request: Request, provider_id: int) -> Response:
         provider = provider_get(tenant=request_tenant(request), provider_id=provider_id)
-        return Response(ProviderOutputSerializer(provider).data)
+        return Response(ProviderSerializer(provider).data)
 
-    @schemas.provider_update_schema(ProviderInputSerializer, ProviderOutputSerializer)
+    @schemas.provider_update_schema(ProviderInputSerializer)
     def patch(self, request: Request, provider_id: int) -> Response:
         serializer = ProviderInputSerializer(data=request.data, partial=True)
         serializer.is_valid(raise_exception=True)
         changes = {k: v for k, v in serializer.validated_data.items() if k in request.data}  # no defaults on PATCH
         provider = provider_update(tenant=request_tenant(request), provider_id=provider_id, **changes)
-        return Response(ProviderOutputSerializer(provider).data)
+        return Response(ProviderSerializer(provider).data)
 
     @schemas.provider_delete_schema
     def delete(self, request: Request, provider_id: int) -> Response:
         provider_delete(tenant=request_tenant(request), provider_id=provider_id)
-        return Response({"id": provider_id, "deleted": True})
+        return Response(ProviderDeletedSerializer({"id": provider_id}).data)
 
 
 class ProviderTestApi(APIView):
@@ -116,7 +96,4 @@ class ProviderTestApi(APIView):
         provider_test_check(request, tenant=tenant)  # 429 past PROVIDER_TEST_RATE
         result = provider_test(tenant=tenant, provider_id=provider_id,
                                model=serializer.validated_data.get("model") or None)
-        return Response(
-            {"ok": result.ok, "model": result.model, "dimensions": result.dimensions,
-             "latency_ms": result.latency_ms, "status": result.status, "error": result.error}
-        )
+        return Response(ProviderTestResultSerializer(result).data)
