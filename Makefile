@@ -51,8 +51,10 @@ flower: install
 test: install
 	$(PY) -m pytest
 
+# Ruff, then the import contract (pyproject.toml: the apps import one way).
 lint: install
 	$(PY) -m ruff check .
+	$(VENV)/bin/lint-imports
 
 fmt: install
 	$(PY) -m ruff check --fix . && $(PY) -m ruff format .

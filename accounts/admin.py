@@ -13,6 +13,8 @@ from django.utils.safestring import mark_safe
 
 from accounts.authcache import auth_epoch_bump
 from accounts.models import ApiKey, DailyUsage, Tenant, Tier, User, _webhook_secret
+from accounts.services import tenant_cache_figures
+from embedplatform.masking import secret_mask
 
 
 @admin.register(Tier)
@@ -54,8 +56,6 @@ class TenantAdmin(admin.ModelAdmin):
     @admin.display(description="Webhook secret")
     def webhook_secret_masked(self, obj) -> str:
         """Never the secret itself: the tenant reads it with GET /v1/webhook-secret."""
-        from providers.crypto import secret_mask
-
         return secret_mask(obj.webhook_secret) if obj is not None and obj.pk is not None else "-"
 
     @admin.action(description="Regenerate webhook secret (receivers must switch to the new one)")
@@ -71,11 +71,10 @@ class TenantAdmin(admin.ModelAdmin):
     @admin.display(description="Cache size")
     def cache_size(self, obj) -> str:
         """Entries and vector bytes per model in the tenant's cache scope (the tenant page only)."""
-        from embeddings.selectors import cache_size
-
         if obj is None or obj.pk is None:
             return "-"
-        rows = cache_size(tenant=obj)
+        figures = tenant_cache_figures(obj)
+        rows = figures.models if figures is not None else []
         if not rows:
             return "empty"
         return format_html_join(mark_safe("<br>"), "{}: {} entries, {}", (

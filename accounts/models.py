@@ -105,13 +105,9 @@ class ApiKey(models.Model):
     def __str__(self) -> str:
         return f"{self.prefix}… ({self.tenant})"
 
-    @property
-    def is_revoked(self) -> bool:
-        return self.revoked_at is not None
-
 
 class DailyUsage(models.Model):
-    """Texts served per tenant, UTC day and model. Written in batches from Redis (accounts/usage.py)."""
+    """Texts served per tenant, UTC day and model. Written in batches from Redis (accounts.services.usage_flush)."""
 
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="usage")
     day = models.DateField()

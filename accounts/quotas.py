@@ -18,7 +18,6 @@ from __future__ import annotations
 import calendar
 import contextlib
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -28,6 +27,8 @@ from redis.exceptions import RedisError
 
 from accounts.authcache import EPOCH_KEY, epoch_new
 from accounts.models import Tenant, Tier
+from dispatch.base import WorkPush
+from dispatch.local import WORK_REFUSAL_LUA
 from embedplatform.errors import (
     BATCH_TOO_LARGE,
     QUOTA_EXCEEDED,
@@ -156,18 +157,6 @@ class CacheUse:
     seen: str = ""
 
 
-@dataclass(frozen=True)
-class WorkPush:
-    """Work for a model's workers that the admission script queues once the request is admitted
-    (embeddings/waiting.py builds it): the request's misses leave in the same round trip."""
-
-    list_key: str
-    alive_key: str
-    payload: bytes
-    max_depth: int
-    refused: Callable[[int], Exception]  # the error for "no worker alive" (-1) or a full queue (its depth)
-
-
 @dataclass
 class InFlight:
     """A sync request that will wait (for the platform's workers or the tenant's provider): the
@@ -214,18 +203,6 @@ def inflight_count(tenant_id: int) -> int:
     client = redis_client()
     return int(client.zcount(inflight_key(tenant_id), f"({time.time()}", "+inf"))
 
-
-# Whether work may join a model's list: nil when yes, -1 when no worker is alive, else the
-# list's depth (it is full). The one definition of that check: the admission script below and
-# embeddings/waiting.py's work_queue both open with it.
-WORK_REFUSAL_LUA = """
-local function work_refusal(list_key, alive_key, max_depth)
-  if redis.call('EXISTS', alive_key) == 0 then return -1 end
-  local depth = redis.call('LLEN', list_key)
-  if depth >= tonumber(max_depth) then return depth end
-  return nil
-end
-"""
 
 # The tenant semaphores (sync requests in flight, provider-worker slots): a sorted set of members
 # scored by their deadline, so that a holder that died (a killed web process or worker) stops

@@ -1,11 +1,9 @@
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from datetime import date
 from functools import cache
 
-import redis as redis_lib
 from django.db import connection
 from django.db.models import QuerySet
 
@@ -62,6 +60,22 @@ def api_key_list(*, tenant: Tenant) -> QuerySet[ApiKey]:
 
 
 @dataclass(frozen=True)
+class CacheFigures:
+    """A tenant's cache scope: per model {model, entries, bytes}, and its tier's byte limit (0: none)."""
+
+    models: list[dict]
+    limit: int
+
+    @property
+    def bytes(self) -> int:
+        return sum(c["bytes"] for c in self.models)
+
+    @property
+    def full(self) -> bool:
+        return self.limit > 0 and self.bytes >= self.limit
+
+
+@dataclass(frozen=True)
 class UsageSummary:
     date_from: date
     date_to: date
@@ -69,7 +83,7 @@ class UsageSummary:
     today: dict
     month: dict
     total_cached: int
-    cache: list[dict]  # per model: {model, entries, bytes} (embeddings.selectors.cache_size)
+    cache: list[dict]  # per model: {model, entries, bytes} (embeddings.cachecap.cache_size)
     quota: QuotaState
     cache_bytes: int = 0
     cache_limit_bytes: int = 0  # the tier's max_cache_bytes; 0: no limit
@@ -88,18 +102,13 @@ def _totals(rows) -> dict:
     return out
 
 
-def usage_summary(*, tenant: Tenant, date_from: date | None = None, date_to: date | None = None) -> UsageSummary:
-    """Usage per day and model in [date_from, date_to] (default: this UTC month), with today's and
-    this month's totals, the vectors stored in the tenant's cache scope (per model: entries and
-    bytes, counted from the (scope, model) index) and the quota counters.
-
-    Reads Postgres after usage_flush(), so the figures include requests up to now.
-    """
-    from accounts.services import usage_flush
-    from embeddings.cachecap import CapState, cache_cap_remember
-    from embeddings.selectors import cache_size
-
-    usage_flush()
+def usage_summary(*, tenant: Tenant, date_from: date | None = None, date_to: date | None = None,
+                  cache: CacheFigures | None = None) -> UsageSummary:
+    """Usage per day and model in [date_from, date_to] (default: this UTC month) as stored in
+    Postgres, with today's and this month's totals, the quota counters and `cache` (the tenant's
+    cache figures, which the embeddings app counts: accounts.services.usage_report passes them).
+    Read only: usage_report flushes the counters first, so the figures include requests up to now."""
+    cache = cache or CacheFigures(models=[], limit=int(tenant.tier.max_cache_bytes or 0))
     today = time_now().date()
     month_start = today.replace(day=1)
     date_from = date_from or month_start
@@ -108,20 +117,16 @@ def usage_summary(*, tenant: Tenant, date_from: date | None = None, date_to: dat
         DailyUsage.objects.filter(tenant=tenant, day__gte=min(date_from, month_start), day__lte=max(date_to, today))
         .order_by("day", "model")
     )
-    cache = cache_size(tenant=tenant)
-    cap = CapState(bytes=sum(c["bytes"] for c in cache), limit=int(tenant.tier.max_cache_bytes or 0))
-    with contextlib.suppress(redis_lib.RedisError):
-        cache_cap_remember(tenant.pk, cap)  # a fresh count: the writers' cap check starts from it
     return UsageSummary(
         date_from=date_from,
         date_to=date_to,
         rows=[r for r in rows if date_from <= r.day <= date_to],
         today=_totals(r for r in rows if r.day == today),
         month=_totals(r for r in rows if month_start <= r.day <= today),
-        total_cached=sum(c["entries"] for c in cache),
-        cache=cache,
+        total_cached=sum(c["entries"] for c in cache.models),
+        cache=cache.models,
         quota=quota_state(tenant=tenant),
-        cache_bytes=cap.bytes,
-        cache_limit_bytes=cap.limit,
-        cache_full=cap.full,
+        cache_bytes=cache.bytes,
+        cache_limit_bytes=cache.limit,
+        cache_full=cache.full,
     )

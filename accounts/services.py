@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import date
 
 from django.contrib.auth.password_validation import validate_password
@@ -12,6 +13,7 @@ from accounts.authcache import auth_epoch_bump
 from accounts.keys import key_make
 from accounts.models import ApiKey, DailyUsage, Tenant, Tier, User
 from accounts.quotas import UsageHits
+from accounts.selectors import CacheFigures, UsageSummary, usage_summary
 from embedplatform.errors import KEY_LIMIT, Conflict, InvalidInput, NotAllowed, NotFound
 from embedplatform.redisconn import dirty_hashes_take, redis_client, redis_lock
 
@@ -154,3 +156,27 @@ def usage_flush() -> int:
                 written += cur.rowcount
             client.delete(tmp)
         return written
+
+
+# A tenant's cache figures are counted by the embeddings app, which sits above accounts: it
+# registers its counter here when it starts (EmbeddingsConfig.ready), so accounts never imports it.
+_cache_figures: Callable[[Tenant], CacheFigures] | None = None
+
+
+def cache_figures_register(counter: Callable[[Tenant], CacheFigures]) -> None:
+    global _cache_figures
+    _cache_figures = counter
+
+
+def tenant_cache_figures(tenant: Tenant) -> CacheFigures | None:
+    """The tenant's cache scope counted now (per model: entries and bytes), or None when no
+    counter is registered (the embeddings app is not installed)."""
+    return _cache_figures(tenant) if _cache_figures is not None else None
+
+
+def usage_report(*, tenant: Tenant, date_from: date | None = None, date_to: date | None = None) -> UsageSummary:
+    """GET /v1/usage: moves the usage counters into Postgres (usage_flush) so that the figures
+    include requests up to now, counts the tenant's cache, then reads (usage_summary)."""
+    usage_flush()
+    return usage_summary(tenant=tenant, date_from=date_from, date_to=date_to, cache=tenant_cache_figures(tenant))
+

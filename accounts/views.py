@@ -25,8 +25,9 @@ from accounts.responses import (
     UsageSerializer,
     WebhookSecretSerializer,
 )
-from accounts.selectors import api_key_list, usage_summary
-from accounts.services import api_key_create, api_key_revoke, tenant_signup
+from accounts.selectors import api_key_list
+from accounts.services import api_key_create, api_key_revoke, tenant_signup, usage_report
+from accounts.signing import SIGNATURE_HEADER, SIGNATURE_SCHEME
 from accounts.throttles import login_check, login_failed, signup_check
 from embedplatform.errors import AuthenticationError, InvalidInput
 
@@ -154,7 +155,7 @@ class UsageApi(APIView):
         f = serializer.validated_data
         if f.get("date_from") and f.get("date_to") and f["date_from"] > f["date_to"]:
             raise InvalidInput("`from` must not be after `to`.", param="from")
-        return Response(UsageSerializer(usage_summary(tenant=request_tenant(request), **f)).data)
+        return Response(UsageSerializer(usage_report(tenant=request_tenant(request), **f)).data)
 
 
 class WebhookSecretApi(APIView):
@@ -165,8 +166,6 @@ class WebhookSecretApi(APIView):
 
     @schemas.webhook_secret_schema
     def get(self, request: Request) -> Response:
-        from embeddings.webhooks import SIGNATURE_HEADER, SIGNATURE_SCHEME
-
         tenant = request_tenant(request)
         return Response(WebhookSecretSerializer({"webhook_secret": tenant.webhook_secret, "header": SIGNATURE_HEADER,
                                                  "algorithm": SIGNATURE_SCHEME}).data)

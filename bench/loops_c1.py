@@ -35,16 +35,17 @@ def main() -> None:
     django.setup()
     from django.db import connections
 
-    from embeddings import waiting
+    from dispatch.local import LOCAL, work_wait
     from embeddings.cache import cache_upsert, text_key
     from embeddings.registry import model_get
+    from embedplatform.redisconn import redis_client
     from workers.drain import Drainer
     from workers.runtime import ModelRuntime
 
     runtime = ModelRuntime(model_get(MODEL), "cpu", threads=1, onnx_threads=2, precision="fp32")
 
     def measure(n_loops: int, n: int = 250) -> tuple[float, list[int]]:
-        loops = [Drainer(runtimes={MODEL: runtime}, redis=waiting.redis_client(), max_texts=64, max_tokens=16384,
+        loops = [Drainer(runtimes={MODEL: runtime}, redis=redis_client(), max_texts=64, max_tokens=16384,
                          upsert=cache_upsert, name=f"loops-c1-{i}", block=0.2) for i in range(n_loops)]
         loops[0].heartbeat(force=True)
         threads = [loop.start(on_exit=connections.close_all) for loop in loops]
@@ -53,8 +54,10 @@ def main() -> None:
             for _ in range(n):
                 text = f"latency probe {uuid.uuid4().hex} words here"
                 started = time.perf_counter()
-                item = waiting.work_submit(model=MODEL, texts=[text], keys=[text_key(text)], scope=1, wait=10)
-                waiting.work_wait(item, wait=10, dims=384)
+                handle = LOCAL.submit(model=runtime.spec, texts=[text], keys=[text_key(text)], scope=1, wait=10,
+                                      tenant=0)
+                LOCAL.send(handle)
+                work_wait(handle.item, wait=10, dims=384)
                 latencies.append((time.perf_counter() - started) * 1000)
         finally:
             for loop in loops:

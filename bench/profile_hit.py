@@ -69,8 +69,8 @@ def main() -> None:
         texts = short_texts(args.n + 400, seed=time.time_ns() % 10**9)
         worker = subprocess.Popen([sys.executable, "scripts/run.py", "worker"], cwd=ROOT, env=dict(os.environ),
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        from embeddings.waiting import redis_client
-        from workers.queues import alive_key
+        from dispatch.keys import alive_key
+        from embedplatform.redisconn import redis_client
 
         while not redis_client().exists(alive_key(spec.name)):
             time.sleep(0.5)
@@ -136,9 +136,9 @@ def gc_timer() -> list:
 
 def steps_split() -> dict[str, float]:
     """Wraps the request's main steps to add up the CPU time (this thread's) spent inside each."""
+    import dispatch.local
     import embeddings.cache
-    import embeddings.services
-    import embeddings.waiting
+    import embeddings.serving
 
     spent: dict[str, float] = {}
 
@@ -154,9 +154,9 @@ def steps_split() -> dict[str, float]:
 
         setattr(module, name, timed)
 
-    for module, names in [(embeddings.services, ["embed_plan", "embed_finish", "admit", "usage_record", "usage_hits"]),
+    for module, names in [(embeddings.serving, ["embed_plan", "embed_finish", "admit", "usage_record", "usage_hits"]),
                           (embeddings.cache, ["cache_lookup"]),
-                          (embeddings.waiting, ["work_wait"])]:
+                          (dispatch.local, ["work_wait"])]:
         for name in names:
             wrap(module, name)
     return spent

@@ -2,8 +2,8 @@
 
 from django.contrib import admin, messages
 
+from embeddings.jobs import job_cancel
 from embeddings.models import CachedEmbedding, Job
-from embeddings.services import job_cancel
 
 
 @admin.register(CachedEmbedding)

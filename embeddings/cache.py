@@ -22,6 +22,11 @@ PUBLIC_SCOPE = CachedEmbedding.PUBLIC_SCOPE
 _TABLE = CachedEmbedding._meta.db_table
 
 
+def read_scopes(scope: int) -> list[int]:
+    """The scopes a request or job of `scope` reads from: its own and the public one."""
+    return [PUBLIC_SCOPE] if scope == PUBLIC_SCOPE else [scope, PUBLIC_SCOPE]
+
+
 def text_key(model_input: str) -> bytes:
     """sha256 of exactly what the model sees (prompt + text). surrogatepass: never raise."""
     return hashlib.sha256(model_input.encode("utf-8", "surrogatepass")).digest()

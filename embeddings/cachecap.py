@@ -25,7 +25,10 @@ from dataclasses import dataclass
 
 import redis as redis_lib
 from django.conf import settings
+from django.db import connection, transaction
 
+from accounts.models import Tenant
+from accounts.selectors import CacheFigures
 from embeddings.models import CachedEmbedding
 from embedplatform import metrics
 from embedplatform.errors import NotAllowed
@@ -74,16 +77,45 @@ def _key(scope: int) -> str:
 
 
 def _count(scope: int) -> CapState:
-    """From Postgres: the scope's bytes (embeddings.selectors.cache_size) and its tier's limit."""
-    from accounts.models import Tenant
-    from embeddings.selectors import cache_size
-
+    """From Postgres: the scope's bytes (cache_size) and its tier's limit."""
     tenant = Tenant.objects.select_related("tier").filter(pk=scope).first()
     if tenant is None:
         return CapState(0, 0)
     limit = int(tenant.tier.max_cache_bytes or 0)
     used = sum(c["bytes"] for c in cache_size(tenant=tenant)) if limit else 0  # no limit: nothing to count
     return CapState(used, limit)
+
+
+def cache_size(*, tenant: Tenant) -> list[dict]:
+    """Entries and vector bytes per model in the tenant's cache scope, largest first.
+
+    Counted from the (scope, model) index; bytes are entries x dims x 4 (float32 vectors), with
+    the dims of one entry of the model (every entry of a model has its dims): summing each row's
+    vector length would read every row of the scope on each GET /v1/usage.
+    """
+    table = CachedEmbedding._meta.db_table
+    with transaction.atomic(), connection.cursor() as cur:
+        # Both parts on the (scope, model) index: the counts as an index-only scan, the dims from
+        # the model's first entry. Left to itself the planner reads the dims with a sequential scan
+        # "until a row matches", which on a big table of many tenants can be most of it.
+        cur.execute("SET LOCAL enable_seqscan = off")
+        cur.execute(
+            f"SELECT m.model, m.n, (SELECT dims FROM {table} d WHERE d.scope = %s AND d.model = m.model LIMIT 1) "
+            f"FROM (SELECT model, count(*) AS n FROM {table} WHERE scope = %s GROUP BY model) m "
+            "ORDER BY m.n DESC, m.model",
+            [tenant.pk, tenant.pk],
+        )
+        rows = cur.fetchall()
+    return [{"model": m, "entries": int(n), "bytes": int(n) * int(d or 0) * 4} for m, n, d in rows]
+
+
+def cache_figures(tenant: Tenant) -> CacheFigures:
+    """The tenant's cache figures for GET /v1/usage (accounts.services.usage_report): counted now,
+    and remembered as the scope's cap state, so the writers' cap check starts from a fresh count."""
+    figures = CacheFigures(models=cache_size(tenant=tenant), limit=int(tenant.tier.max_cache_bytes or 0))
+    with contextlib.suppress(redis_lib.RedisError):
+        cache_cap_remember(tenant.pk, CapState(bytes=figures.bytes, limit=figures.limit))
+    return figures
 
 
 def cache_cap_remember(scope: int, state: CapState) -> None:

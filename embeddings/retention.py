@@ -27,8 +27,9 @@ from accounts.quotas import CacheUse
 from embeddings.cache import PUBLIC_SCOPE, text_key
 from embeddings.cachecap import cache_cap_forget
 from embeddings.models import CachedEmbedding
-from embeddings.registry import byok_key_prefixes, model_get, model_specs
+from embeddings.registry import model_get, model_specs
 from embedplatform.redisconn import dirty_hashes_take, redis_client, redis_lock
+from providers.dispatch import byok_key_prefixes
 
 logger = logging.getLogger(__name__)
 
@@ -193,10 +194,10 @@ def cache_prune(*, unused_for: timedelta, tenant_id: int | None = None, model: s
 # --- A tenant's own entries -----------------------------------------------------------------------
 
 def _prompts(model: str | None, input_type: str | None) -> set[str]:
-    """The prompts the embedding path may have put before a text (embeddings/services.embed_plan
+    """The prompts the embedding path may have put before a text (embeddings/serving.embed_plan
     keys sha256(prompt + text)): of `model`, or of every served model; with `input_type`, only
     its prompt (which is "" where the model has none). Provider models (`<name>/<model>`, or
-    every model) add their input_type key prefixes (registry.byok_key_prefix)."""
+    every model) add their input_type key prefixes (providers.dispatch.byok_key_prefix)."""
     byok = byok_key_prefixes(input_type) if model is None or "/" in model else set()  # a provider's keys
     if model is not None:
         spec = model_get(model)

@@ -1,4 +1,4 @@
-"""Reads: jobs and their results, cache sizes. Every function takes `tenant=`; another tenant's job is NotFound."""
+"""Reads: jobs and their results. Every function takes `tenant=`; another tenant's job is NotFound."""
 
 from __future__ import annotations
 
@@ -9,13 +9,12 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import numpy as np
-from django.db import connection, transaction
 from django.db.models import Q
 
 from accounts.models import Tenant
 from embeddings import cache
 from embeddings.encoding import vectors_shape
-from embeddings.models import CachedEmbedding, Job, JobChunk
+from embeddings.models import Job, JobChunk
 from embeddings.registry import model_get
 from embedplatform.errors import Conflict, InvalidInput, NotFound
 
@@ -77,8 +76,8 @@ def _ready(job: Job) -> None:
 
 def _chunk_results(job: Job, chunk: JobChunk) -> list[JobResult]:
     keys = [cache.text_key(t) for t in chunk.texts]
-    scopes = [job.scope] if job.scope == cache.PUBLIC_SCOPE else [job.scope, cache.PUBLIC_SCOPE]
-    hits = cache.cache_lookup(model=job.model, version=job.model_version, keys=list(set(keys)), scopes=scopes)
+    hits = cache.cache_lookup(model=job.model, version=job.model_version, keys=list(set(keys)),
+                              scopes=cache.read_scopes(job.scope))
     raw = np.stack([hits[k].vector for k in keys]).astype(np.float32)
     opts = job.options or {}
     normalize = opts.get("normalize")
@@ -116,26 +115,3 @@ def job_results_iter(*, tenant: Tenant, job_id) -> tuple[Job, Iterator[JobResult
             yield from _chunk_results(job, JobChunk.objects.get(pk=chunk_id))
 
     return job, rows()
-
-
-def cache_size(*, tenant: Tenant) -> list[dict]:
-    """Entries and vector bytes per model in the tenant's cache scope, largest first.
-
-    Counted from the (scope, model) index; bytes are entries x dims x 4 (float32 vectors), with
-    the dims of one entry of the model (every entry of a model has its dims): summing each row's
-    vector length would read every row of the scope on each GET /v1/usage.
-    """
-    table = CachedEmbedding._meta.db_table
-    with transaction.atomic(), connection.cursor() as cur:
-        # Both parts on the (scope, model) index: the counts as an index-only scan, the dims from
-        # the model's first entry. Left to itself the planner reads the dims with a sequential scan
-        # "until a row matches", which on a big table of many tenants can be most of it.
-        cur.execute("SET LOCAL enable_seqscan = off")
-        cur.execute(
-            f"SELECT m.model, m.n, (SELECT dims FROM {table} d WHERE d.scope = %s AND d.model = m.model LIMIT 1) "
-            f"FROM (SELECT model, count(*) AS n FROM {table} WHERE scope = %s GROUP BY model) m "
-            "ORDER BY m.n DESC, m.model",
-            [tenant.pk, tenant.pk],
-        )
-        rows = cur.fetchall()
-    return [{"model": m, "entries": int(n), "bytes": int(n) * int(d or 0) * 4} for m, n, d in rows]

@@ -9,8 +9,9 @@ from typing import Annotated, Literal, TypedDict
 from django.conf import settings
 from rest_framework import serializers
 
+from dispatch.base import INPUT_TYPES
 from embeddings import models
-from embeddings.registry import DEFAULT_MODEL, INPUT_TYPES
+from embeddings.registry import DEFAULT_MODEL
 from embedplatform.errors import WAIT_TOO_LONG
 
 IsoTime = Annotated[str, serializers.DateTimeField]  # a time as datetime.isoformat() writes it

@@ -11,8 +11,6 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
-from embeddings.registry import ModelSpec
-
 
 @cache
 def _tokenizer(path: str) -> Tokenizer | None:
@@ -25,9 +23,9 @@ def _tokenizer(path: str) -> Tokenizer | None:
     return tok
 
 
-def token_counts(spec: ModelSpec, texts: list[str]) -> list[int] | None:
-    """Token counts including special tokens, or None when the model ships no tokenizer.json."""
-    tok = _tokenizer(spec.path)
+def token_counts(path: str, texts: list[str]) -> list[int] | None:
+    """Token counts including special tokens, or None when the model at `path` ships no tokenizer.json."""
+    tok = _tokenizer(path)
     if tok is None:
         return None
     return [len(e.ids) for e in tok.encode_batch(texts)]

@@ -15,10 +15,13 @@ from rest_framework.views import APIView
 from accounts.authentication import api_key_recheck, request_principal_id, request_tenant
 from accounts.permissions import IsJwtAuthenticated
 from accounts.quotas import AuthEpochMoved, CacheEpochMoved, Caller, admit, quota_state
+from dispatch.base import INPUT_TYPES
 from embeddings import schemas
 from embeddings.cache import scope_epoch_learn as cache_scope_epoch_learn
+from embeddings.inputs import EmbedOptions
+from embeddings.jobs import job_cancel, job_create
 from embeddings.models import Job
-from embeddings.registry import INPUT_TYPES, model_specs
+from embeddings.registry import model_specs
 from embeddings.responses import (
     CacheDeletedSerializer,
     ModelListSerializer,
@@ -39,7 +42,7 @@ from embeddings.serializers import (
     TextsField,
     job_payload,
 )
-from embeddings.services import EmbedOptions, EmbedResult, embed_serve, job_cancel, job_create
+from embeddings.serving import EmbedResult, embed_serve
 from embedplatform.errors import InvalidInput, Overloaded
 
 CACHE_INPUT_TYPE_WITHOUT_TEXTS = "input_type applies to texts: send texts with it, or neither to delete all entries."

@@ -6,8 +6,8 @@ The body is the job payload (JSON), signed as Stripe signs its webhooks:
 
 `t` is the time of the attempt (a retry is signed afresh), so a receiver can refuse a captured
 delivery replayed later: recompute the HMAC over "<t>." + the raw body, compare it in constant
-time, and refuse when |now - t| is over a tolerance (webhook_verify below does exactly that,
-300 s by default). The address is resolved and checked at call time and the request goes to
+time, and refuse when |now - t| is over a tolerance (accounts.signing.webhook_verify does exactly
+that, 300 s by default). The address is resolved and checked at call time and the request goes to
 that checked address (no DNS rebinding); redirects are not followed.
 
 A delivery is bounded in time and size whatever the receiver does: WEBHOOK_TIMEOUT_SECONDS is a
@@ -20,46 +20,20 @@ decompressed): only the status matters.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import time
 
 import httpx
 import orjson
 from django.conf import settings
 
+from accounts.signing import SIGNATURE_HEADER, webhook_sign
 from embeddings.models import Job
 from embeddings.serializers import job_payload
 from providers.ssrf import EndpointRefused, endpoint_check
 
-SIGNATURE_HEADER = "X-Signature"
-SIGNATURE_SCHEME = "t=<unix seconds>,v1=<hex HMAC-SHA256(webhook_secret, \"<t>.<raw body>\")>"
-SIGNATURE_TOLERANCE_SECONDS = 300  # what receivers are told to accept (docs); webhook_verify's default
-
 
 class WebhookTransient(Exception):
     """The receiver may accept a retry (network error, timeout, 429 or 5xx)."""
-
-
-def webhook_sign(secret: str, body: bytes, *, timestamp: int) -> str:
-    """The X-Signature value of `body` sent at `timestamp` (unix seconds)."""
-    mac = hmac.new(secret.encode(), str(timestamp).encode() + b"." + body, hashlib.sha256).hexdigest()
-    return f"t={timestamp},v1={mac}"
-
-
-def webhook_verify(secret: str, body: bytes, header: str, *, tolerance: float = SIGNATURE_TOLERANCE_SECONDS,
-                   now: float | None = None) -> bool:
-    """A receiver's check (the documented snippet): True if `header` signs `body` with `secret`
-    and its timestamp is within `tolerance` seconds of `now`."""
-    parts = dict(p.split("=", 1) for p in header.split(",") if "=" in p)
-    try:
-        timestamp = int(parts["t"])
-    except (KeyError, ValueError):
-        return False
-    if abs((time.time() if now is None else now) - timestamp) > tolerance:
-        return False
-    expected = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
-    return hmac.compare_digest(expected, parts.get("v1", ""))
 
 
 def job_webhook_deliver(*, job_id: str) -> str:

@@ -3,6 +3,7 @@ from logging.config import dictConfig
 
 from celery import Celery
 from celery.signals import setup_logging
+from django.conf import settings
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "embedplatform.settings.base")
 
@@ -13,8 +14,6 @@ app.autodiscover_tasks()
 
 @setup_logging.connect
 def config_loggers(*args, **kwargs):
-    from django.conf import settings
-
     dictConfig(settings.LOGGING)
 
 # The drain loop of the embedding workers (workers/bootsteps.py), by name: no import here.

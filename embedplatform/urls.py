@@ -8,7 +8,8 @@ from django.views.static import serve
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from accounts.throttles import admin_login
-from embedplatform import health, metrics
+from embeddings import health
+from embedplatform import metrics
 
 handler400 = "embedplatform.errors.handler400"
 handler403 = "embedplatform.errors.handler403"

@@ -7,11 +7,11 @@ from __future__ import annotations
 from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
 
+from providers.crypto import fernet
+
 
 @checks.register(checks.Tags.security)
 def encryption_key_check(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
-    from providers.crypto import fernet
-
     try:
         fernet()
     except ImproperlyConfigured as exc:

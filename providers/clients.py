@@ -28,7 +28,8 @@ from jsonpath_ng.exceptions import JSONPathError
 from jsonpath_ng.ext import parse as jsonpath_parse
 
 from embedplatform import metrics
-from providers.crypto import secret_decrypt, secret_mask
+from embedplatform.masking import secret_mask
+from providers.crypto import secret_decrypt
 from providers.errors import (
     UPSTREAM_BAD_RESPONSE,
     UPSTREAM_FAILED,

@@ -69,13 +69,3 @@ def secret_digest(plain: str) -> str:
     return salted_hmac("providers.secret_digest", plain, algorithm="sha256").hexdigest()
 
 
-def secret_mask(plain: str) -> str:
-    """What the API and admin show: "sk-...wxyz" (at most 3 leading and 4 trailing characters).
-
-    Short secrets show less, so the mask never reveals more than half of one.
-    """
-    if not plain:
-        return ""
-    if len(plain) < 12:
-        return "..." + plain[-2:] if len(plain) >= 6 else "..."
-    return f"{plain[:3]}...{plain[-4:]}"

@@ -6,6 +6,8 @@ import orjson
 from django.db import models
 from django.utils import timezone
 
+from embedplatform.masking import secret_mask
+from providers.crypto import secret_decrypt, secret_digest, secret_encrypt
 from providers.presets import BEARER, CUSTOM, CUSTOM_MAX_INPUTS, PRESET_CHOICES, preset_get
 
 
@@ -75,8 +77,6 @@ class ProviderConfig(models.Model):
     def headers_clear(self) -> dict[str, str]:
         """The headers as sent (before {{api_key}} is filled in): secret values decrypted.
         Raises SecretUnreadable when ENCRYPTION_KEY cannot open them."""
-        from providers.crypto import secret_decrypt
-
         public = self.effective_headers
         if self.headers is None or not self.headers_encrypted:
             return dict(public)
@@ -87,8 +87,6 @@ class ProviderConfig(models.Model):
         """Sets the headers from their clear values: templates stay as written, every other value
         is encrypted (headers_encrypted) and shown by its mask (headers); headers_digest changes
         exactly when a secret value does."""
-        from providers.crypto import secret_digest, secret_encrypt, secret_mask
-
         if clear is None:
             self.headers, self.headers_encrypted, self.headers_digest = None, "", ""
             return

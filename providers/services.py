@@ -1,32 +1,25 @@
-"""BYOK providers: create / update / delete / test, and the embedding path through them.
+"""BYOK providers: create / update / delete / test.
 
-Web side: `provider_model_resolve` turns `<name>/<model>` into a ModelSpec with
-compute="byok" and `provider_submit` queues a request's cache misses on the provider queue
-(embeddings/services.py calls both). Worker side: `provider_embed_run` (the
-`workers.provider_embed` task) calls the upstream, stores the vectors in the tenant's cache
-scope, then wakes the waiting request through its reply key (embeddings/waiting.py).
+Embedding through a provider: providers/dispatch.py (the web side) and
+workers/provider_calls.py (the provider worker's call).
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FuturesTimeout
 from dataclasses import dataclass
 
-import orjson
-from django.db import IntegrityError, close_old_connections, transaction
-from kombu.exceptions import OperationalError
+from django.conf import settings
+from django.db import IntegrityError, transaction
 
 from accounts.models import Tenant
-from embeddings.registry import ModelSpec, byok_key_prefix
-from embedplatform.errors import MODEL_UNKNOWN, ApiError, InvalidInput, NotFound, Overloaded
+from embedplatform.errors import ApiError, InvalidInput
+from embedplatform.masking import secret_mask
 from providers.clients import (
-    MAX_DIMS,
     TemplateError,
     embed_call,
     headers_validate,
@@ -34,21 +27,18 @@ from providers.clients import (
     template_validate,
     upstream_for,
 )
-from providers.crypto import secret_encrypt, secret_mask
-from providers.errors import PROVIDER_NAME_TAKEN, PROVIDER_NOT_FOUND, ProviderError
+from providers.crypto import secret_encrypt
+from providers.errors import PROVIDER_NAME_TAKEN
 from providers.models import ProviderConfig, header_is_template
 from providers.presets import CUSTOM, PRESET_CHOICES, preset_get
-from providers.selectors import provider_for_model, provider_get
+from providers.selectors import provider_get
 from providers.ssrf import EndpointRefused, endpoint_check
 
 logger = logging.getLogger(__name__)
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 MAX_INPUTS_LIMIT = 2048
-PUBLIC_REFUSED = "public=true is not available for provider models: their vectors stay in your own cache scope."
 TEST_TEXT = "embedplatform provider test"
-NO_PROVIDER_WORKER = "No provider worker is running (make provider-worker); retry shortly."
-MODEL_NAME_MAX = 200  # `<provider>/<model>` is the cache's model column (varchar 200)
 
 
 # --- management ---------------------------------------------------------------------------
@@ -255,8 +245,6 @@ TEST_TIMED_OUT = "The provider did not answer within {seconds:g} s (PROVIDER_TES
 def provider_check(provider: ProviderConfig, *, model: str | None = None) -> TestResult:
     """provider_test without the tenant check, for the admin's "test" action. Ends within
     PROVIDER_TEST_TIMEOUT_SECONDS, retries included (then a 504 result)."""
-    from django.conf import settings
-
     model = model or provider.model
     if not model and "{{model}}" in str(provider.effective_template):
         return TestResult(ok=False, model="", status=400, error="No model given and the provider has no default model.")
@@ -273,144 +261,3 @@ def provider_check(provider: ProviderConfig, *, model: str | None = None) -> Tes
         return TestResult(ok=False, model=model, status=exc.status, error=exc.message)
     return TestResult(ok=True, model=model, dimensions=int(vectors.shape[1]),
                       latency_ms=round((time.perf_counter() - started) * 1000, 1))
-
-
-# --- embedding through a provider ---------------------------------------------------------
-
-@dataclass(frozen=True)
-class ProviderModelSpec(ModelSpec):
-    """A `<provider>/<model>` as embeddings/services.py sees it. dims is only an upper bound
-    for `dimensions` checks: the real dims come with the vectors."""
-
-    compute: str = "byok"
-    provider_id: int = 0
-    tenant_id: int = 0
-    upstream_model: str = ""
-
-    def key_prefix(self, input_type: str | None) -> str:
-        return byok_key_prefix(input_type)
-
-
-# Bump when the way a provider's vectors are keyed changes (2: input_type in the text key).
-BYOK_KEYING = 2
-
-
-def provider_cache_version(provider: ProviderConfig) -> str:
-    """The cache's model_version for a provider: `byok-<id>-<digest of everything that shapes its
-    vectors>`. The id: a deleted and re-created provider of the same name (maybe another upstream)
-    does not inherit the old one's vectors. The digest: endpoint, preset, request template,
-    response path, the headers (templates as written, secret values by their keyed digest) and
-    the keying scheme, so any change means fresh vectors (the old rows just stop matching). The
-    upstream model is the cache's model column (`<provider>/<model>`); input_type is in the text
-    key (ProviderModelSpec.key_prefix). The secrets themselves (the api_key) are not: a new key
-    for the same upstream gives the same vectors."""
-    shape = {
-        "keying": BYOK_KEYING,
-        "endpoint": provider.effective_endpoint,
-        "preset": provider.preset,
-        "request_template": provider.effective_template,
-        "response_path": provider.effective_response_path,
-        "headers": provider.effective_headers,
-        "headers_digest": provider.headers_digest,
-    }
-    digest = hashlib.sha256(orjson.dumps(shape, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
-    return f"byok-{provider.pk}-{digest}"
-
-
-def provider_model_resolve(*, tenant: Tenant, model: str) -> ProviderModelSpec:
-    """The spec of `<provider name>/<upstream model>` for this tenant; NotFound otherwise
-    (another tenant's provider is as unknown as a missing one)."""
-    if len(model) > MODEL_NAME_MAX:
-        raise InvalidInput(f"model: at most {MODEL_NAME_MAX} characters.", param="model")
-    found = provider_for_model(tenant=tenant, model=model)
-    if found is None:
-        raise NotFound(MODEL_UNKNOWN.format(model=model), param="model", code="model_not_found")
-    provider, upstream = found
-    return ProviderModelSpec(
-        name=f"{provider.name}/{upstream}", path="", dims=MAX_DIMS, max_tokens=1_000_000,
-        version=provider_cache_version(provider), normalize=False, owned_by=provider.preset,
-        provider_id=provider.pk, tenant_id=provider.tenant_id, upstream_model=upstream,
-    )
-
-
-def provider_submit(*, spec: ProviderModelSpec, texts: list[str], keys: list[bytes], scope: int, wait: float):
-    """Queues the texts on the provider queue; returns the WorkItem to wait on (waiting.work_wait).
-
-    Raises InvalidInput for public=true (provider vectors stay in the tenant's scope) and
-    Overloaded when the broker cannot take the message.
-    """
-    from embeddings.waiting import WorkItem, redis_client
-    from workers.queues import PROVIDER_QUEUE, provider_alive_key
-    from workers.tasks import provider_embed as provider_embed_task
-
-    if scope != spec.tenant_id:
-        raise InvalidInput(PUBLIC_REFUSED, param="public")
-    if not redis_client().exists(provider_alive_key()):
-        raise Overloaded(NO_PROVIDER_WORKER, retry_after=5, code="no_worker")
-    item = WorkItem(id=uuid.uuid4().hex, model=spec.name, texts=texts, keys=keys, scope=scope,
-                    deadline=time.time() + wait)
-    try:
-        provider_embed_task.apply_async(
-            args=[spec.provider_id, spec.upstream_model, texts, [k.hex() for k in keys], item.id, item.deadline],
-            queue=PROVIDER_QUEUE, expires=max(1.0, wait),
-        )
-    except OperationalError:
-        logger.exception("could not queue a provider call")
-        raise Overloaded("The provider queue is unavailable right now; retry shortly.", retry_after=5) from None
-    return item
-
-
-def provider_embed_run(*, provider_id: int, model: str, texts: list[str], keys: list[str], reply_id: str,
-                       deadline: float) -> bool:
-    """Worker side of provider_submit: call the upstream, store, then answer the waiter.
-
-    Always answers (vectors or an error frame) unless the waiter is already gone. Store
-    first, then wake (docs/DECISIONS.md #2); the upsert is idempotent, so a redelivered
-    message writes nothing twice. The call holds one of its tenant's provider-worker slots
-    (tier.max_sync_in_flight, accounts.quotas.provider_slot_acquire): when they are all taken
-    (its earlier calls still run, e.g. on a slow upstream) it returns False at once, without
-    calling, and the task comes back shortly; True otherwise.
-    """
-    from django.conf import settings
-
-    from accounts.quotas import provider_slot_acquire, provider_slot_release
-    from embeddings.cache import cache_upsert
-    from embeddings.waiting import reply_failure, reply_ok, reply_send
-
-    close_old_connections()
-    try:
-        if time.time() >= deadline:
-            logger.info("provider call for %s dropped: its request gave up waiting", reply_id)
-            return True
-        try:
-            provider = ProviderConfig.objects.select_related("tenant__tier").get(pk=provider_id)
-            # A call may outlive its deadline by about two attempt timeouts (connect, then read):
-            # past that, a slot left by a killed worker is free again.
-            if not provider_slot_acquire(tenant=provider.tenant, member=reply_id,
-                                         until=deadline + 2 * settings.PROVIDER_TIMEOUT_SECONDS):
-                return False
-            try:
-                vectors, tokens = embed_call(upstream_for(provider), model=model, texts=texts, deadline=deadline)
-            finally:
-                provider_slot_release(tenant_id=provider.tenant_id, member=reply_id)
-        except ProviderConfig.DoesNotExist:
-            payload = reply_failure(NotFound(PROVIDER_NOT_FOUND.format(name=provider_id)))
-        except ApiError as exc:
-            payload = reply_failure(exc)
-        except Exception:
-            logger.exception("provider call %s failed unexpectedly", provider_id)
-            payload = reply_failure(ProviderError("The provider call failed inside the platform; retry shortly."))
-        else:
-            try:
-                cache_upsert(
-                    model=f"{provider.name}/{model}", version=provider_cache_version(provider), scope=provider.tenant_id,
-                    rows=[(bytes.fromhex(k), t, v) for k, t, v in zip(keys, tokens, vectors, strict=True)],
-                    capped=True,  # a full tenant cache is served, not stored (embeddings/cachecap.py)
-                )
-            except Exception:
-                logger.exception("cache upsert of %d provider vectors failed", len(keys))
-            payload = reply_ok(tokens, vectors)
-        reply_send(reply_id, payload)
-        return True
-    finally:
-        close_old_connections()

@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 from embedplatform import embedded  # noqa: E402
 from workers.devices import pin_env  # noqa: E402
-from workers.queues import DEFAULT_QUEUE, PROVIDER_QUEUE  # noqa: E402
+from dispatch.keys import DEFAULT_QUEUE, PROVIDER_QUEUE  # noqa: E402
 
 PY = sys.executable
 BIN = Path(PY).parent

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from embedplatform import health
+from embeddings import health
 
 MODEL = "all-MiniLM-L6-v2"
 

@@ -8,8 +8,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from dispatch.keys import work_list
 from embedplatform import metrics
-from workers.queues import work_list
 
 MODEL = "all-MiniLM-L6-v2"
 
@@ -63,13 +63,13 @@ def test_it_reports_queue_depth_per_model_and_priority(redis_db, client, db):
 def test_metrics_still_answer_when_redis_is_down(client, db, monkeypatch):
     import redis
 
-    from embeddings import waiting
+    from embeddings import collectors
 
     class Down:
         def pipeline(self, **kw):
             raise redis.ConnectionError("down")
 
-    monkeypatch.setattr(waiting, "redis_client", lambda: Down())
+    monkeypatch.setattr(collectors, "redis_client", lambda: Down())
     text = scrape(client)
     assert "embed_queue_depth{" not in text
     assert "embed_cache_hits_total" in text or "embed_cache_hits" in text

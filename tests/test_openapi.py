@@ -33,8 +33,9 @@ from schemathesis.openapi.checks import JsonSchemaError
 
 from accounts.authcache import cache_clear
 from embeddings.hotcache import hot_cache_reset
+from embeddings.inputs import EmbedOptions
+from embeddings.jobs import job_create
 from embeddings.registry import DEFAULT_MODEL
-from embeddings.services import EmbedOptions, job_create
 from providers.services import provider_create
 
 # 503 (no worker serves the model here, or the queue is full) and 504 (wait ran out) are the

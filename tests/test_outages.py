@@ -184,16 +184,17 @@ def test_the_redis_clients_have_connect_and_socket_timeouts(settings):
 
 @pytest.mark.django_db
 def test_a_sync_wait_longer_than_the_socket_timeout_still_waits(alice, redis_db, settings):
-    """BLPOP is sliced (embeddings/waiting.py): a wait of 1.5 s on a 0.5 s socket timeout ends as a
+    """BLPOP is sliced (dispatch/local.py): a wait of 1.5 s on a 0.5 s socket timeout ends as a
     WaitTimeout after its full wait, not as a Redis TimeoutError after 0.5 s."""
-    from embeddings import waiting
+    from dispatch import local
     from embedplatform.errors import WaitTimeout
+    from tests import handoff
 
     settings.REDIS_SOCKET_TIMEOUT = 0.5
-    item = waiting.work_item(model="all-MiniLM-L6-v2", texts=["x"], keys=[b"k" * 32], scope=1, wait=1.5)
+    item = handoff.work_item(model="all-MiniLM-L6-v2", texts=["x"], keys=[b"k" * 32], scope=1, wait=1.5)
     started = time.monotonic()
     with pytest.raises(WaitTimeout):
-        waiting.work_wait(item, wait=1.5, dims=384)
+        local.work_wait(item, wait=1.5, dims=384)
     assert 1.4 < time.monotonic() - started < 2.5
 
 
@@ -203,15 +204,16 @@ def test_a_reply_that_arrives_during_a_later_slice_is_taken(alice, redis_db, set
 
     import numpy as np
 
-    from embeddings import waiting
+    from dispatch import frames, local
+    from tests import handoff
 
     settings.REDIS_SOCKET_TIMEOUT = 0.5
-    item = waiting.work_item(model="all-MiniLM-L6-v2", texts=["x"], keys=[b"k" * 32], scope=1, wait=5)
+    item = handoff.work_item(model="all-MiniLM-L6-v2", texts=["x"], keys=[b"k" * 32], scope=1, wait=5)
     vector = np.arange(4, dtype=np.float32)
-    timer = threading.Timer(1.2, waiting.reply_send, args=(item.id, waiting.reply_ok(np.array([3]), vector[None])))
+    timer = threading.Timer(1.2, frames.reply_send, args=(item.id, frames.reply_ok(np.array([3]), vector[None])))
     timer.start()
     try:
-        tokens, vectors = waiting.work_wait(item, wait=5, dims=4)
+        tokens, vectors = local.work_wait(item, wait=5, dims=4)
     finally:
         timer.cancel()
     assert list(tokens) == [3] and vectors[0].tolist() == vector.tolist()

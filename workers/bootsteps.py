@@ -18,12 +18,19 @@ from celery import bootsteps
 from django.conf import settings
 from django.db import connection, connections
 
+from dispatch.keys import PROVIDER_QUEUE, provider_alive_key
+from embeddings.cache import cache_upsert
+from embeddings.registry import model_get, model_specs
+from embedplatform.redisconn import redis_client
+from workers.devices import cpu_threads, device_parse
+from workers.drain import Drainer
+from workers.jobfeed import JobFeed
+from workers.runtime import ModelRuntime
+
 logger = logging.getLogger(__name__)
 
 
 def _cache_upsert(**kwargs) -> int:
-    from embeddings.cache import cache_upsert
-
     try:
         return cache_upsert(**kwargs)
     except Exception:
@@ -42,14 +49,10 @@ class DrainStep(bootsteps.StartStopStep):
         self._stopping = threading.Event()
 
     def _models(self, worker) -> list[str]:
-        from embeddings.registry import model_specs
-
         consumed = set((worker.app.amqp.queues.consume_from or {}).keys())
         return [name for name, spec in model_specs().items() if spec.queue in consumed]
 
     def start(self, worker):
-        from workers.queues import PROVIDER_QUEUE
-
         # At interpreter exit (a worker that was never stopped, e.g. one a test started in-process),
         # quiet the threads before the servers they talk to go away: atexit runs this ahead of
         # the embedded Redis' own shutdown, which registered first.
@@ -69,9 +72,6 @@ class DrainStep(bootsteps.StartStopStep):
 
     def _provider_heartbeat(self, hostname: str) -> None:
         """Tells the API a provider worker is alive (so BYOK misses get a fast 503 when none is)."""
-        from embeddings.waiting import redis_client
-        from workers.queues import provider_alive_key
-
         failing = False
         while True:
             try:
@@ -85,13 +85,6 @@ class DrainStep(bootsteps.StartStopStep):
                 return
 
     def _run(self, models: list[str], hostname: str) -> None:
-        from embeddings.registry import model_get
-        from embeddings.waiting import redis_client
-        from workers.devices import cpu_threads, device_parse
-        from workers.drain import Drainer
-        from workers.jobfeed import JobFeed
-        from workers.runtime import ModelRuntime
-
         try:
             device = device_parse(settings.EMBED_DEVICE)
             backend = settings.EMBED_BACKEND if device == "cpu" else "torch"

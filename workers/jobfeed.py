@@ -1,4 +1,4 @@
-"""What the drain loop needs from Postgres to run job chunks (embeddings/services.py does the work).
+"""What the drain loop needs from Postgres to run job chunks (embeddings/jobs.py does the work).
 
 Kept apart from drain.py so the loop itself has no database code and tests can run it with
 or without jobs.
@@ -9,14 +9,14 @@ from __future__ import annotations
 from django.db import close_old_connections, connection
 
 from embeddings import cache
-from embeddings.retention import cache_hits_record
-from embeddings.services import (
+from embeddings.jobs import (
     ClaimedChunk,
     job_chunk_complete,
     job_chunk_release,
     job_chunks_claim,
     job_orphans_requeue,
 )
+from embeddings.retention import cache_hits_record
 
 
 class JobFeed:
@@ -33,8 +33,8 @@ class JobFeed:
     def lookup(self, chunk: ClaimedChunk, keys: list[bytes]) -> dict[bytes, cache.Hit]:
         """The chunk's texts already cached; each one found counts a hit in its entry's stats
         (one Redis round trip, flushed with the usage: embeddings/retention.py)."""
-        scopes = [chunk.scope] if chunk.scope == cache.PUBLIC_SCOPE else [chunk.scope, cache.PUBLIC_SCOPE]
-        hits = cache.cache_lookup(model=chunk.model, version=chunk.version, keys=list(set(keys)), scopes=scopes)
+        hits = cache.cache_lookup(model=chunk.model, version=chunk.version, keys=list(set(keys)),
+                                  scopes=cache.read_scopes(chunk.scope))
         if hits:
             cache_hits_record(model=chunk.model, version=chunk.version, hits=[(h.scope, k) for k, h in hits.items()])
         return hits

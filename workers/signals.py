@@ -9,8 +9,9 @@ from __future__ import annotations
 import logging
 
 from celery.signals import before_task_publish, task_postrun, task_prerun, worker_ready
+from django.conf import settings
 
-from embedplatform import logs
+from embedplatform import logs, metrics
 
 logger = logging.getLogger(__name__)
 
@@ -58,10 +59,6 @@ def metrics_serve(**kwargs) -> None:
     A port that is taken (two workers on one host with the same port) is logged, not fatal:
     the worker still embeds, only its metrics are not scraped.
     """
-    from django.conf import settings
-
-    from embedplatform import metrics
-
     port = int(getattr(settings, "WORKER_METRICS_PORT", 0) or 0)
     if port:
         metrics.worker_metrics_serve(port=port, addr=getattr(settings, "WORKER_METRICS_ADDR", "0.0.0.0"))

@@ -19,6 +19,7 @@ from cryptography.fernet import Fernet
 from django.core.exceptions import ImproperlyConfigured
 
 from embedplatform import embedded
+from embedplatform.clientip import trusted_networks
 
 BASE_DIR: Final = Path(__file__).resolve().parent.parent.parent
 
@@ -216,7 +217,6 @@ if SYNC_WAIT_MAX <= 0:
 MAX_REQUEST_BYTES: int = env.int("MAX_REQUEST_BYTES", default=8 * 1024 * 1024)
 MAX_INPUTS_PER_REQUEST: int = env.int("MAX_INPUTS_PER_REQUEST", default=2048)
 MAX_INPUT_CHARS: int = env.int("MAX_INPUT_CHARS", default=100_000)
-DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_BYTES
 
 # --- BYOK providers (providers/) ------------------------------------------------------------
 # Exceptions to the SSRF guard: "host" or "host:port" entries that may be private or use http.
@@ -328,8 +328,6 @@ for _name in ("LOGIN_RATE_IP", "LOGIN_RATE_IP_EMAIL", "LOGIN_RATE_EMAIL", "SIGNU
     if not re.fullmatch(r"[1-9]\d*/\d*[smhd]", globals()[_name]):
         raise ImproperlyConfigured(f"{_name}={globals()[_name]!r}: use a count per period, e.g. 10/m, 5/h or 10/15m.")
 try:
-    from embedplatform.clientip import trusted_networks
-
     trusted_networks(tuple(TRUSTED_PROXIES))
 except ValueError as _exc:
     raise ImproperlyConfigured(str(_exc)) from None
@@ -409,6 +407,7 @@ X_FRAME_OPTIONS = "DENY"  # XFrameOptionsMiddleware: no page of this site is sho
 SILENCED_SYSTEM_CHECKS: list[str] = ["security.W003"]
 
 from embedplatform.settings.celery import *  # noqa: E402,F403
+from embedplatform.settings.celery import beat_schedule  # noqa: E402
 
 # --- Jobs --------------------------------------------------------------------------------
 JOB_MAX_TEXTS: int = env.int("JOB_MAX_TEXTS", default=100_000)  # hard cap; tiers set their own max_job_texts
@@ -428,3 +427,7 @@ WEBHOOK_MAX_RESPONSE_BYTES: int = env.int("WEBHOOK_MAX_RESPONSE_BYTES", default=
 DATA_UPLOAD_MAX_MEMORY_SIZE = max(MAX_REQUEST_BYTES, JOB_MAX_REQUEST_BYTES)
 # Prefix of the status_url / results_url links in job payloads ("" = relative links).
 PUBLIC_BASE_URL: str = env.str("PUBLIC_BASE_URL", default="").rstrip("/")
+
+# celery beat's timetable, from the settings above (settings/celery.py builds it).
+CELERY_BEAT_SCHEDULE = beat_schedule(usage_flush_seconds=USAGE_FLUSH_SECONDS, job_sweep_seconds=JOB_SWEEP_SECONDS,
+                                     cache_retention_days=CACHE_RETENTION_DAYS or 0)

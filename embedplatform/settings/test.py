@@ -8,6 +8,7 @@ uses DB TEST_REDIS_DB (13) so a dev stack on DB 0 never collides with the tests.
 
 from __future__ import annotations
 
+import atexit
 import os
 import re
 
@@ -15,6 +16,7 @@ os.environ.setdefault("SECRET_KEY", "test-secret-key-not-for-production-01234567
 os.environ.setdefault("ENCRYPTION_KEY", "wDBOYgsOnKWlkV5dGfXprVV5LyEOFKjykTMlm0XJa1Y=")  # a Fernet key, tests only
 os.environ.setdefault("SYNC_WAIT_SECONDS", "20")
 
+from embedplatform import embedded
 from embedplatform.settings.base import *  # noqa: F403
 from embedplatform.settings.base import EMBEDDED_DB, EMBEDDED_REDIS, VAR_DIR, env
 
@@ -22,10 +24,6 @@ TEST_REDIS_DB = env.int("TEST_REDIS_DB", default=13)
 TEST_VAR_DIR = VAR_DIR / "test"
 
 if EMBEDDED_DB or EMBEDDED_REDIS:
-    import atexit
-
-    from embedplatform import embedded
-
     embedded.ensure_var_dir(TEST_VAR_DIR)
     if EMBEDDED_DB:
         _pg = embedded.start_postgres(TEST_VAR_DIR)

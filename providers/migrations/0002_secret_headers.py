@@ -7,7 +7,8 @@ from django.db import migrations, models
 def encrypt_header_values(apps, schema_editor):
     """Encrypts in place the header values that are not {{api_key}} templates: `headers` keeps
     their masks, `headers_encrypted` the Fernet token of the clear values (ProviderConfig.headers_store)."""
-    from providers.crypto import secret_digest, secret_encrypt, secret_mask
+    from embedplatform.masking import secret_mask
+    from providers.crypto import secret_digest, secret_encrypt
     from providers.models import header_is_template
 
     ProviderConfig = apps.get_model("providers", "ProviderConfig")

@@ -164,7 +164,7 @@ def test_a_missing_text_sent_three_times_counts_three_misses_and_their_tokens(al
 def test_work_the_admission_cannot_queue_is_503_and_counts_no_text(alice, client_for, redis_db, tiers, settings):
     """The misses' work item is queued by the admission script: refused whole when no worker is
     alive or the queue is full, with nothing counted but the request in its minute window."""
-    from workers.queues import alive_key, work_list
+    from dispatch.keys import alive_key, work_list
 
     client = client_for(alice)
     response = _embed(client, ["nobody", "serves", "me"])

@@ -221,7 +221,7 @@ def test_a_failing_step_backs_off_and_logs_one_traceback(loops, redis_db, caplog
         calls.append(1)
         raise redis_lib.ConnectionError("Connection refused")
 
-    monkeypatch.setattr(loop, "_take", broken)
+    monkeypatch.setattr(loop, "take", broken)
     thread = loop.start(name="unlucky")
     with caplog.at_level(logging.INFO, logger="workers.drain"):
         time.sleep(2.0)  # not a wait for an event: the window in which the failing steps are counted

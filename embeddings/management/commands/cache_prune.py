@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django.core.management.base import BaseCommand, CommandError
 
+from accounts.models import Tenant
 from embeddings.retention import PRUNE_BATCH, cache_prune, duration_parse
 
 
@@ -29,11 +30,8 @@ class Command(BaseCommand):
             raise CommandError("--unused-for must be more than 0.")
         if opts["batch_size"] < 1:
             raise CommandError("--batch-size must be at least 1.")
-        if opts["tenant"] is not None and opts["tenant"] != 0:
-            from accounts.models import Tenant
-
-            if not Tenant.objects.filter(pk=opts["tenant"]).exists():
-                raise CommandError(f"No tenant with id {opts['tenant']}.")
+        if opts["tenant"] not in (None, 0) and not Tenant.objects.filter(pk=opts["tenant"]).exists():
+            raise CommandError(f"No tenant with id {opts['tenant']}.")
         what = " ".join(filter(None, [
             f"of tenant {opts['tenant']}" if opts["tenant"] else ("of the public scope" if opts["tenant"] == 0 else ""),
             f"of model {opts['model']}" if opts["model"] else "",

@@ -11,10 +11,10 @@ from django.db import connection
 from django.http import JsonResponse
 from django.utils.log import log_response
 
+from dispatch.keys import heartbeat_pattern
 from embeddings.registry import model_specs
-from embeddings.waiting import redis_client
 from embedplatform.celery import app as celery_app
-from workers.queues import heartbeat_pattern
+from embedplatform.redisconn import redis_client
 
 logger = logging.getLogger(__name__)
 

@@ -8,9 +8,13 @@ import time
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
+from accounts.models import Tenant
+from dispatch.base import INPUT_TYPES
 from embeddings.cache import PUBLIC_SCOPE
-from embeddings.registry import DEFAULT_MODEL, INPUT_TYPES, model_get, model_specs
-from embeddings.services import cache_seed
+from embeddings.registry import DEFAULT_MODEL, model_get, model_specs
+from embeddings.seeding import cache_seed
+from workers.devices import device_parse
+from workers.runtime import ModelRuntime
 
 
 def _lines(stream):
@@ -35,20 +39,15 @@ class Command(BaseCommand):
 
     def handle(self, *args, **opts):
         spec = model_get(opts["model"])
-        if spec is None or spec.compute != "local":
+        if spec is None:
             raise CommandError(f"Unknown model {opts['model']!r}; served models: {', '.join(model_specs())}.")
         if opts["batch_size"] < 1:
             raise CommandError("--batch-size must be at least 1.")
         scope = PUBLIC_SCOPE
         if opts["tenant"] is not None:
-            from accounts.models import Tenant
-
             if not Tenant.objects.filter(pk=opts["tenant"]).exists():
                 raise CommandError(f"No tenant with id {opts['tenant']}.")
             scope = opts["tenant"]
-        from workers.devices import device_parse
-        from workers.runtime import ModelRuntime
-
         try:
             stream = sys.stdin if opts["file"] == "-" else open(opts["file"], encoding="utf-8")  # noqa: SIM115
         except OSError as exc:

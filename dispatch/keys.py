@@ -1,4 +1,4 @@
-"""Every queue name in one place.
+"""Every queue, list and key name of the hand-off in one place.
 
 One queue per model, so that every worker (GPU or machine) serving a model drains the
 same queue, and operators can add consumers for one model without touching code.
@@ -9,6 +9,9 @@ a few texts, see docs/DECISIONS.md): it goes through a plain Redis list per mode
 claimed by the same loop (a Redis list per model only signals them). The Celery queue
 `embed.<model>` carries the worker itself (Flower, inspect, control); the small periodic and
 webhook tasks go to DEFAULT_QUEUE, provider calls to PROVIDER_QUEUE.
+
+Celery tasks are sent by name (the names below) from the layers beneath the workers, so that
+no module below workers/ imports a task (see dispatch/__init__.py).
 """
 
 from __future__ import annotations
@@ -16,6 +19,10 @@ from __future__ import annotations
 PROVIDER_QUEUE = "providers"
 # Small periodic and I/O tasks (usage flush, job sweep, webhooks); the provider worker consumes it.
 DEFAULT_QUEUE = "default"
+
+# Celery task names (workers/tasks.py defines the tasks; lower layers send them by name).
+PROVIDER_EMBED_TASK = "workers.provider_embed"
+JOB_WEBHOOK_TASK = "workers.job_webhook"
 
 
 def model_queue(model: str) -> str:
@@ -65,8 +72,8 @@ def provider_alive_key() -> str:
 def owner_key(token: str) -> str:
     """Set with a short TTL by each running drain loop, under the token its claims carry (job
     chunk leases, taken work items). When the key is gone the loop is gone: its work is taken over
-    at once instead of after a lease period (embeddings/services.job_orphans_requeue,
-    embeddings/waiting.work_wait)."""
+    at once instead of after a lease period (embeddings/jobs.job_orphans_requeue,
+    dispatch/local.work_wait)."""
     return f"embed:owner:{token}"
 
 

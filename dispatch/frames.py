@@ -1,0 +1,115 @@
+"""The wire format between a waiting request and whatever computes it: the work item and its reply.
+
+One work item per request (all its missing texts). The reply is pushed on the item's reply key
+(dispatch.keys.reply_key), which the request BLPOPs:
+
+    b"K" + int32[n] token counts + float32[n, dims] vectors (little-endian)
+    b"E" + a UTF-8 message: the item's texts could not be embedded (a 400)
+    b"F" + JSON of an ApiError: the failure reaches the client as that error (e.g. a provider's 502)
+
+Defined here and only here: the drain loop, the provider worker and the web all use these.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+
+import numpy as np
+import orjson
+
+from dispatch.keys import reply_key
+from embedplatform.errors import ApiError, InvalidInput
+from embedplatform.logs import request_id_get
+from embedplatform.redisconn import redis_client
+
+REPLY_TTL_SECONDS = 120
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    id: str
+    model: str
+    texts: list[str]
+    keys: list[bytes]
+    scope: int
+    deadline: float
+    priority: str = "hi"
+    rid: str | None = None  # the request id (embedplatform/logs.py), for the drain loop's logs
+    tenant: int = 0  # whose usage the misses (texts, tokens, compute time) are counted to; 0: nobody's
+    counts: list[int] | None = None  # how many of the request's inputs each text stands for (None: one each)
+
+    @classmethod
+    def new(cls, *, model: str, texts: list[str], keys: list[bytes], scope: int, wait: float, tenant: int = 0,
+            counts: list[int] | None = None) -> WorkItem:
+        """A fresh item whose request waits `wait` seconds from now."""
+        return cls(id=uuid.uuid4().hex, model=model, texts=texts, keys=keys, scope=scope, deadline=time.time() + wait,
+                   rid=request_id_get(), tenant=tenant, counts=counts)
+
+    def dumps(self) -> bytes:
+        return orjson.dumps(
+            {"id": self.id, "model": self.model, "texts": self.texts, "keys": [k.hex() for k in self.keys],
+             "scope": self.scope, "deadline": self.deadline, "rid": self.rid, "tenant": self.tenant,
+             "counts": self.counts}
+        )
+
+    @classmethod
+    def loads(cls, raw: bytes) -> WorkItem:
+        d = orjson.loads(raw)
+        return cls(id=d["id"], model=d["model"], texts=d["texts"], keys=[bytes.fromhex(k) for k in d["keys"]],
+                   scope=d["scope"], deadline=d["deadline"], rid=d.get("rid"), tenant=d.get("tenant", 0),
+                   counts=d.get("counts"))
+
+    def usage(self, tokens) -> tuple[int, int]:
+        """(inputs, tokens) this item's texts stand for in its request, given each text's token count."""
+        if self.counts is None:
+            return len(self.texts), int(sum(int(t) for t in tokens))
+        return sum(self.counts), int(sum(int(t) * c for t, c in zip(tokens, self.counts, strict=True)))
+
+
+def reply_ok(tokens: np.ndarray, vectors: np.ndarray) -> bytes:
+    return b"K" + np.asarray(tokens, dtype="<i4").tobytes() + np.ascontiguousarray(vectors, dtype="<f4").tobytes()
+
+
+def reply_error(message: str) -> bytes:
+    return b"E" + message.encode("utf-8", "replace")
+
+
+def reply_failure(error: ApiError) -> bytes:
+    """An error reply that reaches the client as `error` itself (its status, type, code and message):
+    an upstream failure is a 502/504, not bad input."""
+    return b"F" + orjson.dumps(
+        {"status": error.status, "type": error.type, "code": error.code, "param": error.param, "message": error.message}
+    )
+
+
+def reply_push(pipe, item_id: str, payload: bytes) -> None:
+    """Queues the answer to one waiting request on `pipe` (the caller's round trip)."""
+    key = reply_key(item_id)
+    pipe.rpush(key, payload)
+    pipe.expire(key, REPLY_TTL_SECONDS)
+
+
+def reply_send(item_id: str, payload: bytes) -> None:
+    """Answers one waiting request in a round trip of its own."""
+    pipe = redis_client().pipeline(transaction=False)
+    reply_push(pipe, item_id, payload)
+    pipe.execute()
+
+
+def reply_parse(raw: bytes, *, n: int, dims: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """(tokens int32[n], vectors float32[n, dims]); raises InvalidInput for an error reply and the
+    carried ApiError for a b"F" reply. dims=None: taken from the frame's length (provider models)."""
+    if raw[:1] == b"E":
+        raise InvalidInput(f"The input could not be embedded: {raw[1:].decode('utf-8', 'replace')}", param="input")
+    if raw[:1] == b"F":
+        d = orjson.loads(raw[1:])
+        error = ApiError(d["message"], param=d.get("param"), code=d.get("code"))
+        error.status, error.type = int(d["status"]), d["type"]
+        raise error
+    if dims is None:
+        dims = (len(raw) - 1 - 4 * n) // (4 * n) if n else 0
+    tokens = np.frombuffer(raw, dtype="<i4", count=n, offset=1)
+    vectors = np.frombuffer(raw, dtype="<f4", offset=1 + 4 * n).reshape(n, dims)
+    return tokens, vectors

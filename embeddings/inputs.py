@@ -1,0 +1,72 @@
+"""What an embedding request asks for, checked once for the sync path and jobs alike: its options,
+the model it may use (model_resolve) and its texts as the model sees them (model_inputs)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from accounts.models import Tenant
+from dispatch.base import ServedModel
+from embeddings.registry import model_get
+from embedplatform.errors import (
+    DIMENSIONS_OUT_OF_RANGE,
+    INPUT_TOO_LONG,
+    MODEL_NOT_ALLOWED,
+    MODEL_UNKNOWN,
+    SERVER_COMPUTE_REFUSED,
+    InvalidInput,
+    NotAllowed,
+    NotFound,
+)
+from providers.dispatch import provider_model_resolve
+
+
+@dataclass(frozen=True)
+class EmbedOptions:
+    model: str
+    normalize: bool | None = None
+    dimensions: int | None = None
+    truncate: bool = True
+    input_type: str | None = None
+    public: bool = False
+
+
+def model_resolve(*, tenant: Tenant, model: str) -> ServedModel:
+    """The served model `model` if this tenant may use it: NotFound / NotAllowed otherwise.
+
+    `<provider name>/<upstream model>` names one of the tenant's BYOK providers
+    (providers/dispatch.py), which every tier may use.
+    """
+    if "/" in model:
+        return provider_model_resolve(tenant=tenant, model=model)
+    spec = model_get(model)
+    if spec is None:
+        raise NotFound(MODEL_UNKNOWN.format(model=model), param="model", code="model_not_found")
+    tier = tenant.tier
+    if not tier.server_compute:
+        raise NotAllowed(SERVER_COMPUTE_REFUSED.format(tier=tier.name, model=model), param="model")
+    if not tier.allows_model(model):
+        raise NotAllowed(MODEL_NOT_ALLOWED.format(model=model, tier=tier.name), param="model")
+    return spec
+
+
+def model_inputs(spec: ServedModel, texts: list[str], options: EmbedOptions) -> list[str]:
+    """The texts as the model sees them (its prompt for options.input_type first), after the checks
+    that need the model: `dimensions` within its range, and (truncate=false) every input within
+    its max_tokens where the web can count them. Raises InvalidInput."""
+    if options.dimensions is not None and not 1 <= options.dimensions <= spec.max_dimensions:
+        raise InvalidInput(
+            DIMENSIONS_OUT_OF_RANGE.format(max=spec.max_dimensions, model=spec.name, got=options.dimensions),
+            param="dimensions",
+        )
+    prompt = spec.prompt(options.input_type)
+    inputs = [prompt + t for t in texts] if prompt else texts
+    if not options.truncate and spec.max_tokens is not None:
+        counts = spec.token_counts(inputs)
+        for index, n in enumerate(counts or ()):
+            if n > spec.max_tokens:
+                raise InvalidInput(
+                    INPUT_TOO_LONG.format(index=index, tokens=n, max=spec.max_tokens, model=spec.name),
+                    param="input", code="context_length_exceeded",
+                )
+    return inputs
