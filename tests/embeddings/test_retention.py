@@ -4,9 +4,13 @@ sizes in /v1/usage and the admin."""
 
 from __future__ import annotations
 
-import importlib
 import io
+import json
+import os
+import subprocess
+import sys
 from datetime import timedelta
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -191,25 +195,27 @@ def test_the_prune_command_prints_progress_and_the_total(aged):
 
 
 @pytest.mark.django_db
-def test_cache_retention_days_prunes_daily_from_beat_on_the_default_queue(aged, settings, monkeypatch):
-    from embedplatform.settings import celery as celery_settings
+def test_cache_retention_days_prunes_daily_from_beat_on_the_default_queue(aged, settings):
     from workers.tasks import cache_prune as cache_prune_task
 
-    assert "cache-prune" not in celery_settings.CELERY_BEAT_SCHEDULE  # unset: kept forever
+    assert "cache-prune" not in settings.CELERY_BEAT_SCHEDULE  # unset: kept forever
     settings.CACHE_RETENTION_DAYS = None
     assert cache_prune_task() == 0 and CachedEmbedding.objects.count() == 7
     settings.CACHE_RETENTION_DAYS = 90
     assert cache_prune_task() == 5
 
-    monkeypatch.setenv("CACHE_RETENTION_DAYS", "90")
-    try:
-        entry = importlib.reload(celery_settings).CELERY_BEAT_SCHEDULE["cache-prune"]
-    finally:
-        monkeypatch.delenv("CACHE_RETENTION_DAYS")
-        importlib.reload(celery_settings)
+    # The settings as a deployment reads them, with CACHE_RETENTION_DAYS in its environment.
+    env = {**os.environ, "CACHE_RETENTION_DAYS": "90", "DJANGO_SETTINGS_MODULE": "embedplatform.settings.base"}
+    shown = subprocess.run(
+        [sys.executable, "-c", "import django, json; django.setup(); from django.conf import settings; "
+         "e = settings.CELERY_BEAT_SCHEDULE['cache-prune']; "
+         "print(json.dumps({'task': e['task'], 'options': e.get('options', {}), 'hour': sorted(e['schedule'].hour)}))"],
+        cwd=Path(__file__).resolve().parents[2], env=env, capture_output=True, text=True, timeout=60, check=True,
+    )
+    entry = json.loads(shown.stdout.strip().splitlines()[-1])
     assert entry["task"] == cache_prune_task.name == "workers.cache_prune"
-    assert "queue" not in entry.get("options", {}) and "workers.cache_prune" not in settings.CELERY_TASK_ROUTES
-    assert entry["schedule"].hour == {3}  # once a day
+    assert "queue" not in entry["options"] and "workers.cache_prune" not in settings.CELERY_TASK_ROUTES
+    assert entry["hour"] == [3]  # once a day
 
 
 def test_cache_retention_days_must_be_a_positive_number(monkeypatch):
