@@ -5,7 +5,11 @@ action, not edited. A tenant's webhook secret appears masked and is replaced wit
 Usage rows are read-only.
 """
 
+from __future__ import annotations
+
 from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
 from django.template.defaultfilters import filesizeformat
 from django.utils import timezone
 from django.utils.html import format_html_join
@@ -39,7 +43,7 @@ class ApiKeyInline(admin.TabularInline):
     extra = 0
     can_delete = False
 
-    def has_add_permission(self, request, obj=None) -> bool:
+    def has_add_permission(self, request: HttpRequest, obj: Tenant | None = None) -> bool:
         return False  # a key is made through the API or `create_tenant`, which show it once
 
 
@@ -54,12 +58,12 @@ class TenantAdmin(admin.ModelAdmin):
     actions = ["regenerate_webhook_secret"]
 
     @admin.display(description="Webhook secret")
-    def webhook_secret_masked(self, obj) -> str:
+    def webhook_secret_masked(self, obj: Tenant | None) -> str:
         """Never the secret itself: the tenant reads it with GET /v1/webhook-secret."""
         return secret_mask(obj.webhook_secret) if obj is not None and obj.pk is not None else "-"
 
     @admin.action(description="Regenerate webhook secret (receivers must switch to the new one)")
-    def regenerate_webhook_secret(self, request, queryset):
+    def regenerate_webhook_secret(self, request: HttpRequest, queryset: QuerySet[Tenant]) -> None:
         count = 0
         for tenant in queryset:
             tenant.webhook_secret = _webhook_secret()
@@ -69,7 +73,7 @@ class TenantAdmin(admin.ModelAdmin):
                                    "with GET /v1/webhook-secret.", messages.SUCCESS)
 
     @admin.display(description="Cache size")
-    def cache_size(self, obj) -> str:
+    def cache_size(self, obj: Tenant | None) -> str:
         """Entries and vector bytes per model in the tenant's cache scope (the tenant page only)."""
         if obj is None or obj.pk is None:
             return "-"
@@ -101,11 +105,11 @@ class ApiKeyAdmin(admin.ModelAdmin):
     readonly_fields = ("prefix", "tenant", "created_by", "created_at", "last_used_at", "revoked_at")
     actions = ["revoke"]
 
-    def has_add_permission(self, request) -> bool:
+    def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
     @admin.action(description="Revoke the selected keys (they fail at once)")
-    def revoke(self, request, queryset):
+    def revoke(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
         count = queryset.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
         auth_epoch_bump()
         self.message_user(request, f"Revoked {count} key(s).", messages.SUCCESS)
@@ -118,11 +122,11 @@ class DailyUsageAdmin(admin.ModelAdmin):
     search_fields = ("tenant__name", "model")
     date_hierarchy = "day"
 
-    def has_add_permission(self, request) -> bool:
+    def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
-    def has_change_permission(self, request, obj=None) -> bool:
+    def has_change_permission(self, request: HttpRequest, obj: DailyUsage | None = None) -> bool:
         return False
 
-    def has_delete_permission(self, request, obj=None) -> bool:
+    def has_delete_permission(self, request: HttpRequest, obj: DailyUsage | None = None) -> bool:
         return False

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 from django.utils import timezone
 from rest_framework import authentication, exceptions
-from rest_framework_simplejwt.authentication import JWTAuthentication
+from rest_framework_simplejwt.authentication import AuthUser, JWTAuthentication
 from rest_framework_simplejwt.exceptions import AuthenticationFailed as JwtAuthenticationFailed
 from rest_framework_simplejwt.tokens import Token
 
@@ -16,6 +17,9 @@ from accounts.keys import key_parse_prefix, key_verify
 from accounts.models import ApiKey, Tenant, User
 from accounts.selectors import api_key_for_auth
 from embedplatform.errors import NO_TENANT, NotAllowed
+
+if TYPE_CHECKING:
+    from rest_framework.request import Request
 
 # last_used_at is written at most this often per key, not on every request.
 LAST_USED_RESOLUTION = timedelta(seconds=60)
@@ -33,7 +37,7 @@ class KeyPrincipal:
     is_staff: bool = False
 
     @property
-    def pk(self):  # logging wants an id
+    def pk(self) -> str:  # logging wants an id
         return f"key:{self.api_key.prefix}"
 
 
@@ -50,7 +54,7 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
 
     keyword = "Bearer"
 
-    def authenticate(self, request):
+    def authenticate(self, request: Request) -> tuple[KeyPrincipal, ApiKey] | None:
         header = request.META.get("HTTP_AUTHORIZATION", "")
         if not header:
             return None
@@ -78,7 +82,7 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
         _touch(key)
         return KeyPrincipal(tenant=key.tenant, api_key=key, epoch=epoch), key
 
-    def authenticate_header(self, request):
+    def authenticate_header(self, request: Request) -> str:
         return self.keyword
 
 
@@ -92,7 +96,7 @@ def _load(prefix: str, epoch: str | None = None) -> tuple[ApiKey | None, str]:
     return key, epoch
 
 
-def api_key_recheck(request, epoch: str) -> None:
+def api_key_recheck(request: Request, epoch: str) -> None:
     """For a view with `checks_auth_epoch`: `epoch` is the current one, read after authentication.
     A key read at another epoch is read again (401 if it was revoked or its tenant deactivated;
     a changed tenant or tier replaces request.user)."""
@@ -102,7 +106,8 @@ def api_key_recheck(request, epoch: str) -> None:
     key, epoch = _load(principal.api_key.prefix, epoch=epoch)
     if key is None:
         raise exceptions.AuthenticationFailed(INVALID_KEY)
-    request.user = KeyPrincipal(tenant=key.tenant, api_key=key, epoch=epoch)
+    # A key's principal stands in for a user (the stubs type request.user as a user).
+    request.user = KeyPrincipal(tenant=key.tenant, api_key=key, epoch=epoch)  # type: ignore[assignment]
     request.auth = key
 
 
@@ -121,13 +126,13 @@ class JwtAuthentication(JWTAuthentication):
     a nested dict meant for its views).
     """
 
-    def authenticate(self, request):
+    def authenticate(self, request: Request) -> tuple[AuthUser, Token] | None:
         try:
             return super().authenticate(request)
         except JwtAuthenticationFailed as exc:
             raise exceptions.AuthenticationFailed(INVALID_TOKEN) from exc
 
-    def get_user(self, validated_token: Token) -> User:
+    def get_user(self, validated_token: Token) -> User:  # type: ignore[override]  # simplejwt's is a bare TypeVar
         try:
             user_id = validated_token["user_id"]
         except KeyError:
@@ -141,19 +146,19 @@ class JwtAuthentication(JWTAuthentication):
 INVALID_TOKEN = "Invalid or expired access token; POST /v1/auth/login or /v1/auth/refresh for a new one."
 
 
-def is_jwt_request(request) -> bool:
+def is_jwt_request(request: Request) -> bool:
     """True when the request was authenticated with a JWT (a user session), not an API key."""
     return isinstance(request.auth, Token)
 
 
-def request_principal_id(request) -> str:
+def request_principal_id(request: Request) -> str:
     """A stable id of the credential, for per-key rate limits: `key:<prefix>` or `user:<id>`."""
     if isinstance(request.auth, ApiKey):
         return f"key:{request.auth.prefix}"
     return f"user:{request.user.pk}"
 
 
-def request_tenant(request) -> Tenant:
+def request_tenant(request: Request) -> Tenant:
     """The tenant a request acts for; views never take it from the body.
 
     Raises NotAllowed for a JWT user without a tenant (a staff-only account).

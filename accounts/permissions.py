@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from rest_framework.permissions import BasePermission
 
 from accounts.authentication import is_jwt_request
 from embedplatform.errors import JWT_REQUIRED, NotAllowed
+
+if TYPE_CHECKING:
+    from rest_framework.request import Request
+    from rest_framework.views import APIView
 
 
 class IsJwtAuthenticated(BasePermission):
@@ -14,7 +20,7 @@ class IsJwtAuthenticated(BasePermission):
     Set `jwt_required_for` on the view to name the thing in the message ("API keys").
     """
 
-    def has_permission(self, request, view) -> bool:
+    def has_permission(self, request: Request, view: APIView) -> bool:
         if request.user is None or not request.user.is_authenticated:
             return False  # DRF answers 401
         if not is_jwt_request(request):

@@ -20,6 +20,7 @@ import contextlib
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django_ratelimit.core import get_usage
@@ -40,6 +41,9 @@ from embedplatform.errors import (
     Throttled,
 )
 from embedplatform.redisconn import redis_client, script
+
+if TYPE_CHECKING:
+    from rest_framework.request import Request
 
 
 def time_now() -> datetime:
@@ -341,6 +345,7 @@ def admit(*, tenant: Tenant, texts: int = 0, caller: Caller | None = None,
     if caller is not None:
         caller.admitted = True
     if verdict == -4:
+        assert work is not None  # the script refuses work only where it was given some
         raise work.refused(int(depth))
     limit = tier.requests_per_minute
     rate = None
@@ -459,7 +464,7 @@ PROVIDER_TEST_THROTTLED = ("Too many provider tests: your tenant may test provid
                            "(PROVIDER_TEST_RATE); retry in {retry_after} s.")
 
 
-def provider_test_check(request, *, tenant: Tenant) -> None:
+def provider_test_check(request: Request, *, tenant: Tenant) -> None:
     """Counts a provider test against the tenant's PROVIDER_TEST_RATE (django-ratelimit, every
     user of the tenant together); raises Throttled (429, Retry-After, X-RateLimit-*) when spent.
     Each test calls an upstream from the web for up to PROVIDER_TEST_TIMEOUT_SECONDS."""

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from rest_framework import serializers
 
-from accounts.models import ApiKey
+from accounts.models import ApiKey, DailyUsage
+from accounts.selectors import UsageSummary
 from embedplatform.responses import IsoDateTimeField
 
 CLEAR_KEY_HELP = "The clear API key, shown this once."
@@ -45,13 +46,13 @@ class ApiKeySerializer(serializers.Serializer):
 
 class ApiKeyListSerializer(serializers.Serializer):
     object = serializers.CharField(default="list")
-    data = ApiKeySerializer(many=True)
+    data = ApiKeySerializer(many=True)  # type: ignore[assignment]  # a field: DRF's metaclass keeps .data
 
 
 class ApiKeyCreatedSerializer(ApiKeySerializer):  # of the ApiKey, with context={"api_key": its clear value}
 
-    last_used_at = None
-    revoked_at = None
+    last_used_at = None  # type: ignore[assignment]  # None removes the inherited field (DRF)
+    revoked_at = None  # type: ignore[assignment]
     api_key = serializers.SerializerMethodField(help_text=CLEAR_KEY_HELP)
 
     def get_api_key(self, key: ApiKey) -> str:
@@ -93,7 +94,7 @@ class UsageCacheSerializer(serializers.Serializer):
                   "is refused (403 cache_full) until entries are deleted or expire.",
     )
 
-    def get_limit_bytes(self, summary) -> int | None:
+    def get_limit_bytes(self, summary: UsageSummary) -> int | None:
         return summary.cache_limit_bytes or None
 
 
@@ -113,7 +114,7 @@ class UsageRowSerializer(serializers.Serializer):
     tokens = serializers.IntegerField()
     compute_ms = serializers.SerializerMethodField()
 
-    def get_compute_ms(self, row) -> float:
+    def get_compute_ms(self, row: DailyUsage) -> float:
         return round(row.compute_ms, 3)
 
 
@@ -129,16 +130,16 @@ class UsageSerializer(serializers.Serializer):  # of accounts.selectors.UsageSum
     today = UsageTotalsSerializer()
     month = UsageTotalsSerializer()
     quota = QuotaSerializer()
-    data = UsageRowSerializer(source="rows", many=True)
+    data = UsageRowSerializer(source="rows", many=True)  # type: ignore[assignment]  # a field, as above
 
     def get_fields(self) -> dict:
         # `from` is a Python keyword, so the field is declared as from_.
         return {"from" if name == "from_" else name: field for name, field in super().get_fields().items()}
 
-    def get_cache_hits(self, summary) -> int:
+    def get_cache_hits(self, summary: UsageSummary) -> int:
         return sum(r.cache_hits for r in summary.rows)
 
-    def get_cache_misses(self, summary) -> int:
+    def get_cache_misses(self, summary: UsageSummary) -> int:
         return sum(r.cache_misses for r in summary.rows)
 
 

@@ -3,8 +3,11 @@ and response definitions are the views' own (accounts/views.py, accounts/respons
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import F, OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework.serializers import Serializer
 
 from accounts.responses import (
     ApiKeyCreatedSerializer,
@@ -59,7 +62,7 @@ KEY_CREATE_403 = _error(
 )
 
 
-def signup_schema(input_serializer):
+def signup_schema(input_serializer: type[Serializer]) -> Callable[[F], F]:
     return extend_schema(
         request=named(input_serializer, "Signup"),
         operation_id="auth_signup",
@@ -87,7 +90,7 @@ def signup_schema(input_serializer):
     )
 
 
-def login_schema(input_serializer):
+def login_schema(input_serializer: type[Serializer]) -> Callable[[F], F]:
     return extend_schema(
         request=named(input_serializer, "Login"),
         operation_id="auth_login",
@@ -119,7 +122,7 @@ def login_schema(input_serializer):
     )
 
 
-def refresh_schema(input_serializer):
+def refresh_schema(input_serializer: type[Serializer]) -> Callable[[F], F]:
     return extend_schema(
         request=named(input_serializer, "Refresh"),
         operation_id="auth_refresh",
@@ -172,7 +175,7 @@ key_list_schema = extend_schema(
 )
 
 
-def key_create_schema(input_serializer):
+def key_create_schema(input_serializer: type[Serializer]) -> Callable[[F], F]:
     return extend_schema(
         request=named(input_serializer, "ApiKeyCreate"),
         operation_id="keys_create",

@@ -1,24 +1,27 @@
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date
 from functools import cache
+from typing import Any
 
 from django.db import connection
-from django.db.models import QuerySet
+from django.db.models import Model, QuerySet
 
 from accounts.models import ApiKey, DailyUsage, Tenant, Tier
 from accounts.quotas import QuotaState, quota_state, time_now
 
 
 @cache
-def _auth_sql() -> tuple[str, list[tuple[type, list[str], list]]]:
+def _auth_sql() -> tuple[str, list[tuple[type[Model], list[str], list]]]:
     """SELECT of a key with its tenant and tier, built once from the models' fields.
 
     The ORM takes longer to compile this query than Postgres takes to run it, and it runs
     on every request, so it is compiled here once.
     """
-    parts, layout = [], []
+    parts: list[str] = []
+    layout: list[tuple[type[Model], list[str], list]] = []
     for model, alias in ((ApiKey, "k"), (Tenant, "t"), (Tier, "r")):
         fields = model._meta.concrete_fields
         parts += [f'{alias}."{f.column}"' for f in fields]
@@ -40,7 +43,8 @@ def api_key_for_auth(*, prefix: str) -> ApiKey | None:
         row = cur.fetchone()
     if row is None:
         return None
-    objs, i = [], 0
+    objs: list[Any] = []  # the key, its tenant, the tenant's tier
+    i = 0
     for model, names, converters in layout:
         values = [
             conv(v, None, connection) if conv is not None else v
@@ -90,7 +94,7 @@ class UsageSummary:
     cache_full: bool = False  # new vectors are served but not stored; jobs are refused (embeddings/cachecap.py)
 
 
-def _totals(rows) -> dict:
+def _totals(rows: Iterable[DailyUsage]) -> dict:
     out = {"texts": 0, "cache_hits": 0, "cache_misses": 0, "tokens": 0, "compute_ms": 0.0}
     for r in rows:
         out["cache_hits"] += r.cache_hits

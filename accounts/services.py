@@ -3,11 +3,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from datetime import date
+from typing import cast
 
 from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
 from django.utils import timezone
+from redis.client import Pipeline
 
 from accounts.authcache import auth_epoch_bump
 from accounts.keys import key_make
@@ -104,14 +106,14 @@ def usage_hits(*, tenant_id: int, model: str, hits: int, tokens: int) -> UsageHi
 
 
 def usage_record(*, tenant_id: int, model: str, cache_hits: int = 0, cache_misses: int = 0, tokens: int = 0,
-                 compute_ms: float = 0.0, day: date | None = None, pipe=None) -> None:
+                 compute_ms: float = 0.0, day: date | None = None, pipe: Pipeline | None = None) -> None:
     """Adds to today's (UTC) counters for tenant and model; one Redis round trip, no DB write.
 
     Pass `pipe` (a Redis pipeline) to fold it into the caller's round trip.
     """
     member = f"{(day or timezone.now().date()).isoformat()}|{tenant_id}|{model}"
     own = pipe is None
-    if own:
+    if pipe is None:
         pipe = redis_client().pipeline(transaction=False)  # no MULTI/EXEC: usage_flush RENAMEs, so no torn reads
     key = _USAGE + member
     for field, value in (("cache_hits", cache_hits), ("cache_misses", cache_misses), ("tokens", tokens)):
@@ -149,7 +151,7 @@ def usage_flush() -> int:
         written = 0
         for tmp, member in dirty_hashes_take(dirty=_DIRTY, prefix=_USAGE, flushing=_FLUSHING):
             day, tenant_id, model = member.split("|", 2)
-            values = {k.decode(): v for k, v in client.hgetall(tmp).items()}
+            values = {cast(bytes, k).decode(): v for k, v in client.hgetall(tmp).items()}
             row = [int(values.get(f, 0)) if f != "compute_ms" else float(values.get(f, 0)) for f in _FIELDS]
             with transaction.atomic(), connection.cursor() as cur:
                 cur.execute(_UPSERT, [int(tenant_id), day, model, *row, int(tenant_id)])

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 
@@ -16,5 +18,5 @@ from accounts.models import ApiKey, Tenant, Tier
 @receiver(post_delete, sender=Tenant, dispatch_uid="accounts.authcache.tenant_deleted")
 @receiver(post_save, sender=Tier, dispatch_uid="accounts.authcache.tier_saved")
 @receiver(post_delete, sender=Tier, dispatch_uid="accounts.authcache.tier_deleted")
-def auth_changed(**kwargs) -> None:
+def auth_changed(**kwargs: Any) -> None:
     auth_epoch_bump()

@@ -15,6 +15,7 @@ Checks run before the password hash, so a refused attempt costs no hashing.
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 from django.conf import settings
 from django.contrib import admin
@@ -24,16 +25,19 @@ from django_ratelimit.core import get_usage
 from embedplatform.clientip import client_ip_key
 from embedplatform.errors import LOGIN_THROTTLED, SIGNUP_THROTTLED, Throttled
 
+if TYPE_CHECKING:
+    from rest_framework.request import Request
+
 ADMIN_LOGIN_THROTTLED = "Too many admin login attempts from your address; retry in {retry_after} s."
 
 
-def _count(request, group: str, value: str, rate: str, *, increment: bool) -> dict | None:
+def _count(request: HttpRequest | Request, group: str, value: str, rate: str, *, increment: bool) -> dict | None:
     """django-ratelimit's usage of one counter ({count, limit, should_limit, time_left}); None when
     RATELIMIT_ENABLE is off. A cache failure reads as spent (limit 0): the doors fail closed."""
     return get_usage(request, group=group, key=lambda _g, _r: value, rate=rate, increment=increment)
 
 
-def _spent(usage: dict | None, *, peek: bool) -> bool:
+def _spent(usage: dict | None, *, peek: bool) -> TypeGuard[dict]:
     """Whether the counter refuses: after an increment when it went over its limit; on a peek
     (failure counters) when it already holds `limit` failures."""
     if usage is None:
@@ -51,7 +55,7 @@ def _email(email: str) -> str:
     return email.strip().lower()
 
 
-def login_check(request, *, email: str) -> None:
+def login_check(request: HttpRequest | Request, *, email: str) -> None:
     """Before the password is checked: counts the attempt against the address (LOGIN_RATE_IP) and
     raises Throttled (429) when the address is spent, when it has LOGIN_RATE_IP_EMAIL failures for
     this email, or when the email has LOGIN_RATE_EMAIL failures from all addresses and this
@@ -69,14 +73,14 @@ def login_check(request, *, email: str) -> None:
             raise _throttled(LOGIN_THROTTLED, total, "login_throttled")
 
 
-def login_failed(request, *, email: str) -> None:
+def login_failed(request: HttpRequest | Request, *, email: str) -> None:
     """Counts a wrong password (or an unknown email) per (address, email) and per email."""
     ip, email = client_ip_key(None, request), _email(email)
     _count(request, "login-failed-ip-email", f"{ip}|{email}", settings.LOGIN_RATE_IP_EMAIL, increment=True)
     _count(request, "login-failed-email", email, settings.LOGIN_RATE_EMAIL, increment=True)
 
 
-def signup_check(request) -> None:
+def signup_check(request: HttpRequest | Request) -> None:
     """Counts a sign-up against the client's address (SIGNUP_RATE_IP); raises Throttled when spent.
     Called once the body is valid, before the password is hashed."""
     usage = _count(request, "signup-ip", client_ip_key(None, request), settings.SIGNUP_RATE_IP, increment=True)
@@ -84,7 +88,7 @@ def signup_check(request) -> None:
         raise _throttled(SIGNUP_THROTTLED, usage, "signup_throttled")
 
 
-def admin_login(request: HttpRequest, extra_context=None) -> HttpResponse:
+def admin_login(request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
     """admin.site.login behind two throttles (embedplatform/urls.py routes /admin/login/ here):
     every POST per address (ADMIN_LOGIN_RATE_IP) and failed POSTs per (address, username)
     (ADMIN_LOGIN_RATE_IP_USER). A refusal is a plain-text 429 with Retry-After and X-RateLimit-*."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 from django.contrib.auth import authenticate
 from rest_framework import serializers
 from rest_framework.permissions import AllowAny, IsAuthenticated
@@ -14,6 +16,7 @@ from rest_framework_simplejwt.tokens import RefreshToken
 
 from accounts import schemas
 from accounts.authentication import request_tenant
+from accounts.models import User
 from accounts.permissions import IsJwtAuthenticated
 from accounts.responses import (
     ApiKeyCreatedSerializer,
@@ -122,7 +125,8 @@ class KeyListCreateApi(APIView):
     def post(self, request: Request) -> Response:
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        key, clear = api_key_create(tenant=request_tenant(request), created_by=request.user, **serializer.validated_data)
+        user = cast(User, request.user)  # IsJwtAuthenticated: a signed-in user
+        key, clear = api_key_create(tenant=request_tenant(request), created_by=user, **serializer.validated_data)
         return Response(ApiKeyCreatedSerializer(key, context={"api_key": clear}).data, status=201)
 
 

@@ -71,10 +71,18 @@ class ServedModel(Protocol):
     """What serving code knows of a model, wherever it runs (embeddings.registry.ModelSpec,
     providers.dispatch.ProviderModel)."""
 
-    name: str
-    version: str  # part of every cache key
-    normalize: bool
-    owned_by: str
+    # Read-only (properties): the models are frozen dataclasses.
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def version(self) -> str: ...  # part of every cache key
+
+    @property
+    def normalize(self) -> bool: ...
+
+    @property
+    def owned_by(self) -> str: ...
 
     @property
     def dims(self) -> int | None: ...  # None: known only from the vectors (a provider's)

@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 import orjson
+from redis.client import Pipeline
 
 from dispatch.keys import reply_key
 from embedplatform.errors import ApiError, InvalidInput
@@ -61,14 +64,14 @@ class WorkItem:
                    scope=d["scope"], deadline=d["deadline"], rid=d.get("rid"), tenant=d.get("tenant", 0),
                    counts=d.get("counts"))
 
-    def usage(self, tokens) -> tuple[int, int]:
+    def usage(self, tokens: Iterable[int]) -> tuple[int, int]:
         """(inputs, tokens) this item's texts stand for in its request, given each text's token count."""
         if self.counts is None:
             return len(self.texts), int(sum(int(t) for t in tokens))
         return sum(self.counts), int(sum(int(t) * c for t, c in zip(tokens, self.counts, strict=True)))
 
 
-def reply_ok(tokens: np.ndarray, vectors: np.ndarray) -> bytes:
+def reply_ok(tokens: npt.ArrayLike, vectors: np.ndarray) -> bytes:
     return b"K" + np.asarray(tokens, dtype="<i4").tobytes() + np.ascontiguousarray(vectors, dtype="<f4").tobytes()
 
 
@@ -84,7 +87,7 @@ def reply_failure(error: ApiError) -> bytes:
     )
 
 
-def reply_push(pipe, item_id: str, payload: bytes) -> None:
+def reply_push(pipe: Pipeline, item_id: str, payload: bytes) -> None:
     """Queues the answer to one waiting request on `pipe` (the caller's round trip)."""
     key = reply_key(item_id)
     pipe.rpush(key, payload)

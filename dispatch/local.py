@@ -11,6 +11,8 @@ model only signals them (jobs_signal).
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
+from typing import cast
 
 import numpy as np
 import redis
@@ -72,6 +74,7 @@ class LocalDispatch(Dispatcher):
         if handle.queued:
             return
         push = handle.push
+        assert push is not None  # submit always builds one
         result = script(_QUEUE)(keys=[push.list_key, push.alive_key], args=[push.payload, push.max_depth],
                                 client=redis_client())
         if not result[0]:
@@ -107,7 +110,7 @@ def work_wait(item: WorkItem, *, wait: float, dims: int | None) -> tuple[np.ndar
         step = min(left, TAKEN_CHECK_SECONDS, blocking_slice())  # a BLPOP inside the socket timeout
         popped = client.blpop([reply_key(item.id)], timeout=max(step, 0.01))
         if popped is not None:
-            return reply_parse(popped[1], n=len(item.texts), dims=dims)
+            return reply_parse(cast(bytes, popped[1]), n=len(item.texts), dims=dims)
         if left <= step:
             raise WaitTimeout(WAIT_TIMED_OUT.format(seconds=wait))
         state = script(_CHECK)(
@@ -142,7 +145,7 @@ return 1
 """
 
 
-def jobs_signal(models) -> None:
+def jobs_signal(models: Iterable[str]) -> None:
     """Pokes the workers of `models`: job chunks wait for them in Postgres. A signal only, kept
     short (a worker that is down does not let it grow); a lost one costs a poll interval."""
     with redis_client().pipeline(transaction=False) as pipe:

@@ -1,6 +1,10 @@
 """Read-only views of the embedding cache (vectors are never dumped) and of jobs (with a cancel action)."""
 
+from __future__ import annotations
+
 from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
 
 from embeddings.jobs import job_cancel
 from embeddings.models import CachedEmbedding, Job
@@ -20,13 +24,13 @@ class CachedEmbeddingAdmin(admin.ModelAdmin):
     def key_hex(self, obj: CachedEmbedding) -> str:
         return bytes(obj.text_sha256).hex()
 
-    def has_add_permission(self, request) -> bool:
+    def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
-    def has_change_permission(self, request, obj=None) -> bool:
+    def has_change_permission(self, request: HttpRequest, obj: CachedEmbedding | None = None) -> bool:
         return request.method in ("GET", "HEAD")  # view only
 
-    def has_delete_permission(self, request, obj=None) -> bool:
+    def has_delete_permission(self, request: HttpRequest, obj: CachedEmbedding | None = None) -> bool:
         return False
 
 
@@ -48,14 +52,14 @@ class JobAdmin(admin.ModelAdmin):
     def progress(self, obj: Job) -> str:
         return f"{obj.done}/{obj.total}"
 
-    def has_add_permission(self, request) -> bool:
+    def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
-    def has_delete_permission(self, request, obj=None) -> bool:
+    def has_delete_permission(self, request: HttpRequest, obj: Job | None = None) -> bool:
         return False
 
     @admin.action(description="Cancel the selected jobs (queued work is dropped)")
-    def cancel(self, request, queryset):
+    def cancel(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
         cancelled = 0
         for job in queryset.select_related("tenant"):
             cancelled += job_cancel(tenant=job.tenant, job_id=job.pk).status == Job.Status.CANCELLED

@@ -4,7 +4,7 @@ from django.apps import AppConfig
 class EmbeddingsConfig(AppConfig):
     name = "embeddings"
 
-    def ready(self):
+    def ready(self) -> None:
         # Imported here: these modules import models, which exist once the app registry is ready.
         from accounts.services import cache_figures_register
         from embeddings.cachecap import cache_figures

@@ -174,7 +174,7 @@ def cache_cap_skipped(*, vectors: int) -> None:
     metrics.CACHE_STORE_SKIPPED.inc(vectors)
 
 
-def cache_cap_check(*, tenant) -> None:
+def cache_cap_check(*, tenant: Tenant) -> None:
     """Raises NotAllowed (403, cache_full) if the tenant's cache is at its tier's limit: a job
     would have nowhere to keep its results. Reads the tier from `tenant`, the bytes from Redis."""
     limit = int(tenant.tier.max_cache_bytes or 0)

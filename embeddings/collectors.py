@@ -5,6 +5,7 @@ that summing over targets never counts a queue twice."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 
 import redis
 from django.db import DatabaseError
@@ -25,7 +26,7 @@ class QueueDepthCollector:
     A scrape while Redis is down yields no sample (and logs why) instead of failing /metrics.
     """
 
-    def collect(self):
+    def collect(self) -> Iterator[GaugeMetricFamily]:
         family = GaugeMetricFamily(
             "embed_queue_depth", "Work items waiting in a model's Redis list (hi: interactive, lo: bulk).",
             labels=["model", "priority"],
@@ -49,7 +50,7 @@ class QueueDepthCollector:
 class JobStatusCollector:
     """embed_jobs{status}: Job rows by status, one GROUP BY per scrape."""
 
-    def collect(self):
+    def collect(self) -> Iterator[GaugeMetricFamily]:
         family = GaugeMetricFamily("embed_jobs", "Jobs by status.", labels=["status"])
         try:
             rows = list(Job.objects.values_list("status").annotate(n=Count("pk")).order_by())

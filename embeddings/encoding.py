@@ -21,7 +21,7 @@ def vectors_shape(vectors: np.ndarray, *, dimensions: int | None, normalize: boo
     return np.ascontiguousarray(out, dtype=np.float32)
 
 
-def vector_encode(vector: np.ndarray, encoding_format: str):
+def vector_encode(vector: np.ndarray, encoding_format: str) -> str | list[float]:
     """float -> list of floats; base64 -> little-endian float32 bytes, as OpenAI sends them."""
     if encoding_format == "base64":
         return base64.b64encode(np.ascontiguousarray(vector, dtype="<f4").tobytes()).decode("ascii")

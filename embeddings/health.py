@@ -8,7 +8,7 @@ import time
 
 from django.conf import settings
 from django.db import connection
-from django.http import JsonResponse
+from django.http import HttpRequest, JsonResponse
 from django.utils.log import log_response
 
 from dispatch.keys import heartbeat_pattern
@@ -47,7 +47,7 @@ def check_workers() -> dict[str, list[str]]:
     return found
 
 
-def live(request):
+def live(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"status": "ok"})
 
 
@@ -80,7 +80,7 @@ class _ReadyCache:
 
     clock = staticmethod(time.monotonic)
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._lock = threading.Lock()
         self._at: float | None = None
         self._value: tuple[int, dict] | None = None
@@ -101,7 +101,7 @@ class _ReadyCache:
 ready_cache = _ReadyCache()
 
 
-def ready(request):
+def ready(request: HttpRequest) -> JsonResponse:
     status, body = ready_cache.get(settings.HEALTH_CACHE_SECONDS)
     response = JsonResponse(body, status=status)
     if status != 200:

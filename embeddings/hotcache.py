@@ -20,18 +20,23 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Iterable
+from typing import Any
 
 from django.conf import settings
 
 # Bytes a cached entry costs beyond its vector: the key tuple, the Hit, the array header.
 _OVERHEAD = 400
 
+# An entry: an embeddings.cache.Hit (not imported here: that module imports this one).
+_Hit = Any
+
 
 class HotCache:
     def __init__(self, max_bytes: int):
         self.max_bytes = max_bytes
         self.bytes = 0
-        self._items: OrderedDict[tuple, tuple[object, int]] = OrderedDict()  # -> (hit, generation)
+        self._items: OrderedDict[tuple, tuple[_Hit, int]] = OrderedDict()  # -> (hit, generation)
         self._lock = threading.Lock()
         self._epochs: dict[int, str] = {}  # scope -> the Redis epoch this process last saw
         self._gens: dict[int, int] = {}  # scope -> generation of its live entries (absent: 0)
@@ -48,14 +53,14 @@ class HotCache:
                 self._epochs[scope] = epoch
                 self._gens[scope] = self._gens.get(scope, 0) + 1
 
-    def generations(self, scopes) -> dict[int, int]:
+    def generations(self, scopes: Iterable[int]) -> dict[int, int]:
         """The current generation of each scope: pass it to put_many for entries read now."""
         gens = self._gens
         return {s: gens.get(s, 0) for s in scopes}
 
-    def get_many(self, model: str, version: str, scopes, keys) -> dict[bytes, object]:
+    def get_many(self, model: str, version: str, scopes: Iterable[int], keys: Iterable[bytes]) -> dict[bytes, _Hit]:
         """The entries held for `keys` in any of `scopes` (the first scope that has one wins)."""
-        found = {}
+        found: dict[bytes, _Hit] = {}
         if not self.max_bytes:
             return found
         with self._lock:
@@ -74,7 +79,8 @@ class HotCache:
                         break
         return found
 
-    def put_many(self, model: str, version: str, entries, gens: dict[int, int] | None = None) -> None:
+    def put_many(self, model: str, version: str, entries: Iterable[tuple[bytes, int, _Hit]],
+                 gens: dict[int, int] | None = None) -> None:
         """Stores (key, scope, hit) entries, then drops the least recently used beyond the budget.
 
         `gens` (from generations(), taken before the entries were read): an entry whose scope

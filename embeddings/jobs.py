@@ -91,7 +91,7 @@ def job_create(*, tenant: Tenant, texts: list[str], options: EmbedOptions, webho
     return job
 
 
-def job_cancel(*, tenant: Tenant, job_id) -> Job:
+def job_cancel(*, tenant: Tenant, job_id: str | uuid.UUID) -> Job:
     """Cancels a queued or running job: its queued chunks are dropped at once, running chunks
     finish (their vectors are cached) but the job stays cancelled. A finished job is returned as is.
     """
@@ -108,7 +108,7 @@ def job_cancel(*, tenant: Tenant, job_id) -> Job:
     return job
 
 
-def job_webhook_enqueue(job) -> None:
+def job_webhook_enqueue(job: Job) -> None:
     """Queues the completion webhook, if the job has one, after the transaction commits."""
     if not job.webhook_url:
         return
@@ -244,7 +244,7 @@ def job_chunk_release(*, chunk: ClaimedChunk, error: str, counts: bool = True) -
             _job_fail(job_id=chunk.job_id, error=f"texts {chunk.start}..{last} failed {chunk.attempts} times: {error}")
 
 
-def _job_fail(*, job_id, error: str) -> None:
+def _job_fail(*, job_id: uuid.UUID | str, error: str) -> None:
     """Fails a queued or running job (inside the caller's transaction): its queued chunks are dropped
     and its webhook, if any, goes out once."""
     failed = Job.objects.filter(pk=job_id, status__in=[Job.Status.QUEUED, Job.Status.RUNNING]).update(

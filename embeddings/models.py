@@ -1,9 +1,11 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import orjson
 from django.db import models
+from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -97,7 +99,7 @@ def texts_dumps(texts: list[str]) -> bytes:
     return orjson.dumps(texts)
 
 
-def texts_loads(raw) -> list[str]:
+def texts_loads(raw: bytes | bytearray | memoryview) -> list[str]:
     """texts_dumps' inverse; takes bytes or a memoryview, as a bytea column reads."""
     return orjson.loads(raw)
 
@@ -110,15 +112,16 @@ class TextListField(models.BinaryField):
     keeps any byte. Raw SQL reads the column as bytes: decode with texts_loads.
     """
 
-    def from_db_value(self, value, expression, connection):
+    def from_db_value(self, value: bytes | memoryview | None, expression: Any,
+                      connection: BaseDatabaseWrapper) -> list[str] | None:
         return None if value is None else texts_loads(value)
 
-    def to_python(self, value):
+    def to_python(self, value: Any) -> Any:
         if isinstance(value, (bytes, bytearray, memoryview)):
             return texts_loads(value)
         return value
 
-    def get_db_prep_value(self, value, connection, prepared=False):
+    def get_db_prep_value(self, value: Any, connection: BaseDatabaseWrapper, prepared: bool = False) -> Any:
         if isinstance(value, list):
             value = texts_dumps(value)
         return super().get_db_prep_value(value, connection, prepared)
@@ -146,6 +149,7 @@ class JobChunk(models.Model):
     lease = models.CharField(max_length=32, blank=True, default="")
     lease_until = models.DateTimeField(null=True, blank=True)
     cached_flags = models.TextField(blank=True, default="", help_text="'1' per text that was a cache hit, else '0'.")
+    job_id: uuid.UUID  # the `job` column (declared for the type checker)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["job", "seq"], name="job_chunk_seq")]

@@ -21,7 +21,9 @@ from embeddings.encoding import vector_encode
 from embeddings.serializers import Job, job_payload
 
 if TYPE_CHECKING:
+    from embeddings.models import Job as JobRow
     from embeddings.registry import ModelSpec
+    from embeddings.selectors import JobResult
     from embeddings.serving import EmbedResult
 
 
@@ -144,11 +146,12 @@ def job_list_body(jobs: Iterable, next_cursor: str | None) -> JobList:
             "has_more": next_cursor is not None}
 
 
-def _result_item(row, encoding_format: str) -> JobResultItem:
+def _result_item(row: JobResult, encoding_format: str) -> JobResultItem:
     return {"index": row.index, "embedding": vector_encode(row.vector, encoding_format), "cached": row.cached}
 
 
-def job_results_body(job, rows: list, *, offset: int, limit: int, encoding_format: str) -> JobResults:
+def job_results_body(job: JobRow, rows: list[JobResult], *, offset: int, limit: int,
+                     encoding_format: str) -> JobResults:
     return {
         "object": "list", "job_id": str(job.pk), "model": job.model, "total": job.total,
         "offset": offset, "limit": limit, "has_more": offset + len(rows) < job.total,
@@ -156,7 +159,7 @@ def job_results_body(job, rows: list, *, offset: int, limit: int, encoding_forma
     }
 
 
-def job_result_lines(rows: Iterable, encoding_format: str) -> Iterator[bytes]:
+def job_result_lines(rows: Iterable[JobResult], encoding_format: str) -> Iterator[bytes]:
     """?format=jsonl: one JobResultItem per line."""
     for r in rows:
         yield orjson.dumps(_result_item(r, encoding_format)) + b"\n"
@@ -180,7 +183,7 @@ class ModelSerializer(serializers.Serializer):
 
 class ModelListSerializer(serializers.Serializer):
     object = serializers.CharField(default="list")
-    data = ModelSerializer(many=True)
+    data = ModelSerializer(many=True)  # type: ignore[assignment]  # a field: DRF's metaclass keeps .data
 
 
 class CacheDeletedSerializer(serializers.Serializer):

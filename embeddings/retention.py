@@ -19,10 +19,12 @@ import re
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 
+import redis
 from django.db import connection, transaction
 from django.utils import timezone
 
 from accounts.authcache import epoch_new
+from accounts.models import Tenant
 from accounts.quotas import CacheUse
 from embeddings.cache import PUBLIC_SCOPE, text_key
 from embeddings.cachecap import cache_cap_forget
@@ -62,7 +64,8 @@ def cache_use(*, scope: int, epoch: str | None, model: str, version: str,
                     hits_dirty=_HITS_DIRTY, hits_member=member, fields=[_field(s, k) for s, k in hits])
 
 
-def cache_hits_record(*, model: str, version: str, hits: Iterable[tuple[int, bytes]], client=None) -> None:
+def cache_hits_record(*, model: str, version: str, hits: Iterable[tuple[int, bytes]],
+                      client: redis.Redis | None = None) -> None:
     """Counts one hit for each (scope, key), for a path without an admission (job chunks): one
     Redis round trip, no database write."""
     fields = [_field(s, k) for s, k in hits]
@@ -113,7 +116,8 @@ def cache_hits_flush(*, batch_size: int = 1000) -> int:
         return updated
 
 
-def _hits_apply(client, tmp: str, model: str, version: str, batch, now: datetime) -> int:
+def _hits_apply(client: redis.Redis, tmp: str, model: str, version: str, batch: list[tuple[bytes, bytes]],
+                now: datetime) -> int:
     scopes, keys, counts = [], [], []
     for field_, count in batch:
         scope, _, key = field_.partition(b":")
@@ -143,7 +147,8 @@ def duration_parse(text: str) -> timedelta:
 
 
 def _prune_where(cutoff: datetime, tenant_id: int | None, model: str | None) -> tuple[str, list]:
-    where, params = ["COALESCE(last_hit_at, created_at) < %s"], [cutoff]
+    where = ["COALESCE(last_hit_at, created_at) < %s"]
+    params: list[object] = [cutoff]
     if tenant_id is not None:
         where.append("scope = %s")
         params.append(tenant_id)
@@ -209,7 +214,7 @@ def _prompts(model: str | None, input_type: str | None) -> set[str]:
     return {""} | {p for s in specs for p in s.prompts.values()} | byok
 
 
-def cache_delete(*, tenant, texts: list[str] | None = None, model: str | None = None,
+def cache_delete(*, tenant: Tenant, texts: list[str] | None = None, model: str | None = None,
                  input_type: str | None = None, batch_size: int = PRUNE_BATCH) -> int:
     """Deletes entries of the tenant's own scope (never the public scope, never another tenant's);
     returns how many.

@@ -4,10 +4,13 @@ embeddings/responses.py)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from django.conf import settings
 from drf_spectacular.extensions import OpenApiSerializerFieldExtension
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import F, OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework.serializers import BaseSerializer, Serializer
 
 from embeddings.responses import (
     CacheDeletedSerializer,
@@ -42,7 +45,7 @@ class TextsFieldExtension(OpenApiSerializerFieldExtension):
 
     target_class = "embeddings.serializers.TextsField"
 
-    def map_serializer_field(self, auto_schema, direction):
+    def map_serializer_field(self, auto_schema: object, direction: str) -> dict:
         limit = getattr(settings, self.target.max_items_setting)
         return {
             "oneOf": [
@@ -56,7 +59,7 @@ class TextsFieldExtension(OpenApiSerializerFieldExtension):
 class TextFieldExtension(OpenApiSerializerFieldExtension):
     target_class = "embeddings.serializers.TextField"
 
-    def map_serializer_field(self, auto_schema, direction):
+    def map_serializer_field(self, auto_schema: object, direction: str) -> dict:
         return _text_schema()
 
 
@@ -86,7 +89,7 @@ JOB_ID = OpenApiParameter("job_id", OpenApiTypes.UUID, OpenApiParameter.PATH, de
 EMBED_ERRORS = error_responses(*DATA_PLANE_ERRORS, 404, 502, 504)
 
 
-def _ok(serializer, name: str, value: dict) -> OpenApiResponse:
+def _ok(serializer: type[BaseSerializer], name: str, value: dict) -> OpenApiResponse:
     return OpenApiResponse(
         serializer, examples=[OpenApiExample(name, value=value, status_codes=["200"], response_only=True)]
     )
@@ -176,7 +179,7 @@ embed_batch_schema = extend_schema(
 )
 
 
-def job_list_schema(filter_serializer):
+def job_list_schema(filter_serializer: type[Serializer]) -> Callable[[F], F]:
     return extend_schema(
         operation_id="jobs_list",
         tags=["jobs"],
@@ -236,7 +239,7 @@ job_cancel_schema = extend_schema(
 )
 
 
-def job_results_schema(filter_serializer):
+def job_results_schema(filter_serializer: type[Serializer]) -> Callable[[F], F]:
     return extend_schema(
         operation_id="jobs_results",
         tags=["jobs"],
@@ -265,7 +268,7 @@ def job_results_schema(filter_serializer):
     )
 
 
-def cache_delete_schema(input_serializer):
+def cache_delete_schema(input_serializer: type[Serializer]) -> Callable[[F], F]:
     return extend_schema(
         request=named(input_serializer, "CacheDelete"),
         operation_id="cache_delete",

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
+import numpy as np
 from django.conf import settings
 
 from embeddings import cache
 from embeddings.registry import ModelSpec
+
+
+class Encoder(Protocol):
+    """What cache_seed needs of a model runtime (workers.runtime.ModelRuntime)."""
+
+    def encode(self, texts: list[str], *, max_texts: int, max_tokens: int) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 @dataclass
@@ -17,8 +26,9 @@ class SeedProgress:
     cached: int = 0
 
 
-def cache_seed(*, texts, spec: ModelSpec, runtime, scope: int = cache.PUBLIC_SCOPE, batch_size: int = 256,
-               input_type: str | None = None, on_batch=None) -> SeedProgress:
+def cache_seed(*, texts: Iterable[str], spec: ModelSpec, runtime: Encoder, scope: int = cache.PUBLIC_SCOPE,
+               batch_size: int = 256, input_type: str | None = None,
+               on_batch: Callable[[SeedProgress], object] | None = None) -> SeedProgress:
     """Pre-computes `texts` (any iterable, read batch by batch) into the cache under `scope`
     (default: the public scope every tenant reads). Texts already cached are skipped, so a
     re-run is cheap; `on_batch(progress)` is called after every batch.

@@ -23,7 +23,7 @@ JOB_NOT_FINISHED = "The job is {status} ({done}/{total} texts); results are read
 BAD_CURSOR = "cursor is not one this API gave out; pass the `next_cursor` of the previous page."
 
 
-def job_get(*, tenant: Tenant, job_id) -> Job:
+def job_get(*, tenant: Tenant, job_id: str | uuid.UUID) -> Job:
     """The tenant's job; NotFound for an unknown id, a malformed id or another tenant's job."""
     try:
         pk = uuid.UUID(str(job_id))
@@ -89,7 +89,8 @@ def _chunk_results(job: Job, chunk: JobChunk) -> list[JobResult]:
     return [JobResult(chunk.start + i, vectors[i], flags[i:i + 1] == "1") for i in range(len(keys))]
 
 
-def job_results_page(*, tenant: Tenant, job_id, offset: int, limit: int) -> tuple[Job, list[JobResult]]:
+def job_results_page(*, tenant: Tenant, job_id: str | uuid.UUID, offset: int,
+                     limit: int) -> tuple[Job, list[JobResult]]:
     """Results [offset, offset+limit) in index order. Conflict (409) until the job succeeded."""
     job = job_get(tenant=tenant, job_id=job_id)
     _ready(job)
@@ -104,7 +105,7 @@ def job_results_page(*, tenant: Tenant, job_id, offset: int, limit: int) -> tupl
     return job, out
 
 
-def job_results_iter(*, tenant: Tenant, job_id) -> tuple[Job, Iterator[JobResult]]:
+def job_results_iter(*, tenant: Tenant, job_id: str | uuid.UUID) -> tuple[Job, Iterator[JobResult]]:
     """Every result in index order, one chunk in memory at a time (for streaming). Conflict until succeeded."""
     job = job_get(tenant=tenant, job_id=job_id)
     _ready(job)

@@ -18,6 +18,7 @@ import numpy as np
 
 from accounts.models import Tenant
 from accounts.quotas import (
+    CacheUse,
     Caller,
     QuotaState,
     RateState,
@@ -175,6 +176,7 @@ def embed_serve(*, tenant: Tenant, texts: list[str], options: EmbedOptions, wait
                 if handle is not None else None)
     quota, rate = admit(tenant=tenant, texts=len(texts), caller=caller, usage=hits,
                         work=handle.push if handle is not None else None, cache=use, inflight=inflight)
+    assert rate is not None  # admit() counts a caller's request in its minute window
     if handle is not None and handle.push is not None:
         handle.queued = True  # the admission queued it
     answered = False
@@ -193,7 +195,7 @@ def embed_serve(*, tenant: Tenant, texts: list[str], options: EmbedOptions, wait
 
 def _serve_admitted(plan: EmbedPlan, *, tenant: Tenant, texts: list[str], options: EmbedOptions, wait: float,
                     handle: Handle | None, at_once: bool, job_fallback: bool, quota: QuotaState,
-                    rate: RateState, hits: UsageHits, use) -> tuple[EmbedResult | Job, QuotaState, RateState]:
+                    rate: RateState, hits: UsageHits, use: CacheUse) -> tuple[EmbedResult | Job, QuotaState, RateState]:
     """embed_serve once admitted: waits for the misses, falls back to a job or refunds."""
     cache.scope_epoch_learn(tenant.pk, use.seen)
     try:

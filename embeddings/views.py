@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from django.conf import settings
 from django.http import StreamingHttpResponse
@@ -13,8 +15,9 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.authentication import api_key_recheck, request_principal_id, request_tenant
+from accounts.models import Tenant
 from accounts.permissions import IsJwtAuthenticated
-from accounts.quotas import AuthEpochMoved, CacheEpochMoved, Caller, admit, quota_state
+from accounts.quotas import AuthEpochMoved, CacheEpochMoved, Caller, QuotaState, RateState, admit, quota_state
 from dispatch.base import INPUT_TYPES
 from embeddings import schemas
 from embeddings.cache import scope_epoch_learn as cache_scope_epoch_learn
@@ -49,6 +52,8 @@ CACHE_INPUT_TYPE_WITHOUT_TEXTS = "input_type applies to texts: send texts with i
 
 _OPTION_FIELDS = ("model", "normalize", "dimensions", "truncate", "input_type", "public")
 
+_Result = TypeVar("_Result")
+
 
 class DataPlaneApi(APIView):
     """Base of the endpoints that spend a tenant's limits.
@@ -68,7 +73,7 @@ class DataPlaneApi(APIView):
     checks_auth_epoch = True
     admits_in_view = False
 
-    def initial(self, request: Request, *args, **kwargs) -> None:
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
         super().initial(request, *args, **kwargs)
         if not self.admits_in_view:
             self._count(request)
@@ -78,35 +83,38 @@ class DataPlaneApi(APIView):
         round trip, which also gives the quota headers."""
         self.admit_and_serve(request, lambda tenant, caller: (None, *admit(tenant=tenant, caller=caller)))
 
-    def admit_and_serve(self, request: Request, serve):
+    def admit_and_serve(self, request: Request,
+                        serve: Callable[[Tenant, Caller], tuple[_Result, QuotaState, RateState | None]]) -> _Result:
         """Calls serve(tenant, caller) -> (result, quota state, rate state), re-reading the key when
         the admission finds its auth epoch moved, and serving again without this process's copies
         of the tenant's cache scope when its cache epoch moved (DELETE /v1/cache); it counted
         nothing then."""
         for _ in range(3):
-            tenant = request.limit_tenant = request_tenant(request)
+            # The request carries its admission's state to handle_exception and finalize_response:
+            # attributes the stubs' Request does not declare.
+            tenant = request.limit_tenant = request_tenant(request)  # type: ignore[attr-defined]
             caller = Caller(principal_id=request_principal_id(request), epoch=getattr(request.user, "epoch", ""))
             try:
-                result, request.quota_state, request.rate_state = serve(tenant, caller)
+                result, request.quota_state, request.rate_state = serve(tenant, caller)  # type: ignore[attr-defined]
                 return result
             except AuthEpochMoved as moved:
                 api_key_recheck(request, moved.epoch)
             except CacheEpochMoved as moved:
                 cache_scope_epoch_learn(moved.scope, moved.epoch)
             finally:
-                request.counted = caller.admitted
+                request.counted = caller.admitted  # type: ignore[attr-defined]
         raise Overloaded("API keys are changing too fast to admit this request; retry.", retry_after=1)
 
-    def handle_exception(self, exc):
+    def handle_exception(self, exc: Exception) -> Response:
         request = self.request
         # The user as authentication left it, without authenticating again: reading request.user
         # after authentication raised (Redis or the database down) would raise again, out of
         # DRF's exception handling (a 500 instead of the 503).
         user = vars(request).get("_user")
         # After a Redis error, counting (and the quota headers) would wait out the same timeouts again.
-        request.redis_failed = isinstance(exc, RedisError)
+        redis_failed = request.redis_failed = isinstance(exc, RedisError)  # type: ignore[attr-defined]
         if (self.admits_in_view and not getattr(request, "counted", False)
-                and not isinstance(exc, (AuthenticationFailed, NotAuthenticated)) and not request.redis_failed
+                and not isinstance(exc, (AuthenticationFailed, NotAuthenticated)) and not redis_failed
                 and getattr(user, "is_authenticated", False)):
             try:
                 self._count(request)
@@ -117,7 +125,7 @@ class DataPlaneApi(APIView):
                 setattr(request, f"{attr}_state", getattr(exc, attr))
         return super().handle_exception(exc)
 
-    def finalize_response(self, request: Request, response, *args, **kwargs):
+    def finalize_response(self, request: Request, response: Response, *args: Any, **kwargs: Any) -> Response:
         response = super().finalize_response(request, response, *args, **kwargs)
         tenant = getattr(request, "limit_tenant", None)
         if tenant is not None:
@@ -165,6 +173,7 @@ class EmbeddingCreateApi(EmbedEndpointApi):
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
         result = self.embed(request, data, data["input"])
+        assert isinstance(result, EmbedResult)  # without job_fallback, never a Job
         return Response(embeddings_body(result, data["encoding_format"]))
 
 
@@ -282,14 +291,14 @@ class JobResultsApi(DataPlaneApi):
         encoding_format = serializers.ChoiceField(choices=("float", "base64"), required=False, default="float")
 
     @schemas.job_results_schema(FilterSerializer)
-    def get(self, request: Request, job_id: str):
+    def get(self, request: Request, job_id: str) -> Response | StreamingHttpResponse:
         serializer = self.FilterSerializer(data=request.query_params)
         serializer.is_valid(raise_exception=True)
         f = serializer.validated_data
         tenant = request_tenant(request)
         if f["format"] == "jsonl":
-            job, rows = job_results_iter(tenant=tenant, job_id=job_id)
-            return StreamingHttpResponse(job_result_lines(rows, f["encoding_format"]),
+            job, results = job_results_iter(tenant=tenant, job_id=job_id)
+            return StreamingHttpResponse(job_result_lines(results, f["encoding_format"]),
                                          content_type="application/x-ndjson")
         job, rows = job_results_page(tenant=tenant, job_id=job_id, offset=f["offset"], limit=f["limit"])
         return Response(job_results_body(job, rows, offset=f["offset"], limit=f["limit"],

@@ -1,5 +1,6 @@
 import os
 from logging.config import dictConfig
+from typing import Any
 
 from celery import Celery
 from celery.signals import setup_logging
@@ -13,7 +14,7 @@ app.autodiscover_tasks()
 
 
 @setup_logging.connect
-def config_loggers(*args, **kwargs):
+def config_loggers(*args: Any, **kwargs: Any) -> None:
     dictConfig(settings.LOGGING)
 
 # The drain loop of the embedding workers (workers/bootsteps.py), by name: no import here.

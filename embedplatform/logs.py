@@ -19,10 +19,14 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 from django.core.signals import request_finished
 from pythonjsonlogger.json import JsonFormatter as _JsonFormatter
+
+if TYPE_CHECKING:
+    from django.http import HttpRequest, HttpResponse
 
 REQUEST_ID_HEADER = "X-Request-ID"
 QUIET_PATHS = ("/health/", "/metrics")
@@ -91,7 +95,7 @@ class RequestIdFilter(logging.Filter):
 class JsonFormatter(_JsonFormatter):
     """One JSON object per line: timestamp, level, logger, message, request_id, then extras."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("fmt", ["asctime", "levelname", "name", "message", "request_id"])
         kwargs.setdefault("rename_fields", {"asctime": "timestamp", "levelname": "level", "name": "logger"})
         kwargs.setdefault("json_ensure_ascii", False)
@@ -109,7 +113,7 @@ class JsonFormatter(_JsonFormatter):
 class TextFormatter(logging.Formatter):
     """The plain-text twin (LOG_FORMAT=text), with the same masking."""
 
-    def __init__(self, fmt: str | None = None, *args, **kwargs):
+    def __init__(self, fmt: str | None = None, *args: Any, **kwargs: Any) -> None:
         super().__init__(fmt or "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s", *args, **kwargs)
 
     def format(self, record: logging.LogRecord) -> str:
@@ -130,13 +134,13 @@ class RequestIdMiddleware:
 
     access_logger = logging.getLogger("embedplatform.access")
 
-    def __init__(self, get_response):
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
         request_finished.connect(request_finished_clear, dispatch_uid="embedplatform.logs.request_finished_clear")
 
-    def __call__(self, request):
+    def __call__(self, request: HttpRequest) -> HttpResponse:
         rid = request_id_clean(request.headers.get(REQUEST_ID_HEADER)) or request_id_new()
-        request.request_id = rid
+        request.request_id = rid  # type: ignore[attr-defined]  # a per-request attribute the stubs cannot know
         request_id_var.set(rid)
         started = time.perf_counter()
         response = self.get_response(request)
@@ -151,6 +155,6 @@ class RequestIdMiddleware:
         return response
 
 
-def request_finished_clear(**kwargs) -> None:
+def request_finished_clear(**kwargs: Any) -> None:
     """`request_finished` receiver: the thread's next log lines belong to no request."""
     request_id_var.set(None)

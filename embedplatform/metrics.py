@@ -22,7 +22,7 @@ import os
 import threading
 
 from django.conf import settings
-from django.http import HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest, start_http_server
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -93,7 +93,7 @@ def provider_error_inc(provider: str, kind: str) -> None:
 CLUSTER_REGISTRY = CollectorRegistry(auto_describe=False)
 
 
-def _process_registry():
+def _process_registry() -> CollectorRegistry:
     """This process's metrics; with PROMETHEUS_MULTIPROC_DIR set (granian with several
     workers), the sum over every process that writes there instead."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
@@ -110,7 +110,7 @@ METRICS_UNAUTHORIZED = ("/metrics needs `Authorization: Bearer <METRICS_TOKEN>` 
                         "`authorization: {credentials: <token>}`).")
 
 
-def metrics_authorized(request, token: str) -> bool:
+def metrics_authorized(request: HttpRequest, token: str) -> bool:
     """With METRICS_TOKEN set, a scrape must send it as a bearer token (compared in constant time)."""
     if not token:
         return True
@@ -118,7 +118,7 @@ def metrics_authorized(request, token: str) -> bool:
     return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
 
 
-def metrics_view(request):
+def metrics_view(request: HttpRequest) -> HttpResponse:
     """GET /metrics on the web: process (or multiprocess) metrics + the cluster-wide ones.
 
     METRICS_TOKEN set: only a scrape with `Authorization: Bearer <token>` is answered (else 401,
@@ -128,8 +128,8 @@ def metrics_view(request):
     if not metrics_authorized(request, settings.METRICS_TOKEN):
         body = error_body(METRICS_UNAUTHORIZED, type="authentication_error", code="invalid_metrics_token")
         return JsonResponse(body, status=401, headers={"WWW-Authenticate": 'Bearer realm="metrics"'})
-    body = generate_latest(_process_registry()) + generate_latest(CLUSTER_REGISTRY)
-    return HttpResponse(body, content_type=CONTENT_TYPE_LATEST)
+    text = generate_latest(_process_registry()) + generate_latest(CLUSTER_REGISTRY)
+    return HttpResponse(text, content_type=CONTENT_TYPE_LATEST)
 
 
 _served: dict[int, object] = {}

@@ -12,6 +12,8 @@ breaks the schema (tests/test_openapi.py checks that every link below is present
 
 from __future__ import annotations
 
+from typing import Any
+
 # (source operationId, status) -> {link name: link object}
 _ACCESS = "Send the `access` token of this answer as `Authorization: Bearer <access>`."
 _ID = {"provider_id": "$response.body#/id"}
@@ -55,7 +57,7 @@ LINKS: dict[tuple[str, str], dict[str, dict]] = {
 }
 
 
-def postprocess_links(result, generator, request, public):
+def postprocess_links(result: dict[str, Any], generator: object, request: object, public: bool) -> dict[str, Any]:
     """Adds LINKS to the responses they start from."""
     operations = {op.get("operationId"): op for item in result.get("paths", {}).values()
                   for op in item.values() if isinstance(op, dict)}

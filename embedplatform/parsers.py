@@ -7,6 +7,9 @@ oversized body is answered with 413 without being held in memory.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import IO, Any
+
 import orjson
 from django.conf import settings
 from rest_framework import parsers
@@ -16,7 +19,8 @@ from embedplatform.errors import PayloadTooLarge
 
 
 class JSONParser(parsers.JSONParser):
-    def parse(self, stream, media_type=None, parser_context=None):
+    def parse(self, stream: IO[Any] | None, media_type: str | None = None,
+              parser_context: Mapping[str, Any] | None = None) -> Any:
         view = (parser_context or {}).get("view")
         limit = getattr(view, "max_request_bytes", None) or settings.MAX_REQUEST_BYTES
         request = (parser_context or {}).get("request")

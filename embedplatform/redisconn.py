@@ -13,11 +13,13 @@ import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any, cast
 
 import redis
 from django.conf import settings
 from django.core.signals import setting_changed
 from django.dispatch import receiver
+from redis.commands.core import Script
 
 _local = threading.local()
 _generation = 0  # bumped when a Redis setting changes (tests): every thread makes a new client
@@ -44,7 +46,7 @@ def blocking_slice() -> float:
     return max(0.01, min(1.0, settings.REDIS_SOCKET_TIMEOUT / 2))
 
 
-def script(source: str):
+def script(source: str) -> Script:
     """A registered Lua script bound to this thread's client (EVALSHA, loads it on a miss)."""
     client = redis_client()
     registered = _local.scripts.get(source)
@@ -54,7 +56,7 @@ def script(source: str):
 
 
 @receiver(setting_changed)
-def _redis_setting_changed(*, setting: str, **kwargs) -> None:
+def _redis_setting_changed(*, setting: str, **kwargs: Any) -> None:
     global _generation
     if setting in _SETTINGS:
         _generation += 1
@@ -84,7 +86,7 @@ def dirty_hashes_take(*, dirty: str, prefix: str, flushing: str) -> list[tuple[s
     pending = [(key, key[len(flushing):].split(":", 1)[1])
                for key in (k.decode() for k in client.scan_iter(match=flushing + "*", count=1000))]
     while (member := client.spop(dirty)) is not None:
-        member = member.decode()
+        member = cast(bytes, member).decode()
         renamed = f"{flushing}{uuid.uuid4().hex}:{member}"
         try:
             client.rename(prefix + member, renamed)

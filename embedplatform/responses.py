@@ -38,7 +38,7 @@ class IsoDateTimeField(serializers.DateTimeField):
     """A time as `datetime.isoformat()` writes it (`+00:00`): how the job payload, its webhook,
     a revoked key and the quota reset have always shown times (DRF's own format writes `Z`)."""
 
-    def to_representation(self, value):
+    def to_representation(self, value: datetime | None) -> str | None:  # type: ignore[override]  # None -> null
         return value.isoformat() if value else None
 
 
@@ -76,9 +76,11 @@ def _field(hint: Any, **kwargs: Any) -> serializers.Field:
                 kwargs["help_text"] = item
         for item in meta:
             if isinstance(item, serializers.Field):  # a configured field (choices...): a new one like it
-                item, kwargs = type(item), {**item._kwargs, **kwargs}
+                # _kwargs: the arguments Field.__new__ keeps (not in the stubs).
+                item, kwargs = type(item), {**item._kwargs, **kwargs}  # type: ignore[attr-defined]
             if isinstance(item, type) and issubclass(item, serializers.Field):
-                return item(**kwargs, **({"allow_null": True} if _is_optional(base) else {}))
+                extra: dict[str, Any] = {"allow_null": True} if _is_optional(base) else {}
+                return item(**kwargs, **extra)
         return _field(base, **kwargs)
     if origin is Literal:
         if len(args) == 1:

@@ -8,11 +8,16 @@ authentication extensions, so every app's schemas module imports it.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any, TypeVar
+
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema_serializer
 from rest_framework import serializers
 
 from embedplatform import errors
+
+if TYPE_CHECKING:
+    from drf_spectacular.openapi import AutoSchema
 
 
 class ErrorDetailSerializer(serializers.Serializer):
@@ -98,7 +103,10 @@ def error_responses(*codes: int) -> dict[int, OpenApiResponse]:
     return out
 
 
-def named(serializer_class, name: str):
+_Serializer = TypeVar("_Serializer", bound=type[serializers.BaseSerializer])
+
+
+def named(serializer_class: _Serializer, name: str) -> _Serializer:
     """The serializer as component `name` (several views nest a class called `InputSerializer`).
 
     With COMPONENT_SPLIT_REQUEST the request body component is `<name>Request`.
@@ -116,7 +124,7 @@ class ApiKeyAuthScheme(OpenApiAuthenticationExtension):
     target_class = "accounts.authentication.ApiKeyAuthentication"
     name = "ApiKeyAuth"
 
-    def get_security_definition(self, auto_schema):
+    def get_security_definition(self, auto_schema: AutoSchema) -> dict[str, Any]:
         return {
             "type": "http",
             "scheme": "bearer",
@@ -130,7 +138,7 @@ class JwtAuthScheme(OpenApiAuthenticationExtension):
     name = "JWTAuth"
     priority = 1  # ahead of drf-spectacular's own simplejwt extension (a base class of ours)
 
-    def get_security_definition(self, auto_schema):
+    def get_security_definition(self, auto_schema: AutoSchema) -> dict[str, Any]:
         return {
             "type": "http",
             "scheme": "bearer",
@@ -140,7 +148,8 @@ class JwtAuthScheme(OpenApiAuthenticationExtension):
         }
 
 
-JWT_ONLY = [{"JWTAuth": []}]
+# Security requirement objects, which extend_schema(auth=...) takes though its annotation says Sequence[str].
+JWT_ONLY: list[Any] = [{"JWTAuth": []}]
 
 _RATE_HEADERS = {
     "X-RateLimit-Limit": "Texts per day on the tenant's tier.",
@@ -211,7 +220,7 @@ HEALTH_PATHS = {
 }
 
 
-def postprocess_schema(result, generator, request, public):
+def postprocess_schema(result: dict[str, Any], generator: object, request: object, public: bool) -> dict[str, Any]:
     """The health paths, response headers drf-spectacular has no decorator for, JSON-only bodies.
 
     The API parses `curl -d` bodies (form content type) as JSON too, but documents JSON only.

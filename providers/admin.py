@@ -8,8 +8,12 @@ headers needs the API key (and the secret header values) again.
 
 from __future__ import annotations
 
+from typing import Any
+
 from django import forms
 from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
 
 from embedplatform.errors import InvalidInput
 from providers.models import ProviderConfig, header_is_template
@@ -27,16 +31,17 @@ class ProviderConfigForm(forms.ModelForm):
         fields = ("tenant", "name", "preset", "endpoint", "request_template", "response_path", "headers", "model",
                   "max_inputs")
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._before = _routing(self.instance) if self.instance.pk else None
-        self._stored_secrets = set()
-        if self.instance.pk and self.instance.headers_encrypted:
+        self._stored_secrets: set[str] = set()
+        if self._before is not None and self.instance.headers_encrypted:
             self._stored_secrets = {n for n, v in self._before["headers"].items() if not header_is_template(v)}
-        self.headers_clear = None
+        self.headers_clear: dict | None = None
 
-    def clean(self):
+    def clean(self) -> dict[str, Any]:
         data = super().clean()
+        assert data is not None  # ModelForm.clean answers cleaned_data
         provider = self.instance
         api_key = data.get("api_key") or None
         kept: set[str] = set()
@@ -67,12 +72,12 @@ class ProviderConfigAdmin(admin.ModelAdmin):
     exclude = ("headers_encrypted", "headers_digest")
     actions = ["test_providers"]
 
-    def save_model(self, request, obj, form, change):
+    def save_model(self, request: HttpRequest, obj: ProviderConfig, form: ProviderConfigForm, change: bool) -> None:
         obj.headers_store(form.headers_clear)  # the form put the shown (masked) values back on obj
         _save(obj, api_key=form.cleaned_data.get("api_key") or None)
 
     @admin.action(description="Test the selected providers (one short text each)")
-    def test_providers(self, request, queryset):
+    def test_providers(self, request: HttpRequest, queryset: QuerySet[ProviderConfig]) -> None:
         for provider in queryset:
             result = provider_check(provider)
             if result.ok:

@@ -4,6 +4,10 @@ provider request."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
+from django.apps import AppConfig
 from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
 
@@ -11,7 +15,7 @@ from providers.crypto import fernet
 
 
 @checks.register(checks.Tags.security)
-def encryption_key_check(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
+def encryption_key_check(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any) -> list[checks.CheckMessage]:
     try:
         fernet()
     except ImproperlyConfigured as exc:

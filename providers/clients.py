@@ -19,11 +19,13 @@ import re
 import time
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import numpy as np
 import orjson
 from django.conf import settings
+from jsonpath_ng import JSONPath
 from jsonpath_ng.exceptions import JSONPathError
 from jsonpath_ng.ext import parse as jsonpath_parse
 
@@ -41,6 +43,9 @@ from providers.errors import (
 )
 from providers.ssrf import EndpointRefused, endpoint_check
 
+if TYPE_CHECKING:
+    from providers.models import ProviderConfig
+
 # httpx logs every request URL at INFO; a custom endpoint's query string may hold a credential.
 logging.getLogger("httpx").setLevel(logging.WARNING)
 
@@ -57,14 +62,14 @@ class TemplateError(ValueError):
 
 # --- templates ----------------------------------------------------------------------------
 
-def template_validate(template) -> None:
+def template_validate(template: Any) -> None:
     """Raises TemplateError unless `template` is a JSON object with exactly one "{{texts}}" or
     "{{text}}" value and no placeholder but those and "{{model}}"."""
     if not isinstance(template, dict) or not template:
         raise TemplateError('must be a JSON object, e.g. {"model": "{{model}}", "input": "{{texts}}"}')
-    slots = []
+    slots: list[str] = []
 
-    def walk(value, where: str) -> None:
+    def walk(value: Any, where: str) -> None:
         if isinstance(value, str):
             if value in ("{{texts}}", "{{text}}"):
                 slots.append(where)
@@ -90,10 +95,10 @@ def template_validate(template) -> None:
         )
 
 
-def template_render(template, *, texts: list[str], model: str):
+def template_render(template: Any, *, texts: list[str], model: str) -> Any:
     """The request body: the template with JSON values substituted (never string pasting)."""
 
-    def walk(value):
+    def walk(value: Any) -> Any:
         if isinstance(value, str):
             if value == "{{texts}}":
                 return list(texts)
@@ -109,7 +114,7 @@ def template_render(template, *, texts: list[str], model: str):
     return walk(template)
 
 
-def headers_validate(headers) -> None:
+def headers_validate(headers: Any) -> None:
     """Raises TemplateError unless `headers` maps header names to string values ("{{api_key}}" allowed)."""
     if not isinstance(headers, dict):
         raise TemplateError('must be a JSON object of header names to values, e.g. {"Authorization": "Bearer {{api_key}}"}')
@@ -132,7 +137,7 @@ def headers_render(headers: dict[str, str], *, api_key: str) -> dict[str, str]:
 
 
 @lru_cache(maxsize=256)
-def path_parse(path: str):
+def path_parse(path: str) -> JSONPath:
     """The compiled JSONPath; raises TemplateError for one that does not parse."""
     if not isinstance(path, str) or not path.strip() or len(path) > 500:
         raise TemplateError("must be a JSONPath such as $.data[*].embedding")
@@ -144,7 +149,7 @@ def path_parse(path: str):
 
 # --- responses ----------------------------------------------------------------------------
 
-def vectors_extract(body, *, path: str, n: int) -> np.ndarray:
+def vectors_extract(body: Any, *, path: str, n: int) -> np.ndarray:
     """(n, dims) float32 from the response body. Raises ValueError saying what is wrong."""
     found = [m.value for m in path_parse(path).find(body)]
     # `$.embeddings.float` (the list itself) and `$.embeddings.float[*]` (its items) both work.
@@ -172,7 +177,7 @@ def vectors_extract(body, *, path: str, n: int) -> np.ndarray:
     return out
 
 
-def usage_extract(body, path: str) -> int | None:
+def usage_extract(body: Any, path: str) -> int | None:
     if not path:
         return None
     try:
@@ -221,7 +226,7 @@ class Upstream:
 
     name: str
     endpoint: str
-    template: dict
+    template: dict | None  # ProviderConfig.effective_template
     response_path: str
     headers: dict
     api_key: str
@@ -236,7 +241,7 @@ class Upstream:
         return text.replace(self.api_key, secret_mask(self.api_key)) if self.api_key else text
 
 
-def upstream_for(provider) -> Upstream:
+def upstream_for(provider: ProviderConfig) -> Upstream:
     """The call configuration of a ProviderConfig, secret decrypted (SecretUnreadable if it cannot be)."""
     return Upstream(
         name=provider.name,
@@ -307,7 +312,7 @@ def _send(up: Upstream, body: bytes, *, timeout: float) -> tuple[int, httpx.Head
         return resp.status_code, resp.headers, b"".join(chunks)
 
 
-def _attempt(up: Upstream, body: bytes, *, timeout: float):
+def _attempt(up: Upstream, body: bytes, *, timeout: float) -> Any:
     """One attempt, timed and counted (embed_provider_call_seconds / embed_provider_errors)."""
     started = time.perf_counter()
     kind = None
@@ -328,7 +333,7 @@ def _attempt(up: Upstream, body: bytes, *, timeout: float):
             metrics.provider_error_inc(up.preset, kind)
 
 
-def _attempt_once(up: Upstream, body: bytes, *, timeout: float):
+def _attempt_once(up: Upstream, body: bytes, *, timeout: float) -> Any:
     """One attempt: the parsed JSON body, or ProviderError/ProviderTimeout, or _Transient (retry)."""
     try:
         status, headers, content = _send(up, body, timeout=timeout)
@@ -354,7 +359,7 @@ def _attempt_once(up: Upstream, body: bytes, *, timeout: float):
     raise error
 
 
-def _post(up: Upstream, payload, *, deadline: float | None):
+def _post(up: Upstream, payload: Any, *, deadline: float | None) -> Any:
     """POSTs with retries: transient failures wait (Retry-After, else jittered exponential backoff)
     as long as the retry budget, PROVIDER_MAX_BACKOFF_SECONDS and the deadline allow."""
     body = json.dumps(payload).encode("ascii")  # ASCII-escaped: lone surrogates cannot break it
@@ -380,7 +385,8 @@ def embed_call(up: Upstream, *, model: str, texts: list[str], deadline: float | 
     """(vectors float32[n, dims], tokens per text) for `texts`, in order, in as few calls as the
     provider's per-call limit allows. Raises ProviderError / ProviderTimeout."""
     per_call = max(1, min(up.max_inputs, settings.PROVIDER_MAX_INPUTS_PER_CALL))
-    parts, tokens = [], []
+    parts: list[np.ndarray] = []
+    tokens: list[int] = []
     for start in range(0, len(texts), per_call):
         batch = texts[start : start + per_call]
         body = _post(up, template_render(up.template, texts=batch, model=model), deadline=deadline)

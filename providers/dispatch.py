@@ -76,6 +76,7 @@ class ProviderDispatch(Dispatcher):
             return
         item = handle.item
         model = handle.model
+        assert isinstance(model, ProviderModel)
         if not redis_client().exists(provider_alive_key()):
             raise Overloaded(NO_PROVIDER_WORKER, retry_after=5, code="no_worker")
         try:

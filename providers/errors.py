@@ -32,6 +32,7 @@ class ProviderError(ApiError):
     status = 502
     type = "upstream_error"
     code = "provider_error"
+    kind: str  # set where a call failed (providers.clients._error): the metrics label
 
 
 class ProviderTimeout(ApiError):

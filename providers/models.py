@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import orjson
 from django.db import models
@@ -41,6 +42,7 @@ class ProviderConfig(models.Model):
     secret_mask = models.CharField(max_length=32, blank=True, default="")
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(auto_now=True)
+    tenant_id: int  # the `tenant` column (declared for the type checker)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["tenant", "name"], name="provider_name_per_tenant")]
@@ -121,7 +123,7 @@ def header_is_template(value: str) -> bool:
     return isinstance(value, str) and bool(_TEMPLATE_VALUE.match(value))
 
 
-def _uses_single_text(template) -> bool:
+def _uses_single_text(template: Any) -> bool:
     if template == "{{text}}":
         return True
     if isinstance(template, dict):

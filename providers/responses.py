@@ -34,7 +34,7 @@ class ProviderSerializer(serializers.Serializer):
 
 class ProviderListSerializer(serializers.Serializer):
     object = serializers.CharField(default="list")
-    data = ProviderSerializer(many=True)
+    data = ProviderSerializer(many=True)  # type: ignore[assignment]  # a field: DRF's metaclass keeps .data
 
 
 class ProviderDeletedSerializer(serializers.Serializer):  # of {"id": the deleted provider's id}

@@ -4,7 +4,10 @@ providers/responses.py)."""
 
 from __future__ import annotations
 
-from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema
+from collections.abc import Callable
+
+from drf_spectacular.utils import F, OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework.serializers import BaseSerializer, Serializer
 
 from embedplatform.schemas import JWT_ONLY, MANAGEMENT_ERRORS, error_responses, named
 from providers.responses import (
@@ -32,7 +35,7 @@ PROVIDER_EXAMPLE = {
 PROVIDER_ID = OpenApiParameter("provider_id", int, OpenApiParameter.PATH, description="The provider's id.")
 
 
-def _ok(serializer, name: str, value, status: int = 200) -> OpenApiResponse:
+def _ok(serializer: type[BaseSerializer], name: str, value: dict, status: int = 200) -> OpenApiResponse:
     return OpenApiResponse(
         serializer, examples=[OpenApiExample(name, value=value, status_codes=[str(status)], response_only=True)]
     )
@@ -50,7 +53,7 @@ provider_list_schema = extend_schema(
 )
 
 
-def provider_create_schema(input_serializer):
+def provider_create_schema(input_serializer: type[Serializer]) -> Callable[[F], F]:
     return extend_schema(
         operation_id="providers_create",
         tags=["providers"],
@@ -108,7 +111,7 @@ API_KEY_AGAIN_EXAMPLE = {
 }
 
 
-def provider_update_schema(input_serializer):
+def provider_update_schema(input_serializer: type[Serializer]) -> Callable[[F], F]:
     errors = error_responses(400, *MANAGEMENT_ERRORS, 404, 413)
     errors[400] = OpenApiResponse(
         errors[400].response,
@@ -159,7 +162,7 @@ provider_delete_schema = extend_schema(
 )
 
 
-def provider_test_schema(input_serializer):
+def provider_test_schema(input_serializer: type[Serializer]) -> Callable[[F], F]:
     return extend_schema(
         operation_id="providers_test",
         tags=["providers"],

@@ -12,6 +12,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FuturesTimeout
 from dataclasses import dataclass
+from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
@@ -68,6 +69,7 @@ def _validate(provider: ProviderConfig, *, api_key: str | None) -> None:
     except EndpointRefused as exc:
         raise InvalidInput(f"endpoint: {exc}.", param="endpoint") from None
     headers = provider.headers_clear()
+    value: Any  # each check takes its own kind of value
     for field, check, value in (
         ("request_template", template_validate, provider.effective_template),
         ("response_path", path_parse, provider.effective_response_path),
@@ -115,7 +117,7 @@ HEADERS_AGAIN = (
 )
 
 
-def headers_resolve(provider: ProviderConfig, headers) -> tuple[dict | None, set[str]]:
+def headers_resolve(provider: ProviderConfig, headers: Any) -> tuple[dict | None, set[str]]:
     """(the clear headers a create/update asks for, the names of stored secret values it kept).
 
     A value equal to the mask of the stored secret value of the same header keeps that value, so
@@ -183,7 +185,7 @@ def provider_create(
     return _save(provider, api_key=api_key)
 
 
-def provider_update(*, tenant: Tenant, provider_id: int, **changes) -> ProviderConfig:
+def provider_update(*, tenant: Tenant, provider_id: int, **changes: Any) -> ProviderConfig:
     """Changes the given fields (api_key: a new secret; "" removes it). NotFound for another tenant's.
 
     A change of endpoint, preset, request_template or headers needs the api_key (and any secret

@@ -111,7 +111,7 @@ def address_refusal(address: str) -> str | None:
 def _resolve(host: str, port: int) -> list[str]:
     """Every address of host (IPv4 and IPv6). Tests patch this to simulate DNS."""
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    return list(dict.fromkeys(info[4][0] for info in infos))
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
 
 def endpoint_parse(url: str) -> tuple[str, str, int, bool]:

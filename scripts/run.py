@@ -39,9 +39,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from dispatch.keys import DEFAULT_QUEUE, PROVIDER_QUEUE  # noqa: E402
 from embedplatform import embedded  # noqa: E402
 from workers.devices import pin_env  # noqa: E402
-from dispatch.keys import DEFAULT_QUEUE, PROVIDER_QUEUE  # noqa: E402
 
 PY = sys.executable
 BIN = Path(PY).parent

@@ -7,14 +7,19 @@ import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
+from redis.client import Pipeline
 
 from accounts.quotas import inflight_key
 from accounts.services import usage_record
 from dispatch.frames import WorkItem, reply_push
 from dispatch.keys import stats_key
 from workers.faults import Backoff
+
+if TYPE_CHECKING:
+    from embeddings.registry import ModelSpec
 
 logger = logging.getLogger(__name__)
 
@@ -49,14 +54,14 @@ class DrainStats:
         del self.batch_items[:-1000]
 
 
-def stats_add(pipe, name: str, **counts: int) -> None:
+def stats_add(pipe: Pipeline, name: str, **counts: int) -> None:
     """Adds to the loop's counters hash (dispatch.keys.stats_key) on `pipe`."""
     key = stats_key(name)
     for field_name, n in counts.items():
         pipe.hincrby(key, field_name, n)
 
 
-def usage_add(pipe, model: str, item: WorkItem, tokens, compute_ms: float) -> None:
+def usage_add(pipe: Pipeline, model: str, item: WorkItem, tokens: Iterable[int], compute_ms: float) -> None:
     """The misses of `item`'s request (its inputs, duplicates included, and their tokens) and the
     compute time spent on them, in today's counters of its tenant (accounts.services), on `pipe`."""
     if item.tenant:
@@ -65,7 +70,7 @@ def usage_add(pipe, model: str, item: WorkItem, tokens, compute_ms: float) -> No
                      pipe=pipe)
 
 
-def reply_add(pipe, item: WorkItem, payload: bytes) -> None:
+def reply_add(pipe: Pipeline, item: WorkItem, payload: bytes) -> None:
     """Answers `item` on `pipe`; its request's wait ends here, so its in-flight entry too (the web
     saves a round trip)."""
     reply_push(pipe, item.id, payload)
@@ -83,7 +88,7 @@ class RequestStore:
         self.upsert = upsert
         self.backoff = Backoff("cache upsert of a request's vectors", log=logger)  # only its log lines are used
 
-    def __call__(self, spec, items: list[WorkItem], index: dict[bytes, int], tokens: np.ndarray,
+    def __call__(self, spec: ModelSpec, items: list[WorkItem], index: dict[bytes, int], tokens: np.ndarray,
                  vectors: np.ndarray) -> None:
         if self.upsert is None:
             return

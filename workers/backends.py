@@ -36,7 +36,7 @@ import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import torch
@@ -45,6 +45,8 @@ from sentence_transformers import SentenceTransformer
 from sentence_transformers.models import Transformer
 
 if TYPE_CHECKING:
+    import onnxruntime as ort
+
     from embeddings.registry import ModelSpec
 
 logger = logging.getLogger(__name__)
@@ -240,7 +242,7 @@ def _onnx_load(model: SentenceTransformer, spec: ModelSpec, reference: Backend, 
         return None
 
 
-def _onnx_session(path: Path, threads: int):
+def _onnx_session(path: Path, threads: int) -> ort.InferenceSession:
     # Imported here, not at the top: GPU workers run torch only and never load ONNX Runtime.
     import onnxruntime as ort
 
@@ -299,7 +301,7 @@ class _LastHidden(torch.nn.Module):
         self.inner = inner
         self.names = names
 
-    def forward(self, *args):
+    def forward(self, *args: torch.Tensor) -> torch.Tensor:
         return self.inner(**dict(zip(self.names, args, strict=True))).last_hidden_state
 
 
@@ -338,7 +340,7 @@ def onnx_export(model_path: str, out: str, names: list[str]) -> None:
     """Exports the transformer of the sentence-transformers model at `model_path` to `out`: inputs
     `names` (batch and token axes dynamic), output last_hidden_state."""
     model = SentenceTransformer(model_path, device="cpu", local_files_only=True)
-    transformer = model[0].auto_model.eval()
+    transformer = cast(torch.nn.Module, model[0].auto_model).eval()
     sample = model.tokenizer(["hello world", "a longer sample text"], padding=True, return_tensors="pt")
     if "token_type_ids" in names and "token_type_ids" not in sample:
         sample["token_type_ids"] = torch.zeros_like(sample["input_ids"])

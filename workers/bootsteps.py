@@ -13,6 +13,7 @@ from __future__ import annotations
 import atexit
 import logging
 import threading
+from typing import TYPE_CHECKING, Any
 
 from celery import bootsteps
 from django.conf import settings
@@ -20,17 +21,20 @@ from django.db import connection, connections
 
 from dispatch.keys import PROVIDER_QUEUE, provider_alive_key
 from embeddings.cache import cache_upsert
-from embeddings.registry import model_get, model_specs
+from embeddings.registry import model_specs
 from embedplatform.redisconn import redis_client
 from workers.devices import cpu_threads, device_parse
 from workers.drain import Drainer
 from workers.jobfeed import JobFeed
 from workers.runtime import ModelRuntime
 
+if TYPE_CHECKING:
+    from celery.worker import WorkController
+
 logger = logging.getLogger(__name__)
 
 
-def _cache_upsert(**kwargs) -> int:
+def _cache_upsert(**kwargs: Any) -> int:
     try:
         return cache_upsert(**kwargs)
     except Exception:
@@ -40,33 +44,34 @@ def _cache_upsert(**kwargs) -> int:
 
 class DrainStep(bootsteps.StartStopStep):
     label = "drain"
-    requires = {"celery.worker.components:Pool"}
+    requires = ("celery.worker.components:Pool",)
 
-    def __init__(self, worker, **kwargs):
+    def __init__(self, worker: WorkController, **kwargs: Any) -> None:
         super().__init__(worker, **kwargs)
         self.threads: list[threading.Thread] = []
-        self.drainers: list = []
+        self.drainers: list[Drainer] = []
         self._stopping = threading.Event()
 
-    def _models(self, worker) -> list[str]:
+    def _models(self, worker: WorkController) -> list[str]:
         consumed = set((worker.app.amqp.queues.consume_from or {}).keys())
         return [name for name, spec in model_specs().items() if spec.queue in consumed]
 
-    def start(self, worker):
+    def start(self, worker: WorkController) -> None:
         # At interpreter exit (a worker that was never stopped, e.g. one a test started in-process),
         # quiet the threads before the servers they talk to go away: atexit runs this ahead of
         # the embedded Redis' own shutdown, which registered first.
         atexit.register(self._quiet)
+        hostname: str = worker.hostname  # type: ignore[attr-defined]  # set by WorkController, not in its stubs
 
         if PROVIDER_QUEUE in set((worker.app.amqp.queues.consume_from or {}).keys()):
-            self.beat = threading.Thread(target=self._provider_heartbeat, args=(worker.hostname,),
+            self.beat = threading.Thread(target=self._provider_heartbeat, args=(hostname,),
                                          name="provider-heartbeat", daemon=True)
             self.beat.start()
         models = self._models(worker)
         if not models:
             logger.info("this worker consumes no model queue; no drain loop")
             return
-        loader = threading.Thread(target=self._run, args=(models, worker.hostname), name="drain", daemon=True)
+        loader = threading.Thread(target=self._run, args=(models, hostname), name="drain", daemon=True)
         self.threads.append(loader)
         loader.start()
 
@@ -89,7 +94,7 @@ class DrainStep(bootsteps.StartStopStep):
             device = device_parse(settings.EMBED_DEVICE)
             backend = settings.EMBED_BACKEND if device == "cpu" else "torch"
             threads, onnx_threads = cpu_threads(settings.EMBED_THREADS) if device == "cpu" else (0, 0)
-            runtimes = {m: ModelRuntime(model_get(m), device, threads=threads, backend=backend,
+            runtimes = {m: ModelRuntime(model_specs()[m], device, threads=threads, backend=backend,
                                          precision=settings.EMBED_PRECISION, onnx_threads=onnx_threads)
                         for m in models}
         except Exception:
@@ -131,7 +136,7 @@ class DrainStep(bootsteps.StartStopStep):
         for drainer in self.drainers:
             drainer.stop()
 
-    def stop(self, worker):
+    def stop(self, worker: WorkController) -> None:
         self._quiet()
         for thread in list(self.threads):
             thread.join(timeout=10)

@@ -21,6 +21,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import redis as redis_lib
 
@@ -33,6 +34,10 @@ from workers.answers import DrainStats, RequestStore, reply_add, stats_add, usag
 from workers.faults import Backoff
 from workers.intake import Intake
 from workers.jobpasses import JobPasses
+
+if TYPE_CHECKING:
+    from workers.jobfeed import JobFeed
+    from workers.runtime import ModelRuntime
 
 logger = logging.getLogger(__name__)
 
@@ -54,9 +59,9 @@ class Drainer:
         upsert: Callable | None = None,
         name: str | None = None,
         block: float = 1.0,
-        jobs=None,
+        jobs: JobFeed | None = None,
         job_forward_texts: int | None = None,
-    ):
+    ) -> None:
         self.runtimes = runtimes  # model name -> ModelRuntime
         self.redis = redis
         self.max_texts = max_texts
@@ -215,7 +220,7 @@ class Drainer:
         pipe.execute()
         return len(texts)
 
-    def _one_by_one(self, runtime, items: list[WorkItem]) -> int:
+    def _one_by_one(self, runtime: ModelRuntime, items: list[WorkItem]) -> int:
         """After a failed pass: each item on its own, so one bad text fails only its own request."""
         pipe = self.redis.pipeline(transaction=False)
         done = 0

@@ -3,6 +3,8 @@ signals (dispatch/local.py puts both there)."""
 
 from __future__ import annotations
 
+from typing import cast
+
 import redis as redis_lib
 
 from dispatch.frames import REPLY_TTL_SECONDS, WorkItem
@@ -23,9 +25,10 @@ class Intake:
         popped = self.redis.blpop(self.lists + self.signals, timeout=block)
         if popped is None:
             return "", [], False
-        if popped[0].decode() in self.signals:
+        key, raw = cast(tuple[bytes, bytes], popped)
+        if key.decode() in self.signals:
             return "", [], True
-        first = WorkItem.loads(popped[1])
+        first = WorkItem.loads(raw)
         room = self.max_texts - len(first.texts)
         # Each taken item is marked with this loop's token, so that the request waiting for it
         # can tell when this loop dies with it (dispatch.local.work_wait): the first in the

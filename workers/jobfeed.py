@@ -6,6 +6,8 @@ or without jobs.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from django.db import close_old_connections, connection
 
 from embeddings import cache
@@ -45,7 +47,7 @@ class JobFeed:
     def release(self, chunk: ClaimedChunk, *, error: str, counts: bool = True) -> None:
         job_chunk_release(chunk=chunk, error=error, counts=counts)
 
-    def orphans(self, *, alive) -> int:
+    def orphans(self, *, alive: Callable[[list[str]], set[str]]) -> int:
         """Re-queues chunks held by drain loops that stopped beating (`alive(tokens)` -> live tokens)."""
         close_old_connections()
         return job_orphans_requeue(alive=alive)

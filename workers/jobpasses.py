@@ -13,16 +13,20 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 import numpy as np
 import redis as redis_lib
 
-from embeddings.cache import text_key
+from embeddings.cache import Hit, text_key
 from embeddings.jobs import ClaimedChunk
 from embedplatform import metrics
 from workers.answers import DrainStats, rows_by_scope, scope_rows, stats_add
 from workers.faults import OUTAGES, Backoff
 from workers.jobfeed import JobFeed
+
+if TYPE_CHECKING:
+    from workers.runtime import ModelRuntime
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +124,7 @@ class JobPasses:
             return False
         return not self.interactive_waiting()
 
-    def forward(self, runtime, texts: list[str]) -> tuple[np.ndarray, np.ndarray, float]:
+    def forward(self, runtime: ModelRuntime, texts: list[str]) -> tuple[np.ndarray, np.ndarray, float]:
         """runtime.encode for a job pass, one forward pass at a time (shortest texts first), serving
         any interactive request that arrived in between. Returns (tokens, vectors, seconds spent
         in the model)."""
@@ -155,7 +159,8 @@ class JobPasses:
                     if key not in chunk_hits and key not in index:
                         index[key] = len(texts)
                         texts.append(text)
-            tokens = vectors = None
+            tokens = np.empty(0, dtype=np.int32)  # every text cached: nothing computed
+            vectors = np.empty((0, 0), dtype=np.float32)
             compute_ms = 0.0
             if texts:
                 tokens, vectors, seconds = self.forward(runtime, texts)
@@ -170,6 +175,7 @@ class JobPasses:
             self.release(chunks, exc)
             return 0
         self.flush()  # the previous pass is stored before this one is handed over
+        assert self.writer is not None  # until close()
         self.pending = self.writer.submit(self.finish, chunks, keys, hits, index, tokens, vectors, compute_ms)
         self.stats.record(len(chunks), len(texts))
         with contextlib.suppress(redis_lib.RedisError):
@@ -178,7 +184,8 @@ class JobPasses:
             pipe.execute()
         return sum(len(c.texts) for c in chunks)
 
-    def finish(self, chunks, keys, hits, index, tokens, vectors, compute_ms) -> None:
+    def finish(self, chunks: list[ClaimedChunk], keys: list[list[bytes]], hits: list[dict[bytes, Hit]],
+               index: dict[bytes, int], tokens: np.ndarray, vectors: np.ndarray, compute_ms: float) -> None:
         """On the writer thread: store the new vectors (not swallowed: a chunk is done only once
         its vectors are stored), then mark each chunk done, once, even if its lease was taken over.
 

@@ -20,7 +20,7 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -151,16 +151,16 @@ class ModelRuntime:
     # --- what tests and benchmarks look at ----------------------------------------------------
 
     @property
-    def _session(self):
+    def _session(self) -> Any:
         """The small passes' ONNX Runtime session, or None."""
         return getattr(self.small, "session", None)
 
     @property
-    def _session_big(self):
+    def _session_big(self) -> Any:
         """The big passes' own ONNX Runtime session, or None."""
         return None if self.big is self.small else getattr(self.big, "session", None)
 
     @property
-    def _bf16(self):
+    def _bf16(self) -> Any:
         """The big passes' bfloat16 transformer (a TorchScript graph where tracing worked), or None."""
         return getattr(self.big, "graph", None)

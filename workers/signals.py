@@ -7,7 +7,9 @@ https://docs.celeryq.dev/en/stable/userguide/signals.html
 from __future__ import annotations
 
 import logging
+from typing import Any
 
+from celery import Task
 from celery.signals import before_task_publish, task_postrun, task_prerun, worker_ready
 from django.conf import settings
 
@@ -19,7 +21,7 @@ REQUEST_ID_TASK_HEADER = "request_id"
 
 
 @before_task_publish.connect(dispatch_uid="workers.signals.request_id_publish")
-def request_id_publish(headers: dict | None = None, **kwargs) -> None:
+def request_id_publish(headers: dict | None = None, **kwargs: Any) -> None:
     """before_task_publish: a task sent while handling a request carries that request's id.
 
     https://docs.celeryq.dev/en/stable/userguide/signals.html#before-task-publish
@@ -31,7 +33,7 @@ def request_id_publish(headers: dict | None = None, **kwargs) -> None:
 
 
 @task_prerun.connect(dispatch_uid="workers.signals.request_id_enter")
-def request_id_enter(task=None, **kwargs) -> None:
+def request_id_enter(task: Task | None = None, **kwargs: Any) -> None:
     """task_prerun: the task's log lines carry the id of the request that sent it (or none).
 
     https://docs.celeryq.dev/en/stable/userguide/signals.html#task-prerun
@@ -43,7 +45,7 @@ def request_id_enter(task=None, **kwargs) -> None:
 
 
 @task_postrun.connect(dispatch_uid="workers.signals.request_id_leave")
-def request_id_leave(**kwargs) -> None:
+def request_id_leave(**kwargs: Any) -> None:
     """task_postrun: the worker thread's next lines belong to no request.
 
     https://docs.celeryq.dev/en/stable/userguide/signals.html#task-postrun
@@ -52,7 +54,7 @@ def request_id_leave(**kwargs) -> None:
 
 
 @worker_ready.connect(dispatch_uid="workers.signals.metrics_serve")
-def metrics_serve(**kwargs) -> None:
+def metrics_serve(**kwargs: Any) -> None:
     """worker_ready: serve this worker's Prometheus metrics on WORKER_METRICS_PORT (0: off).
 
     https://docs.celeryq.dev/en/stable/userguide/signals.html#worker-ready

@@ -7,9 +7,11 @@ import this module.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from datetime import timedelta
+from typing import Any
 
-from celery import shared_task
+from celery import Task, shared_task
 from django.conf import settings
 
 from accounts.services import usage_flush as accounts_usage_flush
@@ -49,7 +51,7 @@ def provider_embed(provider_id: int, model: str, texts: list[str], keys: list[st
     """
     if not provider_embed_run(provider_id=provider_id, model=model, texts=texts, keys=keys, reply_id=reply_id,
                               deadline=deadline):
-        provider_embed.apply_async(args=[provider_id, model, texts, keys, reply_id, deadline], queue=PROVIDER_QUEUE,
+        provider_embed.apply_async(args=(provider_id, model, texts, keys, reply_id, deadline), queue=PROVIDER_QUEUE,
                                    countdown=PROVIDER_BUSY_RETRY_SECONDS, expires=max(1.0, deadline - time.time()))
 
 
@@ -66,11 +68,12 @@ def job_sweep() -> int:
 WEBHOOK_MAX_RETRIES = 6
 
 
-def _job_webhook_failure(self, exc, task_id, args, kwargs, einfo) -> None:
+def _job_webhook_failure(self: Task, exc: Exception, task_id: str, args: Sequence[Any], kwargs: dict[str, Any],
+                         einfo: object) -> None:
     job_webhook_give_up(job_id=args[0] if args else kwargs["job_id"])
 
 
-@shared_task(
+@shared_task(  # type: ignore[call-overload]  # on_failure: a Task attribute the stubs' options leave out
     name=JOB_WEBHOOK_TASK, ignore_result=True, autoretry_for=(WebhookTransient,), max_retries=WEBHOOK_MAX_RETRIES,
     retry_backoff=5, retry_backoff_max=600, retry_jitter=True, on_failure=_job_webhook_failure,
 )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import secrets
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Final
@@ -31,7 +32,8 @@ EMBEDDED_DB: Final = "DATABASE_URL" not in env
 EMBEDDED_REDIS: Final = "REDIS_URL" not in env
 
 
-def _secret(name: str, generate=lambda: secrets.token_urlsafe(50), hint: str = "any long random string") -> str:
+def _secret(name: str, generate: Callable[[], str] = lambda: secrets.token_urlsafe(50),
+            hint: str = "any long random string") -> str:
     """A secret from the env, or (embedded/dev path only) one generated once under VAR_DIR."""
     value = env.str(name, default="")
     if value:
@@ -203,8 +205,8 @@ if EMBED_PRECISION not in ("auto", "fp32", "bf16"):
     raise ImproperlyConfigured(f"EMBED_PRECISION={EMBED_PRECISION!r}: use auto, fp32 or bf16.")
 # Where exported ONNX models are kept (one file per model version and exporter).
 EMBED_ONNX_DIR: Path = Path(env.str("EMBED_ONNX_DIR", default=str(VAR_DIR / "onnx"))).resolve()
-# A forward pass takes at most this many texts. On a GPU bigger passes pay (H200, MiniLM:
-# 9.3k texts/s at 64, 21.5k at 256; bench/gpu_check.py), on CPU they do not.
+# A forward pass takes at most this many texts. On a GPU bigger passes pay, on a CPU they do not
+# (DECISIONS #17; docs/BENCHMARKS.md, "GPU check").
 MAX_BATCH_TEXTS: int = env.int("MAX_BATCH_TEXTS", default=256 if EMBED_DEVICE.startswith("cuda") else 64)
 MAX_BATCH_TOKENS: int = env.int("MAX_BATCH_TOKENS", default=16384)
 MAX_QUEUE_DEPTH: int = env.int("MAX_QUEUE_DEPTH", default=10000)

@@ -38,13 +38,14 @@ if EMBEDDED_DB or EMBEDDED_REDIS:
     if EMBEDDED_REDIS:
         _redis = embedded.start_redis(TEST_VAR_DIR)
         atexit.register(embedded.stop_redis, _redis)
-        REDIS_URL = embedded.redis_url(TEST_VAR_DIR, TEST_REDIS_DB)
+        REDIS_URL = embedded.redis_url(TEST_VAR_DIR, TEST_REDIS_DB)  # type: ignore[misc]  # overlays base's Final
         CELERY_BROKER_URL = embedded.broker_url(TEST_VAR_DIR, TEST_REDIS_DB)
     atexit.register(embedded.quiet_logs)  # atexit runs last-in first-out: this goes first
 
 if not EMBEDDED_REDIS:
     # Same server, the tests' own DB number.
-    REDIS_URL = re.sub(r"(redis://[^/?]+)(/\d+)?", rf"\1/{TEST_REDIS_DB}", env.str("REDIS_URL"), count=1)
+    REDIS_URL = re.sub(  # type: ignore[misc]  # overlays base's Final
+        r"(redis://[^/?]+)(/\d+)?", rf"\1/{TEST_REDIS_DB}", env.str("REDIS_URL"), count=1)
     if "CELERY_BROKER_URL" not in env or env.str("CELERY_BROKER_URL") == env.str("REDIS_URL"):
         CELERY_BROKER_URL = REDIS_URL
 

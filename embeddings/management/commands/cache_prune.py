@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from django.core.management.base import BaseCommand, CommandError
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from accounts.models import Tenant
 from embeddings.retention import PRUNE_BATCH, cache_prune, duration_parse
@@ -12,7 +14,7 @@ class Command(BaseCommand):
     help = ("Delete cache entries not used (last hit, else created) for a while, in short batches so the "
             "table is never locked for long. CACHE_RETENTION_DAYS runs this daily from beat.")
 
-    def add_arguments(self, parser):
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--unused-for", required=True, metavar="DURATION",
                             help="How long an entry must have gone unused: 90d, 12h or 30m.")
         parser.add_argument("--tenant", type=int, default=None,
@@ -21,7 +23,7 @@ class Command(BaseCommand):
         parser.add_argument("--dry-run", action="store_true", help="Count what would be deleted; delete nothing.")
         parser.add_argument("--batch-size", type=int, default=PRUNE_BATCH, help="Rows per DELETE (one transaction each).")
 
-    def handle(self, *args, **opts):
+    def handle(self, *args: Any, **opts: Any) -> None:
         try:
             unused_for = duration_parse(opts["unused_for"])
         except ValueError as exc:

@@ -6,6 +6,8 @@ Rotation: put the new key first (ENCRYPTION_KEY=new,old), run this, then drop th
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
@@ -18,7 +20,7 @@ from providers.models import ProviderConfig
 class Command(BaseCommand):
     help = "Re-encrypts every stored provider secret (API keys, secret header values) with the first key of ENCRYPTION_KEY."
 
-    def handle(self, *args, **options):
+    def handle(self, *args: Any, **options: Any) -> None:
         rotated = 0
         try:
             with transaction.atomic():

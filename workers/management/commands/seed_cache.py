@@ -4,20 +4,22 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 from django.conf import settings
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from accounts.models import Tenant
 from dispatch.base import INPUT_TYPES
 from embeddings.cache import PUBLIC_SCOPE
 from embeddings.registry import DEFAULT_MODEL, model_get, model_specs
-from embeddings.seeding import cache_seed
+from embeddings.seeding import SeedProgress, cache_seed
 from workers.devices import device_parse
 from workers.runtime import ModelRuntime
 
 
-def _lines(stream):
+def _lines(stream: Iterable[str]) -> Iterator[str]:
     for line in stream:
         text = line.rstrip("\r\n")
         if text.strip():
@@ -29,7 +31,7 @@ class Command(BaseCommand):
             "process, and store them in the cache: the public scope by default, which every tenant reads. "
             "Texts already cached are skipped, so it can be re-run.")
 
-    def add_arguments(self, parser):
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("file")
         parser.add_argument("--model", default=DEFAULT_MODEL)
         parser.add_argument("--tenant", type=int, default=None, help="A tenant id: seed its private scope instead.")
@@ -37,7 +39,7 @@ class Command(BaseCommand):
         parser.add_argument("--batch-size", type=int, default=256)
         parser.add_argument("--device", default=settings.EMBED_DEVICE, help="cpu, cuda or cuda:N (default EMBED_DEVICE).")
 
-    def handle(self, *args, **opts):
+    def handle(self, *args: Any, **opts: Any) -> None:
         spec = model_get(opts["model"])
         if spec is None:
             raise CommandError(f"Unknown model {opts['model']!r}; served models: {', '.join(model_specs())}.")
@@ -55,7 +57,7 @@ class Command(BaseCommand):
         started = time.monotonic()
         runtime = ModelRuntime(spec, device_parse(opts["device"]))
 
-        def report(p):
+        def report(p: SeedProgress) -> None:
             rate = p.seen / max(time.monotonic() - started, 1e-6)
             self.stderr.write(f"{p.seen} texts: {p.stored} stored, {p.cached} already cached ({rate:.0f} texts/s)")
 
