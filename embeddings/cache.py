@@ -47,7 +47,8 @@ def cache_lookup(*, model: str, version: str, keys: Sequence[bytes], scopes: Seq
         cur.execute(
             # `scope + 0`: keeps the planner on the cache_key index (text_sha256 first). With stale
             # statistics after a bulk load it otherwise picks the (scope, model) index and reads
-            # every row of the tenant's scope: 138 ms instead of 0.8 ms at 357k rows (measured).
+            # every row of the tenant's scope (DECISIONS #18; docs/BENCHMARKS.md, "Database: cache
+            # lookups and pruning").
             f"SELECT text_sha256, tokens, vector, scope FROM {_TABLE} "
             "WHERE text_sha256 = ANY(%s) AND model = %s AND model_version = %s AND scope + 0 = ANY(%s)",
             [list(keys), model, version, list(scopes)],

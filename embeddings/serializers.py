@@ -101,8 +101,8 @@ class EmbedOptionsSerializer(serializers.Serializer):
     """The options every embedding endpoint takes.
 
     Fields are shallow copies of the declared ones: DRF re-instantiates every declared field
-    per request (Field.__deepcopy__), a quarter of a cache hit's time in the view (measured
-    with bench/profile_hit.py). These fields keep no per-request state, so a copy that
+    per request (Field.__deepcopy__), a large share of a cache hit's time in the view
+    (docs/BENCHMARKS.md, "Cache-hit path in one process"). These fields keep no per-request state, so a copy that
     bind() can give its own name and parent is enough.
     """
 
