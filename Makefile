@@ -51,10 +51,11 @@ flower: install
 test: install
 	$(PY) -m pytest
 
-# Ruff, then the import contract (pyproject.toml: the apps import one way).
+# Ruff, the import contract (pyproject.toml: the apps import one way), then mypy (every function typed).
 lint: install
 	$(PY) -m ruff check .
 	$(VENV)/bin/lint-imports
+	$(PY) -m mypy
 
 fmt: install
 	$(PY) -m ruff check --fix . && $(PY) -m ruff format .

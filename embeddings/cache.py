@@ -15,7 +15,7 @@ import numpy as np
 from django.db import connection
 
 from embeddings import cachecap
-from embeddings.hotcache import hot_cache
+from embeddings.hotcache import HotCache, hot_cache
 from embeddings.models import CachedEmbedding
 
 PUBLIC_SCOPE = CachedEmbedding.PUBLIC_SCOPE
@@ -36,7 +36,7 @@ def text_key(model_input: str) -> bytes:
 class Hit:
     vector: np.ndarray
     tokens: int
-    scope: int | None = None  # where it was found
+    scope: int  # where it was found
 
 
 def cache_lookup(*, model: str, version: str, keys: Sequence[bytes], scopes: Sequence[int]) -> dict[bytes, Hit]:
@@ -57,7 +57,7 @@ def cache_lookup(*, model: str, version: str, keys: Sequence[bytes], scopes: Seq
     return {bytes(k): Hit(np.frombuffer(v, dtype="<f4"), t, s) for k, t, v, s in rows}
 
 
-def _hot_scopes(hot, scopes: Sequence[int]) -> list[int]:
+def _hot_scopes(hot: HotCache, scopes: Sequence[int]) -> list[int]:
     """The scopes the hot tier may serve: the public one, and a tenant's once this process knows
     its epoch (learnt by the admission script; embeddings/hotcache.py): entries kept before
     that could predate a DELETE /v1/cache that this process has not heard of."""
@@ -79,7 +79,8 @@ def cache_lookup_served(*, model: str, version: str, keys: Sequence[bytes], scop
     return found
 
 
-def hot_remember(*, model: str, version: str, scope: int, keys: Sequence[bytes], tokens, vectors) -> None:
+def hot_remember(*, model: str, version: str, scope: int, keys: Sequence[bytes], tokens: np.ndarray,
+                 vectors: np.ndarray) -> None:
     """Puts vectors the workers just computed (and stored) for `scope` into the hot tier."""
     hot = hot_cache()
     if not _hot_scopes(hot, [scope]):

@@ -4,7 +4,7 @@ shape (embedplatform/responses.py), which the job endpoints, the 202 answers and
 from __future__ import annotations
 
 import copy
-from typing import Annotated, Literal, TypedDict
+from typing import Annotated, Any, Literal, TypedDict
 
 from django.conf import settings
 from rest_framework import serializers
@@ -17,7 +17,7 @@ from embedplatform.errors import WAIT_TOO_LONG
 IsoTime = Annotated[str, serializers.DateTimeField]  # a time as datetime.isoformat() writes it
 
 
-def _check_text(value, where: str) -> str:
+def _check_text(value: Any, where: str) -> str:
     if not isinstance(value, str):
         if isinstance(value, int) or (isinstance(value, list) and value and isinstance(value[0], int)):
             raise serializers.ValidationError(f"{where} is a token array; send text (a string) instead.")
@@ -43,11 +43,11 @@ class TextsField(serializers.Field):
 
     default_error_messages = {"required": "input is required: a string or an array of strings."}
 
-    def __init__(self, *, max_items_setting: str = "MAX_INPUTS_PER_REQUEST", **kwargs):
+    def __init__(self, *, max_items_setting: str = "MAX_INPUTS_PER_REQUEST", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.max_items_setting = max_items_setting
 
-    def to_internal_value(self, data) -> list[str]:
+    def to_internal_value(self, data: Any) -> list[str]:
         if isinstance(data, str):
             return [_check_text(data, self.field_name or "input")]
         if not isinstance(data, list):
@@ -61,7 +61,7 @@ class TextsField(serializers.Field):
             raise serializers.ValidationError(f"{self.field_name} has {len(data)} items; the limit is {limit} per request.")
         return [_check_text(v, f"{self.field_name}[{i}]") for i, v in enumerate(data)]
 
-    def to_representation(self, value):
+    def to_representation(self, value: list[str]) -> list[str]:
         return value
 
 
@@ -70,10 +70,10 @@ class TextField(serializers.Field):
 
     default_error_messages = {"required": "text is required: a non-empty string."}
 
-    def to_internal_value(self, data) -> str:
+    def to_internal_value(self, data: Any) -> str:
         return _check_text(data, "text")
 
-    def to_representation(self, value):
+    def to_representation(self, value: str) -> str:
         return value
 
 
@@ -81,7 +81,7 @@ class WaitField(serializers.FloatField):
     """Seconds to wait, at most settings.SYNC_WAIT_MAX (read per request: a waiting request holds
     a web thread, so the bound is the server's, not the client's)."""
 
-    def to_internal_value(self, data) -> float:
+    def to_internal_value(self, data: Any) -> float:
         value = super().to_internal_value(data)
         if value > settings.SYNC_WAIT_MAX:
             raise serializers.ValidationError(WAIT_TOO_LONG.format(max=settings.SYNC_WAIT_MAX))
@@ -91,7 +91,7 @@ class WaitField(serializers.FloatField):
 class StrictBooleanField(serializers.BooleanField):
     """true/false only: a misspelt flag must not silently mean something."""
 
-    def to_internal_value(self, data):
+    def to_internal_value(self, data: Any) -> bool:
         if isinstance(data, bool):
             return data
         self.fail("invalid", input=data)
