@@ -11,7 +11,8 @@ all      embedded services (where no URL is set), migrate, then every role, supe
 services the embedded PostgreSQL and Redis under VAR_DIR, in the foreground.
 migrate  `manage.py migrate` (what `all` and `web` run first; compose's one-shot service).
 web      migrate (unless --no-migrate), then the API under granian.
-worker   one embedding worker, one queue per served model (DEVICE=cuda:1 pins it to GPU 1).
+worker   one embedding worker serving the models of WORKER_MODELS (all by default), one queue and
+         one work list each (DEVICE=cuda:1 pins it to GPU 1).
 provider-worker  BYOK upstream calls, and the small tasks on `default` (usage flush, job sweep, webhooks).
 beat     celery beat: sends the periodic usage flush and job sweep (one per deployment).
 flower   Flower on FLOWER_HOST:FLOWER_PORT (127.0.0.1:5555); FLOWER_BASIC_AUTH is required beyond loopback.
@@ -155,16 +156,31 @@ def cmd_web(env, device: str = "cpu") -> tuple[list[str], dict[str, str]]:
     ], web_env(env)
 
 
+# Run in a child process, where Django is set up: only the registry knows the served models.
+_MODEL_QUEUES = """
+import django
+django.setup()
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from embeddings.registry import model_specs
+specs = model_specs()
+unknown = [name for name in settings.WORKER_MODELS if name not in specs]
+if unknown:
+    raise ImproperlyConfigured(f"WORKER_MODELS names {', '.join(unknown)}, which EMBED_MODELS does not serve "
+                               f"(it serves: {', '.join(specs)}).")
+print(",".join(specs[name].queue for name in settings.WORKER_MODELS or specs))
+"""
+
+
 def model_queues(env) -> list[str]:
-    """The embedding worker's queues: one per served model (WORKER_MODELS narrows them)."""
-    out = subprocess.run(
-        [PY, "-c", "import django; django.setup(); from embeddings.registry import model_specs; "
-                   "print(','.join(s.queue for s in model_specs().values()))"],
-        env=env, cwd=ROOT, capture_output=True, text=True, check=True,
-    )
-    wanted = [q for q in env.get("WORKER_MODELS", "").split(",") if q]
-    queues = out.stdout.strip().split(",")
-    return [q for q in queues if not wanted or q.removeprefix("embed.") in wanted]
+    """The embedding worker's queues: one per model it serves, WORKER_MODELS or every model of
+    EMBED_MODELS (the drain loop serves the models whose queue it consumes: workers/bootsteps.py).
+    Exits with the reason where the settings are wrong (a name EMBED_MODELS does not serve)."""
+    done = subprocess.run([PY, "-c", _MODEL_QUEUES], env=env, cwd=ROOT, capture_output=True, text=True)
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines() or [f"exit status {done.returncode}"]
+        raise SystemExit(f"worker: cannot tell the models to serve: {lines[-1].removeprefix('django.core.exceptions.')}")
+    return done.stdout.strip().splitlines()[-1].split(",")
 
 
 def cmd_worker(env, device: str) -> tuple[list[str], dict[str, str]]:

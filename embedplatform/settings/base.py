@@ -203,6 +203,15 @@ if EMBED_BACKEND not in ("onnx", "torch"):
 EMBED_PRECISION: str = env.str("EMBED_PRECISION", default="auto")
 if EMBED_PRECISION not in ("auto", "fp32", "bf16"):
     raise ImproperlyConfigured(f"EMBED_PRECISION={EMBED_PRECISION!r}: use auto, fp32 or bf16.")
+# The models a `scripts/run.py worker` serves: a comma list of EMBED_MODELS names, or `all` (unset:
+# all). Each model has its own work list, drained by every worker that serves it, so workers with
+# different lists split the models and several workers may share one. The names are checked
+# against EMBED_MODELS where the worker starts (scripts/run.py), which alone reads the registry.
+_worker_models = env.str("WORKER_MODELS", default="all").strip()
+WORKER_MODELS: list[str] = ([] if _worker_models in ("", "all") else
+                            list(dict.fromkeys(n.strip() for n in _worker_models.split(",") if n.strip())))
+if _worker_models not in ("", "all") and not WORKER_MODELS:
+    raise ImproperlyConfigured(f"WORKER_MODELS={_worker_models!r}: use model names, comma-separated, or all.")
 # Where exported ONNX models are kept (one file per model version and exporter).
 EMBED_ONNX_DIR: Path = Path(env.str("EMBED_ONNX_DIR", default=str(VAR_DIR / "onnx"))).resolve()
 # A forward pass takes at most this many texts. On a GPU bigger passes pay, on a CPU they do not
