@@ -176,3 +176,20 @@ def test_the_web_reads_the_files_without_torch(tiny_dir, tmp_path):
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_a_worker_serves_what_the_files_say_as_sentence_transformers_encodes(models, tiny_dir):
+    """The spec read from the files loads (its dims are the model's), and the prompts the web
+    puts in front give sentence-transformers' own encode, encode_query and encode_document."""
+    import numpy as np
+
+    from workers.runtime import ModelRuntime
+
+    spec = models({"tiny": {"path": str(tiny_dir)}})["tiny"]
+    runtime = ModelRuntime(spec, "cpu", backend="torch", precision="fp32")
+    texts = ["a cat sat on the mat", "the weather today"]
+    for input_type, reference in [(None, runtime.model.encode(texts)),
+                                  ("query", runtime.model.encode_query(texts)),
+                                  ("document", runtime.model.encode_document(texts))]:
+        _, vectors = runtime.encode([spec.prompt(input_type) + t for t in texts])
+        np.testing.assert_allclose(vectors, reference, atol=1e-5)
