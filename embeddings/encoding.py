@@ -21,8 +21,10 @@ def vectors_shape(vectors: np.ndarray, *, dimensions: int | None, normalize: boo
     return np.ascontiguousarray(out, dtype=np.float32)
 
 
-def vector_encode(vector: np.ndarray, encoding_format: str) -> str | list[float]:
-    """float -> list of floats; base64 -> little-endian float32 bytes, as OpenAI sends them."""
+def vector_encode(vector: np.ndarray, encoding_format: str) -> str | list[float] | list[int]:
+    """float -> list of numbers; base64 -> little-endian float32 bytes, as OpenAI sends them, or
+    the raw bytes of a quantized (int8/uint8, packed) vector (embeddings/quantize.py)."""
     if encoding_format == "base64":
-        return base64.b64encode(np.ascontiguousarray(vector, dtype="<f4").tobytes()).decode("ascii")
+        raw = vector if vector.dtype.itemsize == 1 else np.ascontiguousarray(vector, dtype="<f4")
+        return base64.b64encode(raw.tobytes()).decode("ascii")
     return vector.tolist()

@@ -15,11 +15,13 @@ from accounts.models import Tenant
 from embeddings import cache
 from embeddings.encoding import vectors_shape
 from embeddings.models import Job, JobChunk
+from embeddings.quantize import SCALED, OutputDtype, output_dtype_resolve
 from embeddings.registry import model_get
 from embedplatform.errors import Conflict, InvalidInput, NotFound
 
 JOB_NOT_FOUND = "No job with id {job_id}."
 JOB_NOT_FINISHED = "The job is {status} ({done}/{total} texts); results are ready when its status is succeeded."
+MODEL_GONE = "`{model}` is no longer served, so its {dtype} ranges are unknown; ask for float, binary or ubinary."
 BAD_CURSOR = "cursor is not one this API gave out; pass the `next_cursor` of the previous page."
 
 
@@ -72,6 +74,19 @@ class JobResult:
 def _ready(job: Job) -> None:
     if job.status != Job.Status.SUCCEEDED:
         raise Conflict(JOB_NOT_FINISHED.format(status=job.status, done=job.done, total=job.total), code="job_not_ready")
+
+
+def job_output_dtype(job: Job, output_dtype: str) -> OutputDtype:
+    """The results' output_dtype (a query parameter of the results, like encoding_format), scaled
+    for int8/uint8 by the ranges of the job's own dimensions and normalize."""
+    if output_dtype not in SCALED:
+        return OutputDtype(output_dtype)
+    spec = model_get(job.model)
+    if spec is None:
+        raise InvalidInput(MODEL_GONE.format(model=job.model, dtype=output_dtype), param="output_dtype")
+    opts = job.options or {}
+    return output_dtype_resolve(model=spec, output_dtype=output_dtype,
+                                dimensions=opts.get("dimensions"), normalize=opts.get("normalize"))
 
 
 def _chunk_results(job: Job, chunk: JobChunk) -> list[JobResult]:

@@ -11,6 +11,7 @@ from rest_framework import serializers
 
 from dispatch.base import INPUT_TYPES
 from embeddings import models
+from embeddings.quantize import OUTPUT_DTYPES
 from embeddings.registry import DEFAULT_MODEL
 from embedplatform.errors import WAIT_TOO_LONG
 
@@ -97,6 +98,19 @@ class StrictBooleanField(serializers.BooleanField):
         self.fail("invalid", input=data)
 
 
+def output_dtype_field() -> serializers.ChoiceField:
+    """`output_dtype`, as Voyage names it: the vectors as floats, int8/uint8 (scaled per dimension by
+    the model's calibration ranges) or sign bits packed 8 per byte (embeddings/quantize.py)."""
+    return serializers.ChoiceField(
+        choices=OUTPUT_DTYPES, required=False, default="float",
+        help_text="float, or quantized as sentence-transformers' quantize_embeddings does: int8 / uint8 "
+                  "(each dimension scaled between the model's calibration min and max; 503 until a worker "
+                  "has calibrated the model, 400 for provider models), ubinary (the sign bits, v > 0, packed "
+                  "8 per byte) or binary (the same bytes minus 128, as int8). Integer arrays in JSON; with "
+                  "encoding_format=base64 the raw bytes. After `dimensions` and `normalize`.",
+    )
+
+
 class EmbedOptionsSerializer(serializers.Serializer):
     """The options every embedding endpoint takes.
 
@@ -138,17 +152,20 @@ class EmbeddingsRequestSerializer(EmbedOptionsSerializer):
                                      "POST /v1/embed/batch takes wait 0 (a job at once)."},
     )
     encoding_format = serializers.ChoiceField(choices=("float", "base64"), required=False, default="float")
+    output_dtype = output_dtype_field()
     user = serializers.CharField(required=False, allow_blank=True, max_length=256)
 
 
 class EmbedRequestSerializer(EmbedOptionsSerializer):
     text = TextField()
     encoding_format = serializers.ChoiceField(choices=("float", "base64"), required=False, default="float")
+    output_dtype = output_dtype_field()
 
 
 class EmbedBatchRequestSerializer(EmbedOptionsSerializer):
     texts = TextsField()
     encoding_format = serializers.ChoiceField(choices=("float", "base64"), required=False, default="float")
+    output_dtype = output_dtype_field()
 
 
 class JobCreateRequestSerializer(EmbedOptionsSerializer):

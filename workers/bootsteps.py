@@ -23,6 +23,7 @@ from dispatch.keys import PROVIDER_QUEUE, provider_alive_key
 from embeddings.cache import cache_upsert
 from embeddings.registry import model_specs
 from embedplatform.redisconn import redis_client
+from workers.calibration import calibration_store
 from workers.devices import cpu_threads, device_parse
 from workers.drain import Drainer
 from workers.jobfeed import JobFeed
@@ -40,6 +41,14 @@ def _cache_upsert(**kwargs: Any) -> int:
     except Exception:
         connection.close()  # a broken connection must not poison every later batch
         raise
+
+
+def _calibrate(runtimes: dict[str, ModelRuntime]) -> None:
+    for name, runtime in runtimes.items():
+        try:
+            calibration_store(runtime, redis_client())
+        except Exception:  # int8/uint8 answers 503 for this model meanwhile; float and binary serve
+            logger.exception("could not calibrate %s for int8/uint8 outputs", name)
 
 
 class DrainStep(bootsteps.StartStopStep):
@@ -126,6 +135,8 @@ class DrainStep(bootsteps.StartStopStep):
             return
         self.threads += [d.start(name=f"drain-{i}", on_exit=connections.close_all)
                          for i, d in enumerate(self.drainers[1:], start=2)]
+        # int8/uint8 ranges (workers/calibration.py): beside the drain loops, so serving starts at once.
+        threading.Thread(target=_calibrate, args=(runtimes,), name="calibrate", daemon=True).start()
         try:
             self.drainers[0].run()
         finally:
