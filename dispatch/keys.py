@@ -43,6 +43,14 @@ def heartbeat_pattern(model: str) -> str:
     return f"embed:hb:{model}:*"
 
 
+def model_workers_key(model: str) -> str:
+    """A hash of the drain loops serving `model`: loop name -> JSON of what it runs (backend,
+    precision, device) and until when its last beat holds (unix time). Refreshed in each heartbeat's
+    round trip with the heartbeat's TTL, so it goes when the last loop does; GET /v1/models/{id}
+    reads it and skips the entries past their time (a loop that died without clearing its own)."""
+    return f"embed:workers:{model}"
+
+
 def reply_key(request_id: str) -> str:
     return f"embed:r:{request_id}"
 
@@ -80,9 +88,3 @@ def owner_key(token: str) -> str:
 def taken_key(item_id: str) -> str:
     """The token of the drain loop that took a work item off its list (lives as long as a reply)."""
     return f"embed:taken:{item_id}"
-
-
-def calibration_key(model: str, version: str) -> str:
-    """The raw float32 vectors of a model's calibration texts (workers/calibration.py), from which
-    the web takes int8/uint8 ranges (embeddings/quantize.py). No TTL: a version's vectors do not change."""
-    return f"embed:calib:{model}:{version}"

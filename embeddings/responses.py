@@ -18,35 +18,28 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from embeddings.encoding import vector_encode
-from embeddings.quantize import FLOAT, OutputDtype
 from embeddings.serializers import Job, job_payload
 
 if TYPE_CHECKING:
     from embeddings.models import Job as JobRow
-    from embeddings.registry import ModelSpec
     from embeddings.selectors import JobResult
     from embeddings.serving import EmbedResult
 
 
 @extend_schema_field(
     {
-        # anyOf: an integer array is also an array of numbers.
-        "anyOf": [
+        "oneOf": [
             {"type": "array", "items": {"type": "number", "format": "float"}},
-            {"type": "array", "items": {"type": "integer"},
-             "description": "output_dtype int8, uint8, binary or ubinary (packed bits: ceil(dimensions/8) bytes)"},
-            {"type": "string", "format": "byte",
-             "description": "base64 of little-endian float32, or of the int8/uint8/packed bytes"},
+            {"type": "string", "format": "byte", "description": "base64 of little-endian float32"},
         ],
-        "description": "The vector: floats, integers with a quantized output_dtype, or base64 of its bytes "
-                       "with encoding_format=base64.",
+        "description": "The vector: floats, or base64 of float32 with encoding_format=base64.",
     }
 )
 class VectorField(serializers.Field):
     pass
 
 
-Vector = Annotated[list[float] | list[int] | str, VectorField]
+Vector = Annotated[list[float] | str, VectorField]
 
 
 class EmbeddingUsage(TypedDict):
@@ -113,23 +106,22 @@ def _usage(tokens: int) -> EmbeddingUsage:
     return {"prompt_tokens": tokens, "total_tokens": tokens}
 
 
-def embeddings_body(result: EmbedResult, encoding_format: str, *, out: OutputDtype = FLOAT) -> EmbeddingsResponse:
+def embeddings_body(result: EmbedResult, encoding_format: str) -> EmbeddingsResponse:
     return {
         "object": "list",
         "data": [
             {"object": "embedding", "index": i, "embedding": vector_encode(v, encoding_format), "cached": c}
-            for i, (v, c) in enumerate(zip(out.apply(result.vectors), result.cached, strict=True))
+            for i, (v, c) in enumerate(zip(result.vectors, result.cached, strict=True))
         ],
         "model": result.model.name,
         "usage": _usage(result.total_tokens),
     }
 
 
-def embed_body(result: EmbedResult, encoding_format: str, *, started: float,
-               out: OutputDtype = FLOAT) -> EmbedResponse:
+def embed_body(result: EmbedResult, encoding_format: str, *, started: float) -> EmbedResponse:
     """`started`: the request's perf_counter() at arrival; latency_ms is taken last, as the body is done."""
     return {
-        "embedding": vector_encode(out.apply(result.vectors[:1])[0], encoding_format),
+        "embedding": vector_encode(result.vectors[0], encoding_format),
         "model": result.model.name,
         "dimensions": int(result.vectors.shape[1]),
         "tokens": result.tokens[0],
@@ -138,9 +130,9 @@ def embed_body(result: EmbedResult, encoding_format: str, *, started: float,
     }
 
 
-def embed_batch_body(result: EmbedResult, encoding_format: str, *, out: OutputDtype = FLOAT) -> EmbedBatchResponse:
+def embed_batch_body(result: EmbedResult, encoding_format: str) -> EmbedBatchResponse:
     return {
-        "embeddings": [vector_encode(v, encoding_format) for v in out.apply(result.vectors)],
+        "embeddings": [vector_encode(v, encoding_format) for v in result.vectors],
         "cached": result.cached,
         "model": result.model.name,
         "dimensions": int(result.vectors.shape[1]),
@@ -153,46 +145,63 @@ def job_list_body(jobs: Iterable, next_cursor: str | None) -> JobList:
             "has_more": next_cursor is not None}
 
 
-def _result_item(row: JobResult, encoding_format: str, out: OutputDtype) -> JobResultItem:
-    return {"index": row.index, "embedding": vector_encode(out.apply(row.vector[None])[0], encoding_format),
-            "cached": row.cached}
+def _result_item(row: JobResult, encoding_format: str) -> JobResultItem:
+    return {"index": row.index, "embedding": vector_encode(row.vector, encoding_format), "cached": row.cached}
 
 
 def job_results_body(job: JobRow, rows: list[JobResult], *, offset: int, limit: int,
-                     encoding_format: str, out: OutputDtype = FLOAT) -> JobResults:
+                     encoding_format: str) -> JobResults:
     return {
         "object": "list", "job_id": str(job.pk), "model": job.model, "total": job.total,
         "offset": offset, "limit": limit, "has_more": offset + len(rows) < job.total,
-        "data": [_result_item(r, encoding_format, out) for r in rows],
+        "data": [_result_item(r, encoding_format) for r in rows],
     }
 
 
-def job_result_lines(rows: Iterable[JobResult], encoding_format: str, *,
-                     out: OutputDtype = FLOAT) -> Iterator[bytes]:
+def job_result_lines(rows: Iterable[JobResult], encoding_format: str) -> Iterator[bytes]:
     """?format=jsonl: one JobResultItem per line."""
     for r in rows:
-        yield orjson.dumps(_result_item(r, encoding_format, out)) + b"\n"
+        yield orjson.dumps(_result_item(r, encoding_format)) + b"\n"
 
 
 class ModelSerializer(serializers.Serializer):
-    """A model to name in `model`."""
+    """A model to name in `model` (embeddings/models_catalog.CatalogModel): one the platform serves
+    (compute "local"), or `<provider name>/<model>`, one of your providers' (compute "byok": its
+    dimensions and max_tokens are the upstream's, null here)."""
 
     id = serializers.CharField(source="name")
     object = serializers.CharField(default="model")
-    dimensions = serializers.IntegerField(source="dims")
-    max_tokens = serializers.IntegerField()
-    compute = serializers.SerializerMethodField()
+    dimensions = serializers.IntegerField(source="dims", allow_null=True)
+    max_tokens = serializers.IntegerField(allow_null=True)
+    compute = serializers.ChoiceField(choices=("local", "byok"))
+    kind = serializers.ChoiceField(choices=("embed",), help_text="embed: a model that makes embeddings.")
     owned_by = serializers.CharField()
-    version = serializers.CharField()
-
-    @extend_schema_field(serializers.ChoiceField(choices=("local", "byok")))
-    def get_compute(self, spec: ModelSpec) -> str:
-        return "local"  # the served models; a tenant's provider models (byok) are not listed here
+    version = serializers.CharField(help_text="Part of every cache key: new weights or settings, new vectors.")
 
 
 class ModelListSerializer(serializers.Serializer):
     object = serializers.CharField(default="list")
     data = ModelSerializer(many=True)  # type: ignore[assignment]  # a field: DRF's metaclass keeps .data
+
+
+class ModelWorkerSerializer(serializers.Serializer):
+    """A drain loop serving the model, as its last heartbeat said."""
+
+    id = serializers.CharField(help_text="The drain loop's name.")
+    backend = serializers.CharField(allow_null=True, help_text="onnx or torch: the backend of its small passes.")
+    precision = serializers.CharField(
+        allow_null=True, help_text='What its passes compute in: fp32, bf16, ... ("small/big" where they differ).')
+    device = serializers.CharField(allow_null=True, help_text="cpu, cuda, ...")
+
+
+class ModelDetailSerializer(ModelSerializer):
+    """A model, with what serves it now (local models; a byok model has no workers here)."""
+
+    precision = serializers.CharField(allow_null=True, help_text="What most of its workers compute in; null with none.")
+    backend = serializers.CharField(allow_null=True, help_text="What most of its workers run; null with none.")
+    workers = ModelWorkerSerializer(many=True, help_text="The live drain loops serving it.")
+    queue_depth = serializers.IntegerField(
+        allow_null=True, help_text="Requests waiting for its workers; null for a byok model.")
 
 
 class CacheDeletedSerializer(serializers.Serializer):

@@ -19,6 +19,7 @@ from embeddings.responses import (
     EmbedResponse,
     JobList,
     JobResults,
+    ModelDetailSerializer,
     ModelListSerializer,
 )
 from embeddings.serializers import (
@@ -34,6 +35,16 @@ from embedplatform.schemas import DATA_PLANE_ERRORS, JWT_ONLY, MANAGEMENT_ERRORS
 EXAMPLE_JOB_ID = "5b0e8f3c-2f4e-4a51-9c57-2b1f0b7d9e41"
 EXAMPLE_TIME = "2026-01-15T09:30:00+00:00"
 EXAMPLE_VECTOR = [0.0123, -0.0456, 0.0789]
+MODEL_EXAMPLE = {
+    "id": "all-MiniLM-L6-v2",
+    "object": "model",
+    "dimensions": 384,
+    "max_tokens": 256,
+    "compute": "local",
+    "kind": "embed",
+    "owned_by": "sentence-transformers",
+    "version": "1",
+}
 
 
 def _text_schema() -> dict:
@@ -305,18 +316,47 @@ model_list_schema = extend_schema(
             {
                 "object": "list",
                 "data": [
+                    MODEL_EXAMPLE,
                     {
-                        "id": "all-MiniLM-L6-v2",
+                        "id": "myopenai/text-embedding-3-small",
                         "object": "model",
-                        "dimensions": 384,
-                        "max_tokens": 256,
-                        "compute": "local",
-                        "owned_by": "sentence-transformers",
-                        "version": "1",
-                    }
+                        "dimensions": None,
+                        "max_tokens": None,
+                        "compute": "byok",
+                        "kind": "embed",
+                        "owned_by": "openai",
+                        "version": "byok-7-3f9c2a1b0d4e5f60",
+                    },
                 ],
             },
         ),
         **error_responses(401, 403),
+    },
+)
+
+model_detail_schema = extend_schema(
+    operation_id="models_retrieve",
+    tags=["models"],
+    summary="A model, with the workers serving it now and its queue depth",
+    description=(
+        "A local model: its settings, and the drain loops serving it as their last heartbeat said "
+        "(backend, precision, device; `precision` and `backend` at the top are what most of them run), "
+        "with the requests waiting for them. `<provider name>/<model>` of one of your providers: its "
+        "byok entry (no workers, `queue_depth` null). Any other id: 404 `model_not_found`."
+    ),
+    parameters=[OpenApiParameter("model_id", OpenApiTypes.STR, OpenApiParameter.PATH,
+                                 description="The model's id, as GET /v1/models lists it.")],
+    responses={
+        200: _ok(
+            ModelDetailSerializer,
+            "model",
+            MODEL_EXAMPLE | {
+                "precision": "fp32",
+                "backend": "onnx",
+                "workers": [{"id": "worker-1-4242", "backend": "onnx", "precision": "fp32", "device": "cpu"}],
+                "queue_depth": 0,
+            },
+        ),
+        **error_responses(401, 403, 404),
     },
 )

@@ -9,6 +9,7 @@ from embeddings.views import (
     JobDetailApi,
     JobListCreateApi,
     JobResultsApi,
+    ModelDetailApi,
     ModelListApi,
 )
 
@@ -17,6 +18,7 @@ urlpatterns = [
     path("embed", EmbedApi.as_view(), name="embed"),
     path("embed/batch", EmbedBatchApi.as_view(), name="embed-batch"),
     path("models", ModelListApi.as_view(), name="models"),
+    path("models/<path:model_id>", ModelDetailApi.as_view(), name="model"),  # ids of BYOK models hold "/"
     path("jobs", JobListCreateApi.as_view(), name="jobs"),
     path("jobs/<str:job_id>", JobDetailApi.as_view(), name="job"),
     path("jobs/<str:job_id>/results", JobResultsApi.as_view(), name="job-results"),

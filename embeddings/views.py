@@ -24,10 +24,10 @@ from embeddings.cache import scope_epoch_learn as cache_scope_epoch_learn
 from embeddings.inputs import EmbedOptions
 from embeddings.jobs import job_cancel, job_create
 from embeddings.models import Job
-from embeddings.quantize import OutputDtype, output_dtype_check, output_dtype_resolve
-from embeddings.registry import model_specs
+from embeddings.models_catalog import model_catalog, model_detail
 from embeddings.responses import (
     CacheDeletedSerializer,
+    ModelDetailSerializer,
     ModelListSerializer,
     embed_batch_body,
     embed_body,
@@ -37,7 +37,7 @@ from embeddings.responses import (
     job_results_body,
 )
 from embeddings.retention import cache_delete
-from embeddings.selectors import job_get, job_list, job_output_dtype, job_results_iter, job_results_page
+from embeddings.selectors import job_get, job_list, job_results_iter, job_results_page
 from embeddings.serializers import (
     EmbedBatchRequestSerializer,
     EmbeddingsRequestSerializer,
@@ -45,7 +45,6 @@ from embeddings.serializers import (
     JobCreateRequestSerializer,
     TextsField,
     job_payload,
-    output_dtype_field,
 )
 from embeddings.serving import EmbedResult, embed_serve
 from embedplatform.errors import InvalidInput, Overloaded
@@ -152,18 +151,12 @@ class EmbedEndpointApi(DataPlaneApi):
         if wait is None:
             wait = min(settings.SYNC_WAIT_SECONDS, settings.SYNC_WAIT_MAX)
         options = _options(data)
-        output_dtype_check(model=options.model, output_dtype=data["output_dtype"])  # before spending anything
         return self.admit_and_serve(request, lambda tenant, caller: embed_serve(
             tenant=tenant, texts=texts, options=options, wait=wait, caller=caller, job_fallback=job_fallback))
 
 
 def _options(data: dict) -> EmbedOptions:
     return EmbedOptions(**{f: data[f] for f in _OPTION_FIELDS})
-
-
-def _output_dtype(result: EmbedResult, data: dict) -> OutputDtype:
-    return output_dtype_resolve(model=result.model, output_dtype=data["output_dtype"],
-                                dimensions=data["dimensions"], normalize=data["normalize"])
 
 
 def _accepted(job: Job) -> Response:
@@ -182,7 +175,7 @@ class EmbeddingCreateApi(EmbedEndpointApi):
         data = serializer.validated_data
         result = self.embed(request, data, data["input"])
         assert isinstance(result, EmbedResult)  # without job_fallback, never a Job
-        return Response(embeddings_body(result, data["encoding_format"], out=_output_dtype(result, data)))
+        return Response(embeddings_body(result, data["encoding_format"]))
 
 
 class EmbedApi(EmbedEndpointApi):
@@ -197,8 +190,7 @@ class EmbedApi(EmbedEndpointApi):
         result = self.embed(request, data, [data["text"]], job_fallback=True)
         if isinstance(result, Job):
             return _accepted(result)
-        return Response(embed_body(result, data["encoding_format"], started=started,
-                                   out=_output_dtype(result, data)))
+        return Response(embed_body(result, data["encoding_format"], started=started))
 
 
 class EmbedBatchApi(EmbedEndpointApi):
@@ -212,7 +204,7 @@ class EmbedBatchApi(EmbedEndpointApi):
         result = self.embed(request, data, data["texts"], job_fallback=True)
         if isinstance(result, Job):
             return _accepted(result)
-        return Response(embed_batch_body(result, data["encoding_format"], out=_output_dtype(result, data)))
+        return Response(embed_batch_body(result, data["encoding_format"]))
 
 
 class CacheDeleteApi(APIView):
@@ -239,11 +231,19 @@ class CacheDeleteApi(APIView):
 
 
 class ModelListApi(APIView):
-    """GET /v1/models: the served models (provider models join in with BYOK)."""
+    """GET /v1/models: the served models, then the caller's providers' default models (byok)."""
 
     @schemas.model_list_schema
     def get(self, request: Request) -> Response:
-        return Response(ModelListSerializer({"data": model_specs().values()}).data)
+        return Response(ModelListSerializer({"data": model_catalog(tenant=request_tenant(request))}).data)
+
+
+class ModelDetailApi(APIView):
+    """GET /v1/models/{id}: a model the caller can name, with the workers serving it and its queue depth."""
+
+    @schemas.model_detail_schema
+    def get(self, request: Request, model_id: str) -> Response:
+        return Response(ModelDetailSerializer(model_detail(tenant=request_tenant(request), model=model_id)).data)
 
 
 class JobListCreateApi(DataPlaneApi):
@@ -298,7 +298,6 @@ class JobResultsApi(DataPlaneApi):
         limit = serializers.IntegerField(min_value=1, max_value=1000, required=False, default=100)
         format = serializers.ChoiceField(choices=("json", "jsonl"), required=False, default="json")
         encoding_format = serializers.ChoiceField(choices=("float", "base64"), required=False, default="float")
-        output_dtype = output_dtype_field()
 
     @schemas.job_results_schema(FilterSerializer)
     def get(self, request: Request, job_id: str) -> Response | StreamingHttpResponse:
@@ -308,10 +307,8 @@ class JobResultsApi(DataPlaneApi):
         tenant = request_tenant(request)
         if f["format"] == "jsonl":
             job, results = job_results_iter(tenant=tenant, job_id=job_id)
-            out = job_output_dtype(job, f["output_dtype"])
-            return StreamingHttpResponse(job_result_lines(results, f["encoding_format"], out=out),
+            return StreamingHttpResponse(job_result_lines(results, f["encoding_format"]),
                                          content_type="application/x-ndjson")
         job, rows = job_results_page(tenant=tenant, job_id=job_id, offset=f["offset"], limit=f["limit"])
         return Response(job_results_body(job, rows, offset=f["offset"], limit=f["limit"],
-                                         encoding_format=f["encoding_format"],
-                                         out=job_output_dtype(job, f["output_dtype"])))
+                                         encoding_format=f["encoding_format"]))

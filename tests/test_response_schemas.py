@@ -157,6 +157,7 @@ def test_every_endpoint_answers_as_the_published_schema_says(published, alice, d
     # embeddings: misses served by the drain loop, then hits; floats and base64
     texts = [f"schema check {i} {uuid.uuid4().hex[:8]}" for i in range(3)]
     api("get", "/v1/models", 200, token=key)
+    api("get", "/v1/models/{model_id}", 200, token=key, path={"model_id": DEFAULT_MODEL})
     api("post", "/v1/embeddings", 200, token=key, body={"model": DEFAULT_MODEL, "input": texts[:2]})
     api("post", "/v1/embeddings", 200, token=key,
         body={"model": DEFAULT_MODEL, "input": texts[0], "encoding_format": "base64"})
@@ -187,6 +188,8 @@ def test_every_endpoint_answers_as_the_published_schema_says(published, alice, d
                    body={"name": "up", "preset": "openai", "endpoint": upstream.url(), "api_key": SECRET,
                          "model": "text-embedding-3-small"}).json()
     path = {"provider_id": provider["id"]}
+    api("get", "/v1/models", 200, token=key)  # with its byok model
+    api("get", "/v1/models/{model_id}", 200, token=key, path={"model_id": "up/text-embedding-3-small"})
     api("get", "/v1/providers", 200, token=jwt)
     api("get", "/v1/providers/{provider_id}", 200, token=jwt, path=path)
     api("patch", "/v1/providers/{provider_id}", 200, token=jwt, path=path, body={"max_inputs": 8})

@@ -23,10 +23,11 @@ import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+import orjson
 import redis as redis_lib
 
 from dispatch.frames import WorkItem, reply_error, reply_ok
-from dispatch.keys import alive_key, heartbeat_key, owner_key
+from dispatch.keys import alive_key, heartbeat_key, model_workers_key, owner_key
 from dispatch.local import owners_alive
 from embedplatform import metrics
 from embedplatform.logs import batch_request_ids
@@ -46,6 +47,23 @@ logger = logging.getLogger(__name__)
 # (job chunks by the other loops, taken requests by the web that waits for them).
 HEARTBEAT_TTL = 6
 HEARTBEAT_EVERY = 1.5
+# The precision a backend computes in (workers/backends.py names); any other runs float32.
+_BACKEND_PRECISION = {"bf16": "bf16"}
+
+
+def serving_info(runtime: object) -> dict[str, str | None]:
+    """What a loop runs a model on, as GET /v1/models/{id} shows it: the device, the small passes'
+    backend (ModelRuntime.backend) and the precision, "small/big" where big passes compute in
+    another one than small passes (bfloat16 on a CPU). The runtime's own `precision` wins where it
+    states one. Read with getattr: tests drive loops with stand-in runtimes."""
+    precision = getattr(runtime, "precision", None)
+    if not isinstance(precision, str):
+        passes = [getattr(runtime, side, None) for side in ("small", "big")]
+        names = [_BACKEND_PRECISION.get(getattr(b, "name", ""), "fp32") for b in passes if b is not None]
+        precision = "/".join(dict.fromkeys(names)) or None
+    backend, device = getattr(runtime, "backend", None), getattr(runtime, "device", None)
+    return {"backend": backend if isinstance(backend, str) else None, "precision": precision,
+            "device": device if isinstance(device, str) else None}
 
 
 class Drainer:
@@ -75,6 +93,7 @@ class Drainer:
         self.block = block
         self._stop = threading.Event()
         self._last_beat = 0.0
+        self._serving = {model: serving_info(runtime) for model, runtime in runtimes.items()}
         self.intake = Intake(redis, list(runtimes), token=self.token, max_texts=max_texts, jobs=jobs is not None)
         self.store = RequestStore(upsert)
         # Jobs (workers/jobfeed.py): chunks are claimed from Postgres when no request waits.
@@ -109,9 +128,12 @@ class Drainer:
         if not force and now - self._last_beat < HEARTBEAT_EVERY:
             return
         pipe = self.redis.pipeline(transaction=False)
+        beat = int(time.time())
         for model in self.runtimes:
-            pipe.set(heartbeat_key(model, self.name), int(time.time()), ex=HEARTBEAT_TTL)
+            pipe.set(heartbeat_key(model, self.name), beat, ex=HEARTBEAT_TTL)
             pipe.set(alive_key(model), self.name, ex=HEARTBEAT_TTL)
+            pipe.hset(model_workers_key(model), self.name, orjson.dumps({**self._serving[model], "until": beat + HEARTBEAT_TTL}))
+            pipe.expire(model_workers_key(model), HEARTBEAT_TTL)
         pipe.set(owner_key(self.token), self.name, ex=HEARTBEAT_TTL)
         pipe.execute()
         self._last_beat = now
@@ -162,7 +184,11 @@ class Drainer:
 
     def _clear_heartbeat(self) -> None:
         with contextlib.suppress(redis_lib.RedisError):
-            self.redis.delete(*[heartbeat_key(m, self.name) for m in self.runtimes], owner_key(self.token))
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.delete(*[heartbeat_key(m, self.name) for m in self.runtimes], owner_key(self.token))
+            for model in self.runtimes:
+                pipe.hdel(model_workers_key(model), self.name)
+            pipe.execute()
 
     def take(self, block: float) -> tuple[str, list[WorkItem]]:
         """Blocks for the first item, then takes what else waits for that model, hi before lo."""
