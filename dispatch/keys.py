@@ -88,3 +88,9 @@ def owner_key(token: str) -> str:
 def taken_key(item_id: str) -> str:
     """The token of the drain loop that took a work item off its list (lives as long as a reply)."""
     return f"embed:taken:{item_id}"
+
+
+def calibration_key(model: str, version: str) -> str:
+    """The raw float32 vectors of a model's calibration texts (workers/calibration.py), from which
+    the web takes int8/uint8 ranges (embeddings/quantize.py). No TTL: a version's vectors do not change."""
+    return f"embed:calib:{model}:{version}"

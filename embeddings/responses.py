@@ -18,6 +18,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from embeddings.encoding import vector_encode
+from embeddings.quantize import FLOAT, OutputDtype
 from embeddings.serializers import Job, job_payload
 
 if TYPE_CHECKING:
@@ -28,18 +29,23 @@ if TYPE_CHECKING:
 
 @extend_schema_field(
     {
-        "oneOf": [
+        # anyOf: an integer array is also an array of numbers.
+        "anyOf": [
             {"type": "array", "items": {"type": "number", "format": "float"}},
-            {"type": "string", "format": "byte", "description": "base64 of little-endian float32"},
+            {"type": "array", "items": {"type": "integer"},
+             "description": "output_dtype int8, uint8, binary or ubinary (packed bits: ceil(dimensions/8) bytes)"},
+            {"type": "string", "format": "byte",
+             "description": "base64 of little-endian float32, or of the int8/uint8/packed bytes"},
         ],
-        "description": "The vector: floats, or base64 of float32 with encoding_format=base64.",
+        "description": "The vector: floats, integers with a quantized output_dtype, or base64 of its bytes "
+                       "with encoding_format=base64.",
     }
 )
 class VectorField(serializers.Field):
     pass
 
 
-Vector = Annotated[list[float] | str, VectorField]
+Vector = Annotated[list[float] | list[int] | str, VectorField]
 
 
 class EmbeddingUsage(TypedDict):
@@ -106,22 +112,23 @@ def _usage(tokens: int) -> EmbeddingUsage:
     return {"prompt_tokens": tokens, "total_tokens": tokens}
 
 
-def embeddings_body(result: EmbedResult, encoding_format: str) -> EmbeddingsResponse:
+def embeddings_body(result: EmbedResult, encoding_format: str, *, out: OutputDtype = FLOAT) -> EmbeddingsResponse:
     return {
         "object": "list",
         "data": [
             {"object": "embedding", "index": i, "embedding": vector_encode(v, encoding_format), "cached": c}
-            for i, (v, c) in enumerate(zip(result.vectors, result.cached, strict=True))
+            for i, (v, c) in enumerate(zip(out.apply(result.vectors), result.cached, strict=True))
         ],
         "model": result.model.name,
         "usage": _usage(result.total_tokens),
     }
 
 
-def embed_body(result: EmbedResult, encoding_format: str, *, started: float) -> EmbedResponse:
+def embed_body(result: EmbedResult, encoding_format: str, *, started: float,
+               out: OutputDtype = FLOAT) -> EmbedResponse:
     """`started`: the request's perf_counter() at arrival; latency_ms is taken last, as the body is done."""
     return {
-        "embedding": vector_encode(result.vectors[0], encoding_format),
+        "embedding": vector_encode(out.apply(result.vectors[:1])[0], encoding_format),
         "model": result.model.name,
         "dimensions": int(result.vectors.shape[1]),
         "tokens": result.tokens[0],
@@ -130,9 +137,9 @@ def embed_body(result: EmbedResult, encoding_format: str, *, started: float) -> 
     }
 
 
-def embed_batch_body(result: EmbedResult, encoding_format: str) -> EmbedBatchResponse:
+def embed_batch_body(result: EmbedResult, encoding_format: str, *, out: OutputDtype = FLOAT) -> EmbedBatchResponse:
     return {
-        "embeddings": [vector_encode(v, encoding_format) for v in result.vectors],
+        "embeddings": [vector_encode(v, encoding_format) for v in out.apply(result.vectors)],
         "cached": result.cached,
         "model": result.model.name,
         "dimensions": int(result.vectors.shape[1]),
@@ -145,23 +152,25 @@ def job_list_body(jobs: Iterable, next_cursor: str | None) -> JobList:
             "has_more": next_cursor is not None}
 
 
-def _result_item(row: JobResult, encoding_format: str) -> JobResultItem:
-    return {"index": row.index, "embedding": vector_encode(row.vector, encoding_format), "cached": row.cached}
+def _result_item(row: JobResult, encoding_format: str, out: OutputDtype) -> JobResultItem:
+    return {"index": row.index, "embedding": vector_encode(out.apply(row.vector[None])[0], encoding_format),
+            "cached": row.cached}
 
 
 def job_results_body(job: JobRow, rows: list[JobResult], *, offset: int, limit: int,
-                     encoding_format: str) -> JobResults:
+                     encoding_format: str, out: OutputDtype = FLOAT) -> JobResults:
     return {
         "object": "list", "job_id": str(job.pk), "model": job.model, "total": job.total,
         "offset": offset, "limit": limit, "has_more": offset + len(rows) < job.total,
-        "data": [_result_item(r, encoding_format) for r in rows],
+        "data": [_result_item(r, encoding_format, out) for r in rows],
     }
 
 
-def job_result_lines(rows: Iterable[JobResult], encoding_format: str) -> Iterator[bytes]:
+def job_result_lines(rows: Iterable[JobResult], encoding_format: str, *,
+                     out: OutputDtype = FLOAT) -> Iterator[bytes]:
     """?format=jsonl: one JobResultItem per line."""
     for r in rows:
-        yield orjson.dumps(_result_item(r, encoding_format)) + b"\n"
+        yield orjson.dumps(_result_item(r, encoding_format, out)) + b"\n"
 
 
 class ModelSerializer(serializers.Serializer):

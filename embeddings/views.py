@@ -25,6 +25,7 @@ from embeddings.inputs import EmbedOptions
 from embeddings.jobs import job_cancel, job_create
 from embeddings.models import Job
 from embeddings.models_catalog import model_catalog, model_detail
+from embeddings.quantize import OutputDtype, output_dtype_check, output_dtype_resolve
 from embeddings.responses import (
     CacheDeletedSerializer,
     ModelDetailSerializer,
@@ -37,7 +38,7 @@ from embeddings.responses import (
     job_results_body,
 )
 from embeddings.retention import cache_delete
-from embeddings.selectors import job_get, job_list, job_results_iter, job_results_page
+from embeddings.selectors import job_get, job_list, job_output_dtype, job_results_iter, job_results_page
 from embeddings.serializers import (
     EmbedBatchRequestSerializer,
     EmbeddingsRequestSerializer,
@@ -45,6 +46,7 @@ from embeddings.serializers import (
     JobCreateRequestSerializer,
     TextsField,
     job_payload,
+    output_dtype_field,
 )
 from embeddings.serving import EmbedResult, embed_serve
 from embedplatform.errors import InvalidInput, Overloaded
@@ -151,12 +153,18 @@ class EmbedEndpointApi(DataPlaneApi):
         if wait is None:
             wait = min(settings.SYNC_WAIT_SECONDS, settings.SYNC_WAIT_MAX)
         options = _options(data)
+        output_dtype_check(model=options.model, output_dtype=data["output_dtype"])  # before spending anything
         return self.admit_and_serve(request, lambda tenant, caller: embed_serve(
             tenant=tenant, texts=texts, options=options, wait=wait, caller=caller, job_fallback=job_fallback))
 
 
 def _options(data: dict) -> EmbedOptions:
     return EmbedOptions(**{f: data[f] for f in _OPTION_FIELDS})
+
+
+def _output_dtype(result: EmbedResult, data: dict) -> OutputDtype:
+    return output_dtype_resolve(model=result.model, output_dtype=data["output_dtype"],
+                                dimensions=data["dimensions"], normalize=data["normalize"])
 
 
 def _accepted(job: Job) -> Response:
@@ -175,7 +183,7 @@ class EmbeddingCreateApi(EmbedEndpointApi):
         data = serializer.validated_data
         result = self.embed(request, data, data["input"])
         assert isinstance(result, EmbedResult)  # without job_fallback, never a Job
-        return Response(embeddings_body(result, data["encoding_format"]))
+        return Response(embeddings_body(result, data["encoding_format"], out=_output_dtype(result, data)))
 
 
 class EmbedApi(EmbedEndpointApi):
@@ -190,7 +198,8 @@ class EmbedApi(EmbedEndpointApi):
         result = self.embed(request, data, [data["text"]], job_fallback=True)
         if isinstance(result, Job):
             return _accepted(result)
-        return Response(embed_body(result, data["encoding_format"], started=started))
+        return Response(embed_body(result, data["encoding_format"], started=started,
+                                   out=_output_dtype(result, data)))
 
 
 class EmbedBatchApi(EmbedEndpointApi):
@@ -204,7 +213,7 @@ class EmbedBatchApi(EmbedEndpointApi):
         result = self.embed(request, data, data["texts"], job_fallback=True)
         if isinstance(result, Job):
             return _accepted(result)
-        return Response(embed_batch_body(result, data["encoding_format"]))
+        return Response(embed_batch_body(result, data["encoding_format"], out=_output_dtype(result, data)))
 
 
 class CacheDeleteApi(APIView):
@@ -298,6 +307,7 @@ class JobResultsApi(DataPlaneApi):
         limit = serializers.IntegerField(min_value=1, max_value=1000, required=False, default=100)
         format = serializers.ChoiceField(choices=("json", "jsonl"), required=False, default="json")
         encoding_format = serializers.ChoiceField(choices=("float", "base64"), required=False, default="float")
+        output_dtype = output_dtype_field()
 
     @schemas.job_results_schema(FilterSerializer)
     def get(self, request: Request, job_id: str) -> Response | StreamingHttpResponse:
@@ -307,8 +317,10 @@ class JobResultsApi(DataPlaneApi):
         tenant = request_tenant(request)
         if f["format"] == "jsonl":
             job, results = job_results_iter(tenant=tenant, job_id=job_id)
-            return StreamingHttpResponse(job_result_lines(results, f["encoding_format"]),
+            out = job_output_dtype(job, f["output_dtype"])
+            return StreamingHttpResponse(job_result_lines(results, f["encoding_format"], out=out),
                                          content_type="application/x-ndjson")
         job, rows = job_results_page(tenant=tenant, job_id=job_id, offset=f["offset"], limit=f["limit"])
         return Response(job_results_body(job, rows, offset=f["offset"], limit=f["limit"],
-                                         encoding_format=f["encoding_format"]))
+                                         encoding_format=f["encoding_format"],
+                                         out=job_output_dtype(job, f["output_dtype"])))
