@@ -5,11 +5,12 @@ embeddings/responses.py)."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from django.conf import settings
-from drf_spectacular.extensions import OpenApiSerializerFieldExtension
+from drf_spectacular.extensions import OpenApiSerializerExtension, OpenApiSerializerFieldExtension
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import F, OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import Direction, F, OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework.serializers import BaseSerializer, Serializer
 
 from embeddings.responses import (
@@ -31,6 +32,9 @@ from embeddings.serializers import (
 )
 from embedplatform.responses import shape_serializer
 from embedplatform.schemas import DATA_PLANE_ERRORS, JWT_ONLY, MANAGEMENT_ERRORS, error_responses, named
+
+if TYPE_CHECKING:
+    from drf_spectacular.openapi import AutoSchema
 
 EXAMPLE_JOB_ID = "5b0e8f3c-2f4e-4a51-9c57-2b1f0b7d9e41"
 EXAMPLE_TIME = "2026-01-15T09:30:00+00:00"
@@ -65,6 +69,20 @@ class TextsFieldExtension(OpenApiSerializerFieldExtension):
             ],
             "description": f"A non-empty string, or an array of 1 to {limit} of them.",
         }
+
+
+class ClosedBodyExtension(OpenApiSerializerExtension):
+    """Our own endpoints' request bodies take no field they do not declare (400 `unknown_field`:
+    embeddings/serializers.ClosedBodyMixin), so their schemas say `additionalProperties: false`."""
+
+    target_class = "embeddings.serializers.ClosedBodyMixin"
+    match_subclasses = True
+
+    def map_serializer(self, auto_schema: AutoSchema, direction: Direction) -> dict:
+        schema = auto_schema._map_serializer(self.target, direction, bypass_extensions=True)
+        if direction == "request":
+            schema["additionalProperties"] = False
+        return schema
 
 
 class TextFieldExtension(OpenApiSerializerFieldExtension):

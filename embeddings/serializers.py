@@ -4,7 +4,8 @@ shape (embedplatform/responses.py), which the job endpoints, the 202 answers and
 from __future__ import annotations
 
 import copy
-from typing import Annotated, Any, Literal, TypedDict
+from collections.abc import Mapping
+from typing import Annotated, Any, ClassVar, Literal, TypedDict
 
 from django.conf import settings
 from rest_framework import serializers
@@ -13,7 +14,7 @@ from dispatch.base import INPUT_TYPES
 from embeddings import models
 from embeddings.quantize import OUTPUT_DTYPES
 from embeddings.registry import DEFAULT_MODEL
-from embedplatform.errors import WAIT_TOO_LONG
+from embedplatform.errors import WAIT_TOO_LONG, InvalidInput
 
 IsoTime = Annotated[str, serializers.DateTimeField]  # a time as datetime.isoformat() writes it
 
@@ -111,6 +112,57 @@ def output_dtype_field() -> serializers.ChoiceField:
     )
 
 
+UNKNOWN_FIELD = "Unknown field `{field}`{hint}. This endpoint takes: {fields}."
+# Names clients send for our fields (other APIs', or a neighbouring endpoint's): the first of a
+# name's candidates that the endpoint declares is the hint.
+FIELD_ALIASES: dict[str, tuple[str, ...]] = {
+    "model_name": ("model",),
+    "model_id": ("model",),
+    "inputs": ("input", "texts", "text"),
+    "input": ("texts", "text"),
+    "texts": ("input", "text"),
+    "text": ("texts", "input"),
+    "sentences": ("texts", "input", "text"),
+    "documents": ("texts", "input", "text"),
+    "dimension": ("dimensions",),
+    "dims": ("dimensions",),
+    "output_dimension": ("dimensions",),
+    "normalise": ("normalize",),
+    "normalize_embeddings": ("normalize",),
+    "truncation": ("truncate",),
+    "encoding": ("encoding_format",),
+    "embedding_type": ("output_dtype",),
+    "embedding_types": ("output_dtype",),
+    "webhook": ("webhook_url",),
+    "callback_url": ("webhook_url",),
+}
+
+
+class ClosedBodyMixin:
+    """A request body that takes only its declared fields: any other is a 400 naming it (param =
+    the field, code `unknown_field`), with a hint where it is a known alias of a declared one, so
+    a misspelt option never silently means its default. For our own endpoints; OpenAI's keeps
+    ignoring what OpenAI ignores. Checked before the fields: the hint says more than the error of
+    a required field that the alias stood for. embeddings/schemas.py marks these bodies
+    `additionalProperties: false`."""
+
+    _declared_fields: ClassVar[dict[str, serializers.Field]]
+
+    def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, Mapping):
+            for name in data:
+                if name not in self._declared_fields:
+                    raise self.unknown_field(str(name))
+        return super().to_internal_value(data)  # type: ignore[misc]  # a mixin of a Serializer
+
+    @classmethod
+    def unknown_field(cls, name: str) -> InvalidInput:
+        known = next((f for f in FIELD_ALIASES.get(name, ()) if f in cls._declared_fields), None)
+        return InvalidInput(UNKNOWN_FIELD.format(field=name, hint=f" (did you mean `{known}`?)" if known else "",
+                                                 fields=", ".join(cls._declared_fields)),
+                            param=name, code="unknown_field")
+
+
 class EmbedOptionsSerializer(serializers.Serializer):
     """The options every embedding endpoint takes.
 
@@ -156,19 +208,19 @@ class EmbeddingsRequestSerializer(EmbedOptionsSerializer):
     user = serializers.CharField(required=False, allow_blank=True, max_length=256)
 
 
-class EmbedRequestSerializer(EmbedOptionsSerializer):
+class EmbedRequestSerializer(ClosedBodyMixin, EmbedOptionsSerializer):
     text = TextField()
     encoding_format = serializers.ChoiceField(choices=("float", "base64"), required=False, default="float")
     output_dtype = output_dtype_field()
 
 
-class EmbedBatchRequestSerializer(EmbedOptionsSerializer):
+class EmbedBatchRequestSerializer(ClosedBodyMixin, EmbedOptionsSerializer):
     texts = TextsField()
     encoding_format = serializers.ChoiceField(choices=("float", "base64"), required=False, default="float")
     output_dtype = output_dtype_field()
 
 
-class JobCreateRequestSerializer(EmbedOptionsSerializer):
+class JobCreateRequestSerializer(ClosedBodyMixin, EmbedOptionsSerializer):
     """POST /v1/jobs: texts (up to the tier's max_job_texts) and the embedding options."""
 
     texts = TextsField(max_items_setting="JOB_MAX_TEXTS")
