@@ -14,7 +14,12 @@ say it:
                           "prompts": {"query": "query: ", "document": "passage: "},
                           "matryoshka_dims": [384, 256, 128]}}
 
-`path` is a local directory (or a hub id, which only works where a hub is reachable);
+`path` is a local directory or a hub id ("org/name", at `revision`, else main). A hub id
+serves from its copy under VAR_DIR/models (huggingface_hub's cache layout), which the worker
+downloads at start where the hub is reachable, or `manage.py models_pull` ahead of time
+(models_pull below); the web never downloads: without a copy it stops, naming the model and
+how to provide it (DECISIONS #40). The spec's path is then that local copy, so the web's
+reading, the version digest, the tokenizer and the worker all use the same files.
 `version` is part of every cache key. Unset, it is a digest of the model's files and
 `revision` (modelinfo.model_digest, kept under VAR_DIR/digests so a start does not hash the
 weights again), so changed weights start a new cache instead of serving old vectors. Unset,
@@ -28,6 +33,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -123,14 +130,110 @@ def _parse(raw: str) -> dict[str, dict]:
     return data
 
 
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+_COMMIT = re.compile(r"[0-9a-f]{40}")
+_TRUE = {"1", "true", "yes", "on"}
+
+
+def models_dir() -> Path:
+    """Where hub models are kept: huggingface_hub's cache layout (models--org--name/...)."""
+    return Path(settings.VAR_DIR) / "models"
+
+
+def _hub_id(path: str) -> bool:
+    return not os.path.isdir(path) and _HUB_ID.fullmatch(path) is not None
+
+
+def _snapshot(repo_id: str, revision: str | None) -> str | None:
+    """The copy of repo_id at revision under models_dir(), read the way huggingface_hub
+    resolves it offline (refs/<branch or tag> names the commit; a commit names itself), without
+    importing it: the web only reads."""
+    storage = models_dir() / ("models--" + repo_id.replace("/", "--"))
+    revision = revision or "main"
+    commit = revision if _COMMIT.fullmatch(revision) else None
+    if commit is None:
+        try:
+            commit = (storage / "refs" / revision).read_text().strip()
+        except OSError:
+            return None
+    snapshot = storage / "snapshots" / commit
+    return str(snapshot) if commit and snapshot.is_dir() else None
+
+
 def _local_dir(path: str, revision: str | None) -> str | None:
     """The directory holding the model's files where this machine has them, else None."""
-    return path if os.path.isdir(path) else None
+    if os.path.isdir(path):
+        return path
+    return _snapshot(path, revision) if _hub_id(path) else None
+
+
+def _no_copy(name: str, path: str, revision: str | None, why: str = "") -> ImproperlyConfigured:
+    at = f"@{revision}" if revision else ""
+    return ImproperlyConfigured(
+        f"EMBED_MODELS[{name!r}]: the hub model {path}{at} has no copy under {models_dir()}{why}; run "
+        f"`manage.py models_pull {name}` where the hub is reachable, or set EMBED_MODELS[{name!r}].path "
+        "to a local directory.")
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE
+
+
+def model_names() -> list[str]:
+    """The configured model names, without reading any model (the worker's queues: no copy needed)."""
+    return list(_parse(settings.EMBED_MODELS))
+
+
+def models_pull(names: Iterable[str] | None = None, log: Callable[[str], None] = lambda line: None) -> dict[str, str]:
+    """Downloads, once, the hub models among `names` (all by default) that have no copy under
+    models_dir(); returns each name's local directory. Only the worker (at start) and
+    `manage.py models_pull` call this: the web never downloads. Raises ImproperlyConfigured,
+    naming the model and how to provide it, where HF_HUB_OFFLINE is set or the hub is not
+    reachable (HF_ENDPOINT, read at each call so a stand-in hub can be named)."""
+    config = _parse(settings.EMBED_MODELS)
+    names = list(config) if names is None else list(names)
+    unknown = [name for name in names if name not in config]
+    if unknown:
+        raise ImproperlyConfigured(f"EMBED_MODELS does not serve {', '.join(unknown)} (it serves: {', '.join(config)}).")
+    found: dict[str, str] = {}
+    for name in names:
+        spec = config[name]
+        if "path" not in spec:
+            raise ImproperlyConfigured(f"EMBED_MODELS[{name!r}] lacks path.")
+        path = os.path.expanduser(str(spec["path"]))
+        revision = str(spec["revision"]) if spec.get("revision") else None
+        directory = _local_dir(path, revision)
+        if directory is not None:
+            log(f"{name}: {path} is present at {directory}")
+        elif not _hub_id(path):
+            raise ImproperlyConfigured(f"EMBED_MODELS[{name!r}]: {path} is neither a local directory nor a hub id.")
+        elif _offline():
+            raise _no_copy(name, path, revision, " and HF_HUB_OFFLINE is set")
+        else:
+            log(f"{name}: downloading {path}{'@' + revision if revision else ''} into {models_dir()}")
+            directory = _download(name, path, revision)
+            log(f"{name}: {path} is present at {directory}")
+        found[name] = directory
+    return found
+
+
+def _download(name: str, repo_id: str, revision: str | None) -> str:
+    # Imported here: the web never downloads, and never pays for the import.
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    endpoint = os.environ.get("HF_ENDPOINT") or None
+    try:
+        return snapshot_download(repo_id, revision=revision, cache_dir=models_dir(), endpoint=endpoint)
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as exc:
+        where = endpoint or "huggingface.co"
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        raise _no_copy(name, repo_id, revision, f" and the hub ({where}) did not give it: {reason}") from exc
 
 
 def _read(name: str, directory: str | None) -> ModelInfo:
     if directory is None:
-        return ModelInfo()  # a hub id not fetched here: what EMBED_MODELS says, or nothing
+        return ModelInfo()  # a path that is not here (nor a hub id): what EMBED_MODELS says, or nothing
     try:
         return model_info_read(directory)
     except ValueError as exc:
@@ -142,7 +245,7 @@ def _version(spec: dict, path: str, directory: str | None, revision: str | None)
         return str(spec["version"])
     if directory is not None:
         return model_digest(directory, revision=revision, cache_dir=Path(settings.VAR_DIR) / "digests")
-    # No files here to hash (a hub id not fetched here): the id and revision are the version.
+    # No files here to hash (a path this machine lacks): the path and revision are the version.
     return "h-" + hashlib.sha256(f"{path}\0{revision or ''}".encode()).hexdigest()[:16]
 
 
@@ -157,6 +260,8 @@ def _spec(name: str, spec: dict) -> ModelSpec:
     path = os.path.expanduser(str(spec["path"]))
     revision = str(spec["revision"]) if spec.get("revision") else None
     directory = _local_dir(path, revision)
+    if directory is None and _hub_id(path):
+        raise _no_copy(name, path, revision)
     info = _read(name, directory)
     read = {"dims": info.dims, "max_tokens": info.max_tokens}
     missing = sorted(key for key, value in read.items() if spec.get(key) is None and value is None)
@@ -169,7 +274,7 @@ def _spec(name: str, spec: dict) -> ModelSpec:
     matryoshka = spec.get("matryoshka_dims", info.matryoshka_dims) or ()
     return ModelSpec(
         name=name,
-        path=path,
+        path=directory or path,  # a hub id's local copy: what the tokenizer and the worker load
         dims=dims,
         max_tokens=int(spec["max_tokens"] if spec.get("max_tokens") is not None else info.max_tokens or 0),
         version=_version(spec, path, directory, revision),
@@ -191,6 +296,11 @@ def _load(raw: str) -> dict[str, ModelSpec]:
 
 def model_specs() -> dict[str, ModelSpec]:
     return _load(settings.EMBED_MODELS)
+
+
+def model_spec_read(name: str) -> ModelSpec:
+    """One configured model's spec read afresh from its files (manage.py models_pull's report)."""
+    return _spec(name, _parse(settings.EMBED_MODELS)[name])
 
 
 def model_get(name: str) -> ModelSpec | None:

@@ -19,9 +19,9 @@ from celery import bootsteps
 from django.conf import settings
 from django.db import connection, connections
 
-from dispatch.keys import PROVIDER_QUEUE, provider_alive_key
+from dispatch.keys import PROVIDER_QUEUE, model_queue, provider_alive_key
 from embeddings.cache import cache_upsert
-from embeddings.registry import model_specs
+from embeddings.registry import model_names, model_specs, models_pull
 from embedplatform.redisconn import redis_client
 from workers.calibration import calibration_store
 from workers.devices import cpu_threads, device_parse
@@ -63,6 +63,11 @@ class DrainStep(bootsteps.StartStopStep):
 
     def _models(self, worker: WorkController) -> list[str]:
         consumed = set((worker.app.amqp.queues.consume_from or {}).keys())
+        # The hub models it serves, downloaded once where none is under VAR_DIR/models: only a
+        # worker downloads, never the web (DECISIONS #40). Where it cannot, start-up stops here,
+        # naming the model and how to provide it.
+        models_pull([name for name in model_names() if model_queue(name) in consumed],
+                    log=lambda line: logger.info("%s", line))
         return [name for name, spec in model_specs().items() if spec.queue in consumed]
 
     def start(self, worker: WorkController) -> None:

@@ -155,9 +155,11 @@ def test_a_model_dir_that_does_not_say_names_the_key_to_set(models, copy_of, tmp
     with pytest.raises(ImproperlyConfigured, match=r"'bare'.*dims or max_tokens.*set \"dims\", \"max_tokens\""):
         models({"bare": {"path": str(empty)}})
     with pytest.raises(ImproperlyConfigured, match=r"not a local directory.*set \"dims\", \"max_tokens\""):
-        models({"hub": {"path": "org-that-is-not-here/some-model"}})
-    hub = models({"hub": {"path": "org-that-is-not-here/some-model", "dims": 8, "max_tokens": 16}})["hub"]
-    assert hub.version.startswith("h-")
+        models({"gone": {"path": "/no/such/model"}})
+    gone = models({"gone": {"path": "/no/such/model", "dims": 8, "max_tokens": 16}})["gone"]
+    assert gone.version.startswith("h-")
+    with pytest.raises(ImproperlyConfigured, match=r"hub model org-that-is-not-here/some-model has no copy"):
+        models({"hub": {"path": "org-that-is-not-here/some-model", "dims": 8, "max_tokens": 16}})
 
     (copy_of / "modules.json").write_text("[{")
     with pytest.raises(ImproperlyConfigured, match=r"'tiny'.*modules.json is not readable JSON"):
