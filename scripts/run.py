@@ -162,13 +162,14 @@ import django
 django.setup()
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
-from embeddings.registry import model_specs
-specs = model_specs()
-unknown = [name for name in settings.WORKER_MODELS if name not in specs]
+from dispatch.keys import model_queue
+from embeddings.registry import model_names
+names = model_names()  # names only: a hub model the worker has yet to download has no copy here
+unknown = [name for name in settings.WORKER_MODELS if name not in names]
 if unknown:
     raise ImproperlyConfigured(f"WORKER_MODELS names {', '.join(unknown)}, which EMBED_MODELS does not serve "
-                               f"(it serves: {', '.join(specs)}).")
-print(",".join(specs[name].queue for name in settings.WORKER_MODELS or specs))
+                               f"(it serves: {', '.join(names)}).")
+print(",".join(model_queue(name) for name in settings.WORKER_MODELS or names))
 """
 
 
