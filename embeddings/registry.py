@@ -51,7 +51,9 @@ from embeddings.tokencount import token_counts
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 KEYS = {"path", "dims", "max_tokens", "version", "normalize", "prompts", "owned_by", "revision", "matryoshka_dims",
-        "default_prompt"}
+        "default_prompt", "precision", "backend"}
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")  # workers/backends.py; auto: EMBED_PRECISION
+BACKENDS = ("auto", "onnx", "torch")  # auto: EMBED_BACKEND
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,8 @@ class ModelSpec:
     default_prompt: str = ""  # the prompt of a request that names no input_type (default_prompt_name)
     similarity: str | None = None  # the model's similarity_fn_name, for those who ask
     matryoshka_dims: tuple[int, ...] = ()  # the widths it was trained to serve truncated, widest first
+    precision: str = "auto"  # what its passes compute in (workers/backends.py); auto: EMBED_PRECISION
+    backend: str = "auto"  # what runs its transformer; auto: EMBED_BACKEND
 
     @property
     def queue(self) -> str:
@@ -271,6 +275,9 @@ def _spec(name: str, spec: dict) -> ModelSpec:
             f"EMBED_MODELS[{name!r}]: {where} {' or '.join(missing)} ({path}); set "
             + ", ".join(f'"{key}"' for key in missing) + " in its entry.")
     dims = int(spec["dims"] if spec.get("dims") is not None else info.dims or 0)
+    for key, allowed in (("precision", PRECISIONS), ("backend", BACKENDS)):
+        if spec.get(key, "auto") not in allowed:
+            raise ImproperlyConfigured(f"EMBED_MODELS[{name!r}] {key}={spec[key]!r}: use {', '.join(allowed)}.")
     matryoshka = spec.get("matryoshka_dims", info.matryoshka_dims) or ()
     return ModelSpec(
         name=name,
@@ -286,6 +293,8 @@ def _spec(name: str, spec: dict) -> ModelSpec:
         default_prompt=str(spec.get("default_prompt", info.default_prompt) or ""),
         similarity=info.similarity,
         matryoshka_dims=tuple(sorted({int(d) for d in matryoshka if 0 < int(d) <= dims}, reverse=True)),
+        precision=str(spec.get("precision", "auto")),
+        backend=str(spec.get("backend", "auto")),
     )
 
 

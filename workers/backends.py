@@ -13,11 +13,18 @@ of one pass and gives the pass's sentence embeddings:
   Bf16Backend   a copy of the transformer with bfloat16 Linear weights under autocast, traced
                 and frozen by TorchScript: the big passes of a CPU with bfloat16 matrix
                 instructions, which do the matrix products faster than float32 (#21, #23).
+  OnnxBackend   again, on the export quantized to int8 weights by ONNX Runtime's dynamic
+                quantization (precision int8; cached next to the export): every pass (#39).
+  AutocastBackend  TorchBackend under float16 or bfloat16 autocast: a GPU's reduced precision
+                (fp16 by default there; #39).
 
 ONNX and bfloat16 run the transformer only; the model's own pooling and normalization modules
 follow in float32, so every backend gives the model's own embedding. backends_load picks the
 backends of a model once, at load. A backend that fails to load or does not reproduce float32
-torch on the check texts is dropped with a warning: it costs speed, never correctness.
+torch on the check texts is dropped with a warning: it costs speed, never correctness. A reduced
+precision (bf16, fp16, int8) must also keep, on SAMPLE_TEXTS, a cosine to float32 of at least
+EMBED_MIN_COSINE and a mean top-10 neighbour overlap of at least EMBED_MIN_NEIGHBOUR_OVERLAP,
+or the model stays in float32 (logged with the figure that failed).
 
 torch is imported at the top: nothing imports this module but ModelRuntime when it loads a
 model, and the ONNX export's child process (`python -m workers.backends`).
@@ -61,13 +68,28 @@ MIN_COSINE = 0.9999
 # one by one, so a graph that baked in one shape or one padding fails the check.
 CHECK_TEXTS = ["warm up", "The quick brown fox jumps over the lazy dog near the river bank.",
                "Ünïcödé, 中文 and emoji 🎉 in one line", "word " * 300]
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
+BACKENDS = ("auto", "onnx", "torch")
+# The texts a reduced precision is checked on (cosine and top-10 neighbours among themselves):
+# 64 fixed sentences on a few topics, so that neighbours mean something.
+_TOPICS = ["the weather", "a football match", "cooking pasta", "a new phone", "the stock market", "a trip to Rome",
+           "learning French", "a broken car"]
+_FORMS = ["I want to talk about {}.", "What do you think of {}?", "Yesterday's news was all about {}.",
+          "My friend wrote a long letter on {} and why it matters to her.", "{}: a short guide",
+          "Nobody at work could stop talking about {} today", "Is {} worth the money and the time?",
+          "A children's story about {}, with pictures."]
+SAMPLE_TEXTS = [form.format(topic) for topic in _TOPICS for form in _FORMS]
+NEIGHBOURS = 10
+INT8_RECIPE = "int8-pc-ffnout32"  # in the quantized file's name: a new recipe makes a new file
 
 
 class Backend(ABC):
     """Runs one padded pass of a model. Called from several drain threads at once."""
 
     name: str
+    precision: str = "fp32"  # what it computes the transformer's matrix products in
+    # The figures of its load check against float32 (precision_check), where it had one.
+    checked: dict[str, float] | None = None
     # How many passes of this backend run well side by side (the worker's drain loops): more
     # than one only where a pass runs on part of the cores (DECISIONS #22, #23).
     parallel_passes: int = 1
@@ -101,6 +123,20 @@ class TorchBackend(Backend):
         return self.model(features)["sentence_embedding"]
 
 
+class AutocastBackend(TorchBackend):
+    """The same modules under a GPU's float16 or bfloat16 autocast: no copy of the weights.
+    Untested on a GPU by the test suite (DECISIONS #39)."""
+
+    def __init__(self, model: SentenceTransformer, device: str, precision: str):
+        super().__init__(model, device)
+        self.precision = precision
+        self.dtype = torch.float16 if precision == "fp16" else torch.bfloat16
+
+    def embed(self, features: Features) -> torch.Tensor:
+        with torch.autocast(torch.device(self.device).type, dtype=self.dtype):
+            return super().embed(features).float()
+
+
 class _PooledBackend(Backend):
     """A backend that computes the transformer's last hidden state its own way; the model's
     pooling and normalization modules (float32 torch) make the embedding from it."""
@@ -126,9 +162,11 @@ class OnnxBackend(_PooledBackend):
 
     name = "onnx"
 
-    def __init__(self, path: Path, threads: int, inputs: list[str], post_modules: list[torch.nn.Module]):
+    def __init__(self, path: Path, threads: int, inputs: list[str], post_modules: list[torch.nn.Module],
+                 precision: str = "fp32"):
         super().__init__(inputs, post_modules)
         self.path = path
+        self.precision = precision  # int8 for the quantized export
         self.session = _onnx_session(path, threads)
 
     def hidden(self, features: Features) -> torch.Tensor:
@@ -140,7 +178,9 @@ class OnnxBackend(_PooledBackend):
         small passes' session has: big passes then run two at once, each on part of the cores,
         instead of one splitting every operator across all of them (DECISIONS #22)."""
         if 0 < threads < small_threads:
-            return OnnxBigBackend(self.path, threads, self.inputs, self.post_modules)
+            big = OnnxBigBackend(self.path, threads, self.inputs, self.post_modules, self.precision)
+            big.checked = self.checked
+            return big
         return self
 
 
@@ -156,6 +196,7 @@ class Bf16Backend(_PooledBackend):
     bfloat16, norms and softmax in float32."""
 
     name = "bf16"
+    precision = "bf16"
 
     def __init__(self, graph: torch.nn.Module, inputs: list[str], post_modules: list[torch.nn.Module],
                  parallel_passes: int):
@@ -182,18 +223,38 @@ def backends_load(model: SentenceTransformer, spec: ModelSpec, pad: Callable[[li
     texts (the same object where both run alike). `pad` tokenizes and pads texts into a pass;
     `threads` and `small_threads` are the threads of big and small passes; `bf16_isa` is
     runtime.cpu_bf16's answer ("" on a GPU). Raises ValueError for a backend or precision that
-    cannot be asked for; a backend that fails to load is skipped (logged)."""
+    cannot be asked for; a backend that fails to load, or a reduced precision that fails its
+    check against float32, is skipped (logged)."""
     if precision not in PRECISIONS:
-        raise ValueError(f"EMBED_PRECISION={precision!r}: use auto, fp32 or bf16")
-    wanted = backend or backend_default(device)
+        raise ValueError(f"EMBED_PRECISION={precision!r}: use auto, fp32, bf16, fp16 or int8")
+    wanted = backend if backend not in (None, "auto") else backend_default(device)
     if wanted not in ("torch", "onnx"):
-        raise ValueError(f"EMBED_BACKEND={wanted!r}: use torch or onnx")
+        raise ValueError(f"EMBED_BACKEND={wanted!r}: use auto, torch or onnx")
     if wanted == "onnx" and device != "cpu":
         raise ValueError(f"EMBED_BACKEND=onnx runs on the CPU, not {device}; use torch there")
+    if precision == "int8" and wanted != "onnx":
+        raise ValueError(f"precision int8 of model {spec.name} runs on ONNX Runtime on the CPU, not torch on {device}")
     reference = TorchBackend(model, device)
     small: Backend = reference
     if wanted == "onnx":
         small = _onnx_load(model, spec, reference, pad, onnx_dir, small_threads) or reference
+    if device != "cpu":
+        if precision == "fp32":
+            return small, small
+        # A GPU computes in float16 unless asked for bfloat16 (DECISIONS #39; untested on a GPU here).
+        half = "bf16" if precision == "bf16" else "fp16"
+        reduced = _reduced_load(spec, reference, pad, half, lambda: AutocastBackend(model, device, half))
+        return (reduced, reduced) if reduced else (small, small)
+    if precision == "fp16":
+        # float16 has no fast matrix products on a CPU: served in float32 rather than refused, so
+        # one EMBED_MODELS can serve GPU and CPU workers alike.
+        logger.warning("model %s stays in float32: fp16 runs on a GPU only, this worker runs on the CPU", spec.name)
+    if precision == "int8":
+        if isinstance(small, OnnxBackend):  # else ONNX Runtime could not serve it: torch, logged
+            fp32 = small
+            small = _reduced_load(spec, reference, pad, "int8", lambda: OnnxBackend(
+                onnx_int8_cached(fp32.path), small_threads, fp32.inputs, fp32.post_modules, "int8")) or fp32
+        return small, small.for_big_passes(threads, small_threads)
     big = None
     if device == "cpu" and (precision == "bf16" or (precision == "auto" and bf16_isa)):
         # Two bfloat16 passes side by side where they run on part of the cores, except on AMX,
@@ -201,6 +262,60 @@ def backends_load(model: SentenceTransformer, spec: ModelSpec, pad: Callable[[li
         parallel = 2 if bf16_isa != "amx" and 0 < threads < small_threads else 1
         big = _bf16_load(model, spec, reference, pad, parallel)
     return small, big or small.for_big_passes(threads, small_threads)
+
+
+def _reduced_load(spec: ModelSpec, reference: Backend, pad: Callable[[list[str]], Features], precision: str,
+                  make: Callable[[], Backend]) -> Backend | None:
+    """The backend `make` gives, where it loads and passes precision_check, else None (logged)."""
+    try:
+        backend = make()
+    except Exception as exc:
+        logger.warning("model %s stays in float32: %s could not be loaded (%s)", spec.name, precision, exc)
+        return None
+    failed = precision_check(reference, backend, pad)
+    if failed:
+        logger.warning("model %s stays in float32: %s fails the check against float32 (%s)", spec.name, precision,
+                       failed)
+        return None
+    return backend
+
+
+def precision_check(reference: Backend, candidate: Backend, pad: Callable[[list[str]], Features]) -> str:
+    """Why `candidate`, a reduced precision, may not serve in place of float32 `reference` ("" when it
+    may): its vectors of SAMPLE_TEXTS against float32's, by the lowest cosine (EMBED_MIN_COSINE) and
+    the mean overlap of each text's top-10 neighbours among the others (EMBED_MIN_NEIGHBOUR_OVERLAP).
+    The figures are kept on `candidate.checked`."""
+    want = reference.forward(pad(SAMPLE_TEXTS))
+    got = candidate.forward(pad(SAMPLE_TEXTS))
+    cosines = _cosines(got, want)
+    overlap = neighbour_overlap(want, got)
+    candidate.checked = {"min_cosine": round(float(cosines.min()), 6), "mean_cosine": round(float(cosines.mean()), 6),
+                         "neighbour_overlap": round(overlap, 4)}
+    min_cosine = float(settings.EMBED_MIN_COSINE)
+    min_overlap = float(settings.EMBED_MIN_NEIGHBOUR_OVERLAP)
+    failed = []
+    if cosines.min() < min_cosine:
+        failed.append(f"lowest cosine {cosines.min():.4f} < EMBED_MIN_COSINE {min_cosine}")
+    if overlap < min_overlap:
+        failed.append(f"top-{NEIGHBOURS} neighbour overlap {overlap:.3f} < EMBED_MIN_NEIGHBOUR_OVERLAP {min_overlap}")
+    return "; ".join(failed)
+
+
+def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.sum(a * b, axis=1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+def neighbour_overlap(want: np.ndarray, got: np.ndarray, k: int = NEIGHBOURS) -> float:
+    """The mean share of each text's k nearest other texts (by cosine) under `want` that are
+    also among its k nearest under `got`: 1.0 where a search would rank alike."""
+    def nearest(vectors: np.ndarray) -> np.ndarray:
+        unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+        sims = unit @ unit.T
+        np.fill_diagonal(sims, -np.inf)
+        return np.argsort(-sims, axis=1)[:, :k]
+
+    a, b = nearest(want), nearest(got)
+    return float(np.mean([len(set(x) & set(y)) / k for x, y in zip(a, b, strict=True)]))
 
 
 def cosine_to_float32(reference: Backend, candidate: Backend, pad: Callable[[list[str]], Features]) -> float:
@@ -270,6 +385,9 @@ def _bf16_load(model: SentenceTransformer, spec: ModelSpec, reference: Backend, 
         cosine = cosine_to_float32(reference, backend, pad)
         if cosine < MIN_COSINE:
             raise ValueError(f"it gives cosine {cosine:.6f} to float32")
+        failed = precision_check(reference, backend, pad)
+        if failed:
+            raise ValueError(f"it fails the check against float32: {failed}")
         return backend
     except Exception as exc:
         logger.warning("model %s stays in float32: bfloat16 passes could not serve it (%s)", spec.name, exc)
@@ -334,6 +452,36 @@ def onnx_export_cached(spec: ModelSpec, inputs: list[str], onnx_dir: Path | None
             os.unlink(tmp)
     logger.info("exported %s to %s", spec.name, path)
     return path
+
+
+def onnx_int8_cached(path: Path) -> Path:
+    """The export at `path` with its weights quantized to int8 by ONNX Runtime's dynamic
+    quantization (activations quantized per pass), cached next to it; made if missing, under a
+    temporary name and renamed, like the export.
+
+    Weights per output channel, and the feed-forward down projections (`.../output/dense`, whose
+    inputs carry the outliers after GELU) left in float32: quantized per tensor, or with those,
+    all-MiniLM-L6-v2 fell to cosine 0.95 (0.988 per channel) against float32 on SAMPLE_TEXTS;
+    so it keeps 0.993 (DECISIONS #39)."""
+    out = path.with_name(f"{path.stem}.{INT8_RECIPE}.onnx")
+    if out.exists():
+        return out
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic  # type: ignore[import-untyped]
+
+    keep = [node.name for node in onnx.load(str(path), load_external_data=False).graph.node
+            if node.op_type == "MatMul" and "/output/dense/" in node.name and "attention" not in node.name]
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".onnx.tmp")
+    os.close(fd)
+    try:
+        quantize_dynamic(path, tmp, weight_type=QuantType.QInt8, per_channel=True, nodes_to_exclude=keep)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    logger.info("quantized %s to int8: %s", path.name, out)
+    return out
 
 
 def onnx_export(model_path: str, out: str, names: list[str]) -> None:

@@ -32,6 +32,8 @@ from workers.runtime import ModelRuntime
 if TYPE_CHECKING:
     from celery.worker import WorkController
 
+    from embeddings.registry import ModelSpec
+
 logger = logging.getLogger(__name__)
 
 
@@ -49,6 +51,15 @@ def _calibrate(runtimes: dict[str, ModelRuntime]) -> None:
             calibration_store(runtime, redis_client())
         except Exception:  # int8/uint8 answers 503 for this model meanwhile; float and binary serve
             logger.exception("could not calibrate %s for int8/uint8 outputs", name)
+
+
+def runtime_load(spec: ModelSpec, device: str, threads: int, onnx_threads: int) -> ModelRuntime:
+    """The model's runtime with its own backend and precision (EMBED_MODELS), or the worker's
+    (EMBED_BACKEND, EMBED_PRECISION) where it says auto. A GPU runs torch whatever is asked."""
+    backend = spec.backend if spec.backend != "auto" else settings.EMBED_BACKEND
+    precision = spec.precision if spec.precision != "auto" else settings.EMBED_PRECISION
+    return ModelRuntime(spec, device, threads=threads, backend=backend if device == "cpu" else "torch",
+                        precision=precision, onnx_threads=onnx_threads)
 
 
 class DrainStep(bootsteps.StartStopStep):
@@ -106,11 +117,8 @@ class DrainStep(bootsteps.StartStopStep):
     def _run(self, models: list[str], hostname: str) -> None:
         try:
             device = device_parse(settings.EMBED_DEVICE)
-            backend = settings.EMBED_BACKEND if device == "cpu" else "torch"
             threads, onnx_threads = cpu_threads(settings.EMBED_THREADS) if device == "cpu" else (0, 0)
-            runtimes = {m: ModelRuntime(model_specs()[m], device, threads=threads, backend=backend,
-                                         precision=settings.EMBED_PRECISION, onnx_threads=onnx_threads)
-                        for m in models}
+            runtimes = {m: runtime_load(model_specs()[m], device, threads, onnx_threads) for m in models}
         except Exception:
             logger.exception("could not load models %s; this worker serves nothing", models)
             return

@@ -58,9 +58,10 @@ class ModelRuntime:
                  onnx_dir: Path | None = None, precision: str = "auto", onnx_threads: int = 0):
         """`threads`: the CPU threads of a big pass (torch's intra-op threads, and those of the big
         passes' ONNX Runtime session; 0: torch's default); `onnx_threads`: those of the small
-        passes' ONNX Runtime session (0: as `threads`). `backend` (torch or onnx; by default onnx
-        on the CPU, torch elsewhere) and `precision` (auto, fp32 or bf16) are EMBED_BACKEND and
-        EMBED_PRECISION. Raises ValueError for settings it cannot serve."""
+        passes' ONNX Runtime session (0: as `threads`). `backend` (auto, torch or onnx; auto: onnx
+        on the CPU, torch elsewhere) and `precision` (auto, fp32, bf16, fp16 or int8) are the
+        model's own, else EMBED_BACKEND and EMBED_PRECISION. Raises ValueError for settings it
+        cannot serve."""
         # torch, sentence-transformers and the backends are imported here, not at the top: every
         # Celery worker imports this module (workers/bootsteps.py), the provider worker too, and
         # only a process that loads a model should pay for torch.
@@ -96,14 +97,26 @@ class ModelRuntime:
         big = "" if self.big is self.small else f"; big passes: {self.big.name}"
         if self.parallel_passes > 1:
             big += f" on {threads} thread(s), {self.parallel_passes} at once"
-        logger.info("loaded %s on %s (%s%s) in %.1fs", spec.name, device, self.backend, big,
-                    time.perf_counter() - started)
+        checked = f"; checked against fp32: {self.precision_checked}" if self.precision_checked else ""
+        logger.info("loaded %s on %s (%s, %s%s%s) in %.1fs", spec.name, device, self.backend, self.precision, big,
+                    checked, time.perf_counter() - started)
 
     @property
     def backend(self) -> str:
         """The small passes' backend: onnx, or torch (a GPU, EMBED_BACKEND=torch, or a model that
         ONNX Runtime cannot serve)."""
         return self.small.name
+
+    @property
+    def precision(self) -> str:
+        """What the passes compute in, as chosen at load: fp32, bf16, fp16 or int8; "small/big"
+        where big passes compute in another one (bfloat16 big passes on a CPU: "fp32/bf16")."""
+        return "/".join(dict.fromkeys([self.small.precision, self.big.precision]))
+
+    @property
+    def precision_checked(self) -> dict[str, float] | None:
+        """The figures of the load check against float32 of the reduced precision serving, if any."""
+        return self.big.checked or self.small.checked
 
     @property
     def parallel_passes(self) -> int:

@@ -194,15 +194,29 @@ if EMBED_DRAIN_THREADS < 0:
     raise ImproperlyConfigured(f"EMBED_DRAIN_THREADS={EMBED_DRAIN_THREADS}: use 0 (automatic) or a count.")
 # What runs the transformer: `onnx` (ONNX Runtime, exported once under VAR_DIR/onnx; CPU only)
 # or `torch`. Default: onnx on the CPU, torch on a GPU (workers/runtime.py, DECISIONS #20).
+# An EMBED_MODELS entry's own "backend" wins over this one.
 EMBED_BACKEND: str = env.str("EMBED_BACKEND", default="onnx" if EMBED_DEVICE == "cpu" else "torch")
-if EMBED_BACKEND not in ("onnx", "torch"):
-    raise ImproperlyConfigured(f"EMBED_BACKEND={EMBED_BACKEND!r}: use onnx (CPU) or torch.")
-# CPU only: `auto` runs passes of 3+ texts with bfloat16 matrix products where the CPU has AMX
-# or AVX512-BF16 (checked against float32 at load: cosine >= 0.9999), `fp32` never, `bf16` even
-# without them (slow there; for tests). workers/runtime.py, DECISIONS #21, #23.
+if EMBED_BACKEND not in ("auto", "onnx", "torch"):
+    raise ImproperlyConfigured(f"EMBED_BACKEND={EMBED_BACKEND!r}: use auto, onnx (CPU) or torch.")
+# On a CPU, `auto` runs passes of 3+ texts with bfloat16 matrix products where the CPU has AMX
+# or AVX512-BF16, `fp32` never, `bf16` even without them (slow there; for tests), `int8` every
+# pass on the ONNX export quantized to int8 weights, `fp16` float32 (logged). On a GPU, `auto`
+# and `fp16` run float16 autocast, `bf16` bfloat16 autocast. A reduced precision is checked
+# against float32 at load (EMBED_MIN_COSINE, EMBED_MIN_NEIGHBOUR_OVERLAP) and the model stays
+# in float32 where it falls short. An EMBED_MODELS entry's own "precision" wins over this one.
+# workers/backends.py, DECISIONS #21, #23, #39.
+EMBED_PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 EMBED_PRECISION: str = env.str("EMBED_PRECISION", default="auto")
-if EMBED_PRECISION not in ("auto", "fp32", "bf16"):
-    raise ImproperlyConfigured(f"EMBED_PRECISION={EMBED_PRECISION!r}: use auto, fp32 or bf16.")
+if EMBED_PRECISION not in EMBED_PRECISIONS:
+    raise ImproperlyConfigured(f"EMBED_PRECISION={EMBED_PRECISION!r}: use {', '.join(EMBED_PRECISIONS)}.")
+# The load check of a reduced precision against float32, on 64 fixed sample texts: the lowest
+# cosine and the mean share of each text's top-10 neighbours that stay its top 10.
+EMBED_MIN_COSINE: float = env.float("EMBED_MIN_COSINE", default=0.99)
+EMBED_MIN_NEIGHBOUR_OVERLAP: float = env.float("EMBED_MIN_NEIGHBOUR_OVERLAP", default=0.9)
+for _name, _value in (("EMBED_MIN_COSINE", EMBED_MIN_COSINE), ("EMBED_MIN_NEIGHBOUR_OVERLAP",
+                                                              EMBED_MIN_NEIGHBOUR_OVERLAP)):
+    if not 0 <= _value <= 1:
+        raise ImproperlyConfigured(f"{_name}={_value}: use a number from 0 to 1.")
 # The models a `scripts/run.py worker` serves: a comma list of EMBED_MODELS names, or `all` (unset:
 # all). Each model has its own work list, drained by every worker that serves it, so workers with
 # different lists split the models and several workers may share one. The names are checked
