@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from accounts.models import Tenant
 from dispatch.base import ServedModel
-from embeddings.registry import model_get
+from embeddings.registry import model_get, model_pending
 from embedplatform.errors import (
     DIMENSIONS_OUT_OF_RANGE,
     INPUT_TOO_LONG,
@@ -17,6 +17,7 @@ from embedplatform.errors import (
     InvalidInput,
     NotAllowed,
     NotFound,
+    Overloaded,
 )
 from providers.dispatch import provider_model_resolve
 
@@ -41,6 +42,9 @@ def model_resolve(*, tenant: Tenant, model: str) -> ServedModel:
         return provider_model_resolve(tenant=tenant, model=model)
     spec = model_get(model)
     if spec is None:
+        pending = model_pending(model)
+        if pending is not None:  # a hub model whose copy a worker has yet to download
+            raise Overloaded(pending, retry_after=10, code="model_not_ready")
         raise NotFound(MODEL_UNKNOWN.format(model=model), param="model", code="model_not_found")
     tier = tenant.tier
     if not tier.server_compute:

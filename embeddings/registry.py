@@ -34,6 +34,7 @@ import hashlib
 import json
 import os
 import re
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import cache
@@ -171,9 +172,13 @@ def _local_dir(path: str, revision: str | None) -> str | None:
     return _snapshot(path, revision) if _hub_id(path) else None
 
 
-def _no_copy(name: str, path: str, revision: str | None, why: str = "") -> ImproperlyConfigured:
+class NoCopy(ImproperlyConfigured):
+    """A hub model with no copy on this machine: the worker (or manage.py models_pull) downloads it."""
+
+
+def _no_copy(name: str, path: str, revision: str | None, why: str = "") -> NoCopy:
     at = f"@{revision}" if revision else ""
-    return ImproperlyConfigured(
+    return NoCopy(
         f"EMBED_MODELS[{name!r}]: the hub model {path}{at} has no copy under {models_dir()}{why}; run "
         f"`manage.py models_pull {name}` where the hub is reachable, or set EMBED_MODELS[{name!r}].path "
         "to a local directory.")
@@ -218,6 +223,7 @@ def models_pull(names: Iterable[str] | None = None, log: Callable[[str], None] =
             directory = _download(name, path, revision)
             log(f"{name}: {path} is present at {directory}")
         found[name] = directory
+    _load.cache_clear()  # the specs are read again, now with the copies
     return found
 
 
@@ -298,13 +304,46 @@ def _spec(name: str, spec: dict) -> ModelSpec:
     )
 
 
+@dataclass(frozen=True)
+class _Registry:
+    specs: dict[str, ModelSpec]
+    pending: dict[str, str]  # a hub model with no copy here yet -> why (the worker downloads it)
+    read_at: float
+
+
+# While a hub model has no copy, the registry is read again this often: a worker that starts
+# downloads it (models_pull), and the web serves it once the copy is there, without a restart.
+PENDING_RECHECK_SECONDS = 5.0
+
+
 @cache
-def _load(raw: str) -> dict[str, ModelSpec]:
-    return {name: _spec(name, spec) for name, spec in _parse(raw).items()}
+def _load(raw: str) -> _Registry:
+    specs: dict[str, ModelSpec] = {}
+    pending: dict[str, str] = {}
+    for name, spec in _parse(raw).items():
+        try:
+            specs[name] = _spec(name, spec)
+        except NoCopy as exc:
+            pending[name] = str(exc)
+    return _Registry(specs, pending, time.monotonic())
+
+
+def _registry() -> _Registry:
+    registry = _load(settings.EMBED_MODELS)
+    if registry.pending and time.monotonic() - registry.read_at >= PENDING_RECHECK_SECONDS:
+        _load.cache_clear()
+        registry = _load(settings.EMBED_MODELS)
+    return registry
 
 
 def model_specs() -> dict[str, ModelSpec]:
-    return _load(settings.EMBED_MODELS)
+    """The served models that this machine has the files of (see model_pending for the others)."""
+    return _registry().specs
+
+
+def model_pending(name: str) -> str | None:
+    """Why the configured hub model `name` cannot be served yet (no copy here), or None."""
+    return _registry().pending.get(name)
 
 
 def model_spec_read(name: str) -> ModelSpec:

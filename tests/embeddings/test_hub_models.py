@@ -89,20 +89,32 @@ def test_a_revision_resolves_by_its_ref_or_its_commit(settings, var_dir, tiny_di
     snapshot = _prefill(var_dir, tiny_dir, ref="v1")
     assert _models(settings, {"tiny": {"path": REPO, "revision": "v1"}})["tiny"].path == str(snapshot)
     assert _models(settings, {"tiny": {"path": REPO, "revision": COMMIT}})["tiny"].path == str(snapshot)
-    with pytest.raises(ImproperlyConfigured, match=r"test-org/tiny-bert@main has no copy"):
-        _models(settings, {"tiny": {"path": REPO, "revision": "main"}})
+    assert "tiny" not in _models(settings, {"tiny": {"path": REPO, "revision": "main"}})
+    assert "test-org/tiny-bert@main has no copy" in registry.model_pending("tiny")
 
 
-def test_without_a_copy_the_web_stops_naming_the_model_and_how_to_provide_it(settings, var_dir):
-    """The web never downloads: no copy is a clear stop, whatever EMBED_MODELS states by hand."""
+def test_without_a_copy_the_web_answers_503_naming_the_model_and_how_to_provide_it(settings, var_dir, alice, tiny_dir):
+    """The web never downloads: a hub model with no copy yet is a 503 (Retry-After) naming it and how to
+    provide it, whatever EMBED_MODELS states by hand, while the other models serve; once a copy is
+    there (the worker's download) it serves without a restart."""
+    from embeddings.inputs import model_resolve
+    from embedplatform.errors import Overloaded
+
     for entry in [{"path": REPO}, {"path": REPO, "dims": 8, "max_tokens": 16}]:
-        with pytest.raises(ImproperlyConfigured) as caught:
-            _models(settings, {"tiny": entry})
-        message = str(caught.value)
+        specs = _models(settings, {"tiny": entry, "local": {"path": MINILM}})
+        assert "tiny" not in specs and specs["local"].dims == 384  # the others serve
+        with pytest.raises(Overloaded) as caught:
+            model_resolve(tenant=alice.tenant, model="tiny")
+        message = caught.value.message
+        assert caught.value.code == "model_not_ready" and caught.value.retry_after
         assert "EMBED_MODELS['tiny']" in message and REPO in message and str(var_dir / "models") in message
         assert "run `manage.py models_pull tiny` where the hub is reachable" in message
         assert "or set EMBED_MODELS['tiny'].path to a local directory" in message
     assert not (var_dir / "models").exists()  # nothing fetched
+
+    snapshot = _prefill(var_dir, tiny_dir)  # the worker's download lands
+    registry._load.cache_clear()  # (the web reads again within PENDING_RECHECK_SECONDS)
+    assert model_resolve(tenant=alice.tenant, model="tiny").path == str(snapshot)
 
 
 def test_models_pull_reports_a_present_copy_without_reaching_a_hub(settings, var_dir, tiny_dir, monkeypatch):
@@ -131,5 +143,4 @@ def test_models_pull_without_a_copy_offline_or_with_no_hub_answering_names_the_m
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
     with pytest.raises(ImproperlyConfigured, match=rf"test-org/tiny-bert has no copy.*127.0.0.1:{port}.*models_pull tiny"):
         registry.models_pull(["tiny"])
-    with pytest.raises(ImproperlyConfigured, match="has no copy"):
-        registry.model_specs()
+    assert "has no copy" in registry.model_pending("tiny")
