@@ -59,6 +59,12 @@ def bench_raw(onnx_dir: str | None = None) -> dict:
     out = {}
     encoders = [("", lambda batch, size: model.encode(batch, batch_size=size))]
     if onnx_dir:
+        # The runtime's load-time checks read settings (EMBED_MIN_COSINE, ...): the bench's own
+        # environment (bench_env) is already in os.environ, so Django can be set up here.
+        import django
+
+        os.environ.setdefault("DJANGO_SETTINGS_MODULE", "embedplatform.settings.base")
+        django.setup()
         from embeddings.registry import ModelSpec
         from workers.runtime import ModelRuntime
 
@@ -256,6 +262,7 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=1.0, help="multiply request counts")
     args = parser.parse_args()
     env = bench_env("ep-bench-")
+    os.environ.update(env)
     raw = bench_raw(env["EMBED_ONNX_DIR"])
     procs = start_stack(env, args.port)
     try:
