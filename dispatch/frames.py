@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import numpy.typing as npt
@@ -23,9 +24,9 @@ import orjson
 from redis.client import Pipeline
 
 from dispatch.keys import reply_key
-from embedplatform.errors import ApiError, InvalidInput
+from embedplatform.errors import WAIT_TIMED_OUT, ApiError, InvalidInput, WaitTimeout
 from embedplatform.logs import request_id_get
-from embedplatform.redisconn import redis_client
+from embedplatform.redisconn import blocking_slice, redis_client
 
 REPLY_TTL_SECONDS = 120
 
@@ -116,3 +117,27 @@ def reply_parse(raw: bytes, *, n: int, dims: int | None) -> tuple[np.ndarray, np
     tokens = np.frombuffer(raw, dtype="<i4", count=n, offset=1)
     vectors = np.frombuffer(raw, dtype="<f4", offset=1 + 4 * n).reshape(n, dims)
     return tokens, vectors
+
+
+# A wait is cut into BLPOPs of at most this long (and always inside the Redis socket timeout),
+# so that whoever waits can look at the work between two of them (dispatch/local.py).
+REPLY_SLICE_SECONDS = 1.0
+
+
+def reply_wait(item: WorkItem, *, wait: float, dims: int | None,
+               between: Callable[[], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Blocks until `item` is answered, at most `wait` seconds (then WaitTimeout), and parses the
+    reply (reply_parse). `between` runs after each empty slice; it may raise to end the wait."""
+    client = redis_client()
+    deadline = time.monotonic() + wait
+    while True:
+        left = deadline - time.monotonic()
+        step = min(left, REPLY_SLICE_SECONDS, blocking_slice())
+        popped = client.blpop([reply_key(item.id)], timeout=max(step, 0.01))
+        if popped is not None:
+            return reply_parse(cast(bytes, popped[1]), n=len(item.texts), dims=dims)
+        if left <= step:
+            raise WaitTimeout(WAIT_TIMED_OUT.format(seconds=wait))
+        if between is not None:
+            between()
+

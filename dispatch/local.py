@@ -10,19 +10,17 @@ model only signals them (jobs_signal).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable
-from typing import cast
 
 import numpy as np
 import redis
 from django.conf import settings
 
 from dispatch.base import Dispatcher, Handle, ServedModel, WorkPush
-from dispatch.frames import WorkItem, reply_parse
+from dispatch.frames import WorkItem, reply_wait
 from dispatch.keys import alive_key, job_signal_key, owner_key, reply_key, taken_key, work_list
-from embedplatform.errors import WAIT_TIMED_OUT, WORKERS_UNAVAILABLE, Overloaded, WaitTimeout
-from embedplatform.redisconn import blocking_slice, redis_client, script
+from embedplatform.errors import WORKERS_UNAVAILABLE, Overloaded
+from embedplatform.redisconn import redis_client, script
 
 # Whether work may join a model's list: nil when yes, -1 when no worker is alive, else the
 # list's depth (it is full). The one definition of that check: the admission script
@@ -87,8 +85,6 @@ class LocalDispatch(Dispatcher):
 
 LOCAL = LocalDispatch()
 
-# How often a waiting request checks that the drain loop that took its item still beats.
-TAKEN_CHECK_SECONDS = 1.0
 WORKER_DIED = ("The worker computing this request stopped (it was restarted or killed) and no other worker "
                "serves `{model}` now; retry shortly.")
 
@@ -96,23 +92,17 @@ WORKER_DIED = ("The worker computing this request stopped (it was restarted or k
 def work_wait(item: WorkItem, *, wait: float, dims: int | None) -> tuple[np.ndarray, np.ndarray]:
     """Blocks until the worker answers `item`, at most `wait` seconds (then WaitTimeout).
 
-    Waits in slices of at most TAKEN_CHECK_SECONDS; between them one script checks on the item
+    dispatch.frames.reply_wait, with one script between its slices that checks on the item
     (_CHECK). When the drain loop that took it died with it (a killed worker), the item goes back
     to the head of its list for another worker, once. When no worker of the model is alive, to take
     it or to take it over, the request ends at once with Overloaded (503 + Retry-After) instead of
     waiting out its time. dims=None: taken from the reply's length.
     """
     client = redis_client()
-    deadline = time.monotonic() + wait
     requeued = False
-    while True:
-        left = deadline - time.monotonic()
-        step = min(left, TAKEN_CHECK_SECONDS, blocking_slice())  # a BLPOP inside the socket timeout
-        popped = client.blpop([reply_key(item.id)], timeout=max(step, 0.01))
-        if popped is not None:
-            return reply_parse(cast(bytes, popped[1]), n=len(item.texts), dims=dims)
-        if left <= step:
-            raise WaitTimeout(WAIT_TIMED_OUT.format(seconds=wait))
+
+    def check() -> None:
+        nonlocal requeued
         state = script(_CHECK)(
             keys=[taken_key(item.id), alive_key(item.model), work_list(item.model, item.priority), reply_key(item.id)],
             args=[item.dumps(), int(requeued), owner_key("")], client=client,
@@ -123,6 +113,8 @@ def work_wait(item: WorkItem, *, wait: float, dims: int | None) -> tuple[np.ndar
             raise refused(item.model, -1)
         elif state == _TAKER_DIED:
             raise Overloaded(WORKER_DIED.format(model=item.model), retry_after=2, code="worker_died")
+
+    return reply_wait(item, wait=wait, dims=dims, between=check)
 
 
 _WAITING, _REQUEUED, _NO_WORKER, _TAKER_DIED = 0, 1, 2, 3

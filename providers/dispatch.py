@@ -21,9 +21,8 @@ from kombu.exceptions import OperationalError
 
 from accounts.models import Tenant
 from dispatch.base import INPUT_TYPES, Dispatcher, Handle, ServedModel
-from dispatch.frames import WorkItem
+from dispatch.frames import WorkItem, reply_wait
 from dispatch.keys import PROVIDER_EMBED_TASK, PROVIDER_QUEUE, provider_alive_key
-from dispatch.local import work_wait
 from embedplatform.errors import MODEL_UNKNOWN, InvalidInput, NotFound, Overloaded
 from embedplatform.redisconn import redis_client
 from providers.clients import MAX_DIMS
@@ -92,7 +91,9 @@ class ProviderDispatch(Dispatcher):
         handle.queued = True
 
     def wait(self, handle: Handle, *, wait: float) -> tuple[np.ndarray, np.ndarray]:
-        return work_wait(handle.item, wait=wait, dims=None)
+        # The provider worker's liveness is checked before the task is sent (send); a call ends
+        # within its deadline, answered or with an error frame.
+        return reply_wait(handle.item, wait=wait, dims=None)
 
 
 PROVIDERS = ProviderDispatch()

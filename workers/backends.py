@@ -434,24 +434,34 @@ def onnx_export_cached(spec: ModelSpec, inputs: list[str], onnx_dir: Path | None
     if path.exists():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    # In a child process: tracing for the export leaves the traced torch model giving wrong
-    # vectors (DECISIONS #20), so the exporter never touches the served one.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".onnx.tmp")
-    os.close(fd)
-    try:
+
+    def export(tmp: str) -> None:
+        # In a child process: tracing for the export leaves the traced torch model giving wrong
+        # vectors (DECISIONS #20), so the exporter never touches the served one.
         done = subprocess.run(
             [sys.executable, "-m", "workers.backends", spec.path, tmp, ",".join(inputs)],
             cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True, timeout=600,
         )
         if done.returncode != 0:
             raise RuntimeError(f"the ONNX export failed: {done.stderr.strip()[-500:]}")
+
+    _write_whole(path, export)
+    logger.info("exported %s to %s", spec.name, path)
+    return path
+
+
+def _write_whole(path: Path, write: Callable[[str], None]) -> None:
+    """Has `write(tmp)` write a temporary file next to `path`, then renames it into place:
+    workers starting together never read a half-written model file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".onnx.tmp")
+    os.close(fd)
+    try:
+        write(tmp)
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    logger.info("exported %s to %s", spec.name, path)
-    return path
 
 
 def onnx_int8_cached(path: Path) -> Path:
@@ -471,15 +481,8 @@ def onnx_int8_cached(path: Path) -> Path:
 
     keep = [node.name for node in onnx.load(str(path), load_external_data=False).graph.node
             if node.op_type == "MatMul" and "/output/dense/" in node.name and "attention" not in node.name]
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".onnx.tmp")
-    os.close(fd)
-    try:
-        quantize_dynamic(path, tmp, weight_type=QuantType.QInt8, per_channel=True, nodes_to_exclude=keep)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    _write_whole(out, lambda tmp: quantize_dynamic(path, tmp, weight_type=QuantType.QInt8, per_channel=True,
+                                                   nodes_to_exclude=keep))
     logger.info("quantized %s to int8: %s", path.name, out)
     return out
 
