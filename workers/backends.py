@@ -471,8 +471,8 @@ def onnx_int8_cached(path: Path) -> Path:
 
     Weights per output channel, and the feed-forward down projections (`.../output/dense`, whose
     inputs carry the outliers after GELU) left in float32: quantized per tensor, or with those,
-    all-MiniLM-L6-v2 fell to cosine 0.95 (0.988 per channel) against float32 on SAMPLE_TEXTS;
-    so it keeps 0.993 (DECISIONS #39)."""
+    all-MiniLM-L6-v2 fell below the load check's cosine (DECISIONS #39; docs/BENCHMARKS.md,
+    "Precision: int8 against fp32")."""
     out = path.with_name(f"{path.stem}.{INT8_RECIPE}.onnx")
     if out.exists():
         return out
