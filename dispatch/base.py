@@ -94,6 +94,9 @@ class ServedModel(Protocol):
     def max_dimensions(self) -> int: ...  # the largest `dimensions` a request may ask for
 
     @property
+    def matryoshka_dims(self) -> tuple[int, ...]: ...  # besides the full width, the only `dimensions` it takes; (): any
+
+    @property
     def dispatcher(self) -> Dispatcher: ...
 
     @property

@@ -9,6 +9,7 @@ from accounts.models import Tenant
 from dispatch.base import ServedModel
 from embeddings.registry import model_get, model_pending
 from embedplatform.errors import (
+    DIMENSIONS_NOT_MATRYOSHKA,
     DIMENSIONS_OUT_OF_RANGE,
     INPUT_TOO_LONG,
     MODEL_NOT_ALLOWED,
@@ -54,15 +55,31 @@ def model_resolve(*, tenant: Tenant, model: str) -> ServedModel:
     return spec
 
 
-def model_inputs(spec: ServedModel, texts: list[str], options: EmbedOptions) -> list[str]:
-    """The texts as the model sees them (its prompt for options.input_type first), after the checks
-    that need the model: `dimensions` within its range, and (truncate=false) every input within
-    its max_tokens where the web can count them. Raises InvalidInput."""
-    if options.dimensions is not None and not 1 <= options.dimensions <= spec.max_dimensions:
+def _dimensions_check(spec: ServedModel, dimensions: int) -> None:
+    """A model that declares Matryoshka dims was trained to serve only those widths truncated (and
+    its full one): any other cut is refused, naming them. A model that declares none takes any
+    1..max_dimensions, as OpenAI's `dimensions` does (DECISIONS #41)."""
+    if spec.matryoshka_dims:
+        allowed = sorted({*spec.matryoshka_dims, spec.max_dimensions}, reverse=True)
+        if dimensions not in allowed:
+            raise InvalidInput(
+                DIMENSIONS_NOT_MATRYOSHKA.format(allowed=", ".join(map(str, allowed)), model=spec.name, got=dimensions),
+                param="dimensions",
+            )
+    elif not 1 <= dimensions <= spec.max_dimensions:
         raise InvalidInput(
-            DIMENSIONS_OUT_OF_RANGE.format(max=spec.max_dimensions, model=spec.name, got=options.dimensions),
+            DIMENSIONS_OUT_OF_RANGE.format(max=spec.max_dimensions, model=spec.name, got=dimensions),
             param="dimensions",
         )
+
+
+def model_inputs(spec: ServedModel, texts: list[str], options: EmbedOptions) -> list[str]:
+    """The texts as the model sees them (its prompt for options.input_type first), after the checks
+    that need the model: `dimensions` within its range (one of its Matryoshka dims or its full
+    width where it declares them), and (truncate=false) every input within its max_tokens where
+    the web can count them. Raises InvalidInput."""
+    if options.dimensions is not None:
+        _dimensions_check(spec, options.dimensions)
     prompt = spec.prompt(options.input_type)
     inputs = [prompt + t for t in texts] if prompt else texts
     if not options.truncate and spec.max_tokens is not None:

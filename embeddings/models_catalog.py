@@ -47,6 +47,7 @@ class CatalogModel:
     version: str
     dims: int | None = None
     max_tokens: int | None = None
+    matryoshka_dims: list[int] | None = None  # a local model's (maybe none); None: a byok model's, unknown here
     kind: str = "embed"
     workers: list[WorkerServing] = field(default_factory=list)
     queue_depth: int | None = None
@@ -68,7 +69,7 @@ def _most_common(values: Iterable[str | None]) -> str | None:
 
 def _local(spec: ModelSpec) -> CatalogModel:
     return CatalogModel(name=spec.name, compute="local", owned_by=spec.owned_by, version=spec.version,
-                        dims=spec.dims, max_tokens=spec.max_tokens)
+                        dims=spec.dims, max_tokens=spec.max_tokens, matryoshka_dims=list(spec.matryoshka_dims))
 
 
 def _byok(model: ProviderModel) -> CatalogModel:

@@ -206,6 +206,11 @@ class ModelWorkerSerializer(serializers.Serializer):
 class ModelDetailSerializer(ModelSerializer):
     """A model, with what serves it now (local models; a byok model has no workers here)."""
 
+    matryoshka_dims = serializers.ListField(
+        child=serializers.IntegerField(), allow_null=True,
+        help_text="The widths it was trained to serve truncated (its model card or EMBED_MODELS), widest first: "
+                  "`dimensions` must then be one of them or `dimensions` (its full width). Empty: any 1..dimensions. "
+                  "Null for a byok model.")
     precision = serializers.CharField(allow_null=True, help_text="What most of its workers compute in; null with none.")
     backend = serializers.CharField(allow_null=True, help_text="What most of its workers run; null with none.")
     workers = ModelWorkerSerializer(many=True, help_text="The live drain loops serving it.")

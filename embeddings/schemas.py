@@ -369,6 +369,7 @@ model_detail_schema = extend_schema(
             ModelDetailSerializer,
             "model",
             MODEL_EXAMPLE | {
+                "matryoshka_dims": [],
                 "precision": "fp32",
                 "backend": "onnx",
                 "workers": [{"id": "worker-1-4242", "backend": "onnx", "precision": "fp32", "device": "cpu"}],

@@ -176,7 +176,10 @@ class EmbedOptionsSerializer(serializers.Serializer):
         return {name: copy.copy(field) for name, field in self._declared_fields.items()}
 
     model = serializers.CharField(required=False, default=DEFAULT_MODEL, max_length=200)
-    dimensions = serializers.IntegerField(required=False, allow_null=True, default=None, min_value=1)
+    dimensions = serializers.IntegerField(
+        required=False, allow_null=True, default=None, min_value=1,
+        help_text="Keep the first N components, renormalized. A model with `matryoshka_dims` (GET /v1/models/{id}) "
+                  "takes one of those or its full width; any other model 1..its dimensions.")
     normalize = StrictBooleanField(required=False, allow_null=True, default=None)
     truncate = StrictBooleanField(required=False, default=True)
     input_type = serializers.ChoiceField(choices=INPUT_TYPES, required=False, allow_null=True, default=None)

@@ -30,6 +30,10 @@ SERVER_COMPUTE_REFUSED = (
     "(POST /v1/providers) and use `<provider name>/<model>`, or upgrade to a paid tier."
 )
 DIMENSIONS_OUT_OF_RANGE = "dimensions must be between 1 and {max} for model `{model}`; got {got}."
+DIMENSIONS_NOT_MATRYOSHKA = (
+    "dimensions must be one of {allowed} for model `{model}` (the widths it was trained to serve "
+    "truncated: its Matryoshka dims and its full width); got {got}."
+)
 INPUT_TOO_LONG = (
     "input[{index}] has {tokens} tokens, over the {max} that `{model}` accepts; shorten it or "
     "send truncate=true to cut it."

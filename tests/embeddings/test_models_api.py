@@ -49,7 +49,7 @@ def test_a_local_model_shows_the_drain_loops_serving_it(alice, client_for, drain
                                 "device": "cpu"}]
     assert body | {"version": None, "workers": None} == {
         "id": DEFAULT_MODEL, "object": "model", "dimensions": 384, "max_tokens": 256, "compute": "local",
-        "kind": "embed", "owned_by": "embedplatform", "version": None, "precision": precision,
+        "kind": "embed", "owned_by": "embedplatform", "version": None, "matryoshka_dims": [], "precision": precision,
         "backend": minilm.backend, "workers": None, "queue_depth": 0}
     assert body["version"] == minilm.spec.version
 
@@ -88,7 +88,7 @@ def test_a_byok_model_of_the_caller_is_its_byok_entry(alice, client_for, redis_d
     body = _get(client, f"/v1/models/{BYOK}")
     assert body == {"id": BYOK, "object": "model", "dimensions": None, "max_tokens": None, "compute": "byok",
                     "kind": "embed", "owned_by": "openai", "version": provider_cache_version(provider),
-                    "precision": None, "backend": None, "workers": [], "queue_depth": None}
+                    "matryoshka_dims": None, "precision": None, "backend": None, "workers": [], "queue_depth": None}
     # Any upstream model through the caller's provider, as the embedding endpoints take it.
     assert _get(client, "/v1/models/myopenai/BAAI/bge-m3")["id"] == "myopenai/BAAI/bge-m3"
 
