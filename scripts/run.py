@@ -191,7 +191,11 @@ def cmd_worker(env, device: str) -> tuple[list[str], dict[str, str]]:
         # shares its cores with the web, and spinning took their CPU (DECISIONS #21).
         pinned.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     queues = ",".join(model_queues(pinned))
-    name = f"embed-{device.replace(':', '')}@%h"
+    # WORKER_NAME names the Celery node (`-n`; `@<host>` added where it has no `@`). Two workers of one
+    # name on one host still keep apart: each drain loop's name adds its process id (workers/bootsteps.py).
+    name = env.get("WORKER_NAME", "").strip() or f"embed-{device.replace(':', '')}"
+    if "@" not in name:
+        name += "@%h"
     return [str(BIN / "celery"), "-A", "embedplatform", "worker", "-P", "solo", "-Q", queues, "-n", name,
             "--loglevel", env.get("LOG_LEVEL", "INFO")], pinned
 

@@ -54,11 +54,17 @@ class DrainStats:
         del self.batch_items[:-1000]
 
 
+# A loop's name carries its process id, so a restarted worker counts in a new hash: the old one goes
+# a week after its last pass.
+STATS_TTL = 7 * 24 * 3600
+
+
 def stats_add(pipe: Pipeline, name: str, **counts: int) -> None:
     """Adds to the loop's counters hash (dispatch.keys.stats_key) on `pipe`."""
     key = stats_key(name)
     for field_name, n in counts.items():
         pipe.hincrby(key, field_name, n)
+    pipe.expire(key, STATS_TTL)
 
 
 def usage_add(pipe: Pipeline, model: str, item: WorkItem, tokens: Iterable[int], compute_ms: float) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -127,7 +128,11 @@ class DrainStep(bootsteps.StartStopStep):
         # says. Each takes whatever waits when it is free, requests and job chunks alike; this
         # thread runs the first.
         count = settings.EMBED_DRAIN_THREADS or min(rt.parallel_passes for rt in runtimes.values())
-        name = hostname.replace(":", "_")
+        # The Celery node name (':' made '_': it is part of Redis keys) and this process's id,
+        # `embed-cpu@host-4242`, the other loops `-2`, `-3`: unique per process, so two workers of
+        # one node name (two `make worker` on one host and device) keep their own heartbeat keys and
+        # entries in the model's workers hash, and one stopping leaves the other's (DECISIONS #38).
+        name = f"{hostname.replace(':', '_')}-{os.getpid()}"
         self.drainers = [
             Drainer(
                 runtimes=runtimes,
