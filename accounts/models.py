@@ -21,6 +21,7 @@ class Tier(models.Model):
     requests_per_minute = models.PositiveIntegerField(default=600)
     max_batch_size = models.PositiveIntegerField(default=2048, help_text="Texts per request.")
     max_job_texts = models.PositiveIntegerField(default=100_000)
+    max_rerank_documents = models.PositiveIntegerField(default=1000, help_text="Documents per rerank request.")
     server_compute = models.BooleanField(default=False, help_text="May use the platform's models.")
     allowed_models = models.JSONField(default=list, blank=True, help_text="Model names; empty = all.")
     priority = models.SmallIntegerField(default=0, help_text="Higher goes first in shared queues.")

@@ -97,6 +97,9 @@ class ServedModel(Protocol):
     def matryoshka_dims(self) -> tuple[int, ...]: ...  # besides the full width, the only `dimensions` it takes; (): any
 
     @property
+    def kind(self) -> str: ...  # "embed" (vectors) or "rerank" (one relevance score per query-document pair)
+
+    @property
     def dispatcher(self) -> Dispatcher: ...
 
     @property

@@ -72,6 +72,25 @@ class WorkItem:
         return sum(self.counts), int(sum(int(t) * c for t, c in zip(tokens, self.counts, strict=True)))
 
 
+# A reranker's input is a (query, document) pair carried as one text, so that a pair travels,
+# is deduplicated and is cached exactly as a text is: the query's length in code points, a colon,
+# the query, then the document. Unambiguous whatever either holds.
+
+
+def pair_join(query: str, document: str) -> str:
+    """One rerank pair as the text a work item carries (and its cache key hashes)."""
+    return f"{len(query)}:{query}{document}"
+
+
+def pair_split(text: str) -> tuple[str, str]:
+    """(query, document) of a pair_join text. Raises ValueError for any other text."""
+    head, sep, rest = text.partition(":")
+    if not sep or not head.isdigit() or int(head) > len(rest):
+        raise ValueError("not a rerank pair")
+    n = int(head)
+    return rest[:n], rest[n:]
+
+
 def reply_ok(tokens: npt.ArrayLike, vectors: np.ndarray) -> bytes:
     return b"K" + np.asarray(tokens, dtype="<i4").tobytes() + np.ascontiguousarray(vectors, dtype="<f4").tobytes()
 

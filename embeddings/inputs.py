@@ -12,7 +12,9 @@ from embedplatform.errors import (
     DIMENSIONS_NOT_MATRYOSHKA,
     DIMENSIONS_OUT_OF_RANGE,
     INPUT_TOO_LONG,
+    MODEL_IS_RERANKER,
     MODEL_NOT_ALLOWED,
+    MODEL_NOT_RERANKER,
     MODEL_UNKNOWN,
     SERVER_COMPUTE_REFUSED,
     InvalidInput,
@@ -31,17 +33,28 @@ class EmbedOptions:
     truncate: bool = True
     input_type: str | None = None
     public: bool = False
+    kind: str = "embed"  # what the request computes: "embed" (vectors) or "rerank" (a reranker's pair scores)
 
 
-def model_resolve(*, tenant: Tenant, model: str) -> ServedModel:
-    """The served model `model` if this tenant may use it: NotFound / NotAllowed otherwise.
+def model_resolve(*, tenant: Tenant, model: str, kind: str = "embed") -> ServedModel:
+    """The served model `model` if this tenant may use it: NotFound / NotAllowed otherwise, and
+    InvalidInput where it is not of `kind` (a reranker asked for embeddings).
 
     `<provider name>/<upstream model>` names one of the tenant's BYOK providers
     (providers/dispatch.py), which every tier may use.
     """
+    served = model_lookup(tenant=tenant, model=model)
+    if served.kind != kind:
+        message = MODEL_IS_RERANKER if served.kind == "rerank" else MODEL_NOT_RERANKER
+        raise InvalidInput(message.format(model=model), param="model", code="model_kind")
+    return served
+
+
+def model_lookup(*, tenant: Tenant, model: str) -> ServedModel:
+    """model_resolve of any kind: POST /v1/rerank takes rerankers and embedding models alike."""
     if "/" in model:
         return provider_model_resolve(tenant=tenant, model=model)
-    spec = model_get(model)
+    spec = model_get(model)  # a served model by its name or an alias (EMBED_MODEL_ALIASES)
     if spec is None:
         pending = model_pending(model)
         if pending is not None:  # a hub model whose copy a worker has yet to download
@@ -50,7 +63,7 @@ def model_resolve(*, tenant: Tenant, model: str) -> ServedModel:
     tier = tenant.tier
     if not tier.server_compute:
         raise NotAllowed(SERVER_COMPUTE_REFUSED.format(tier=tier.name, model=model), param="model")
-    if not tier.allows_model(model):
+    if not tier.allows_model(spec.name):  # an alias is allowed where the model it stands for is
         raise NotAllowed(MODEL_NOT_ALLOWED.format(model=model, tier=tier.name), param="model")
     return spec
 

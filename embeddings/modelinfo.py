@@ -15,7 +15,11 @@ nothing else:
   - config_sentence_transformers.json: `prompts`, `default_prompt_name`, `similarity_fn_name`
     and `truncate_dim` (a Matryoshka model saved to serve fewer dims);
   - the model card (README.md) for the `matryoshka_dims` that sentence-transformers writes there
-    when the model was trained with MatryoshkaLoss.
+    when the model was trained with MatryoshkaLoss;
+  - whether it is a reranker (a cross-encoder): config_sentence_transformers.json's `model_type`
+    "CrossEncoder" (sentence-transformers 6), else a transformers model with a sequence
+    classification head (config.json `architectures` "...ForSequenceClassification") and no
+    Pooling module; its output width is then its number of labels (config.json).
 
 A value the files do not give stays None; the registry decides whether EMBED_MODELS must say it.
 No Django here.
@@ -61,6 +65,7 @@ class ModelInfo:
     default_prompt: str = ""  # the prompt sentence-transformers applies when none is named
     similarity: str | None = None
     matryoshka_dims: tuple[int, ...] = ()
+    kind: str = "embed"  # "rerank": a cross-encoder, whose dims are its labels (scores per pair)
 
 
 def _json(path: Path) -> Any:
@@ -148,6 +153,9 @@ def model_info_read(directory: str | Path) -> ModelInfo:
                 prompts[input_type] = named[name]
                 break
     default_name = config.get("default_prompt_name")
+    kind = _kind(config, transformer_dir, has_pooling=pooling is not None or dims is not None)
+    if kind == "rerank":
+        dims, normalize = _labels(transformer_dir), False
     return ModelInfo(
         dims=dims,
         max_tokens=_max_tokens(transformer_dir),
@@ -157,7 +165,26 @@ def model_info_read(directory: str | Path) -> ModelInfo:
         default_prompt=named.get(str(default_name), "") if default_name else "",
         similarity=config.get("similarity_fn_name"),
         matryoshka_dims=_matryoshka_dims(directory, config),
+        kind=kind,
     )
+
+
+def _kind(st_config: dict, transformer_dir: Path, *, has_pooling: bool) -> str:
+    if st_config.get("model_type") == "CrossEncoder":
+        return "rerank"
+    if has_pooling:
+        return "embed"
+    architectures = (_json(transformer_dir / "config.json") or {}).get("architectures") or []
+    return "rerank" if any(str(a).endswith("ForSequenceClassification") for a in architectures) else "embed"
+
+
+def _labels(transformer_dir: Path) -> int:
+    """A classification head's outputs: config.json's num_labels, else its id2label's size, else 2
+    (transformers' default when neither is saved)."""
+    config = _json(transformer_dir / "config.json") or {}
+    if config.get("num_labels"):
+        return int(config["num_labels"])
+    return len(config["id2label"]) if config.get("id2label") else 2
 
 
 # --- the cache version --------------------------------------------------------------------------

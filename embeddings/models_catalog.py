@@ -19,7 +19,7 @@ import orjson
 
 from accounts.models import Tenant
 from dispatch.keys import model_workers_key, work_list
-from embeddings.registry import ModelSpec, model_get, model_specs
+from embeddings.registry import ModelSpec, model_aliases, model_get, model_specs
 from embedplatform.errors import MODEL_UNKNOWN, NotFound
 from embedplatform.redisconn import redis_client
 from providers.dispatch import ProviderModel, provider_cache_version, provider_model_resolve
@@ -49,6 +49,7 @@ class CatalogModel:
     max_tokens: int | None = None
     matryoshka_dims: list[int] | None = None  # a local model's (maybe none); None: a byok model's, unknown here
     kind: str = "embed"
+    alias_of: str | None = None  # an alias (EMBED_MODEL_ALIASES): the served model it stands for
     workers: list[WorkerServing] = field(default_factory=list)
     queue_depth: int | None = None
 
@@ -69,7 +70,8 @@ def _most_common(values: Iterable[str | None]) -> str | None:
 
 def _local(spec: ModelSpec) -> CatalogModel:
     return CatalogModel(name=spec.name, compute="local", owned_by=spec.owned_by, version=spec.version,
-                        dims=spec.dims, max_tokens=spec.max_tokens, matryoshka_dims=list(spec.matryoshka_dims))
+                        dims=spec.dims if spec.kind == "embed" else None,  # a reranker gives scores, not vectors
+                        max_tokens=spec.max_tokens, matryoshka_dims=list(spec.matryoshka_dims), kind=spec.kind)
 
 
 def _byok(model: ProviderModel) -> CatalogModel:
@@ -84,9 +86,13 @@ def _provider_default(provider: ProviderConfig) -> CatalogModel | None:
 
 
 def model_catalog(*, tenant: Tenant) -> list[CatalogModel]:
-    """The served models, then the tenant's providers' default models (by provider name)."""
+    """The served models, the aliases (each as the model it stands for, naming it in alias_of), then
+    the tenant's providers' default models (by provider name)."""
     byok = [m for m in map(_provider_default, provider_list(tenant=tenant)) if m is not None]
-    return [_local(spec) for spec in model_specs().values()] + byok
+    specs = model_specs()
+    aliases = [replace(_local(specs[model]), name=alias, alias_of=model)
+               for alias, model in model_aliases().items() if model in specs]  # a pending model's: not yet
+    return [_local(spec) for spec in specs.values()] + aliases + byok
 
 
 def model_detail(*, tenant: Tenant, model: str) -> CatalogModel:
@@ -98,7 +104,8 @@ def model_detail(*, tenant: Tenant, model: str) -> CatalogModel:
     if spec is None:
         raise NotFound(MODEL_UNKNOWN.format(model=model), param="model", code="model_not_found")
     workers, depth = model_serving(spec.name)
-    return replace(_local(spec), workers=workers, queue_depth=depth)
+    found = replace(_local(spec), workers=workers, queue_depth=depth)
+    return found if model == spec.name else replace(found, name=model, alias_of=spec.name)  # an alias
 
 
 def model_serving(model: str) -> tuple[list[WorkerServing], int]:

@@ -14,6 +14,10 @@ say it:
                           "prompts": {"query": "query: ", "document": "passage: "},
                           "matryoshka_dims": [384, 256, 128]}}
 
+A cross-encoder (its files say so: modelinfo.py) is a reranker, `"kind": "rerank"`, served by
+POST /v1/rerank (embeddings/rerank.py) through the same work lists and cache: its input is a
+(query, document) pair carried as one text (dispatch.frames.pair_join), its output one score.
+
 `path` is a local directory or a hub id ("org/name", at `revision`, else main). A hub id
 serves from its copy under VAR_DIR/models (huggingface_hub's cache layout), which the worker
 downloads at start where the hub is reachable, or `manage.py models_pull` ahead of time
@@ -52,7 +56,8 @@ from embeddings.tokencount import token_counts
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 KEYS = {"path", "dims", "max_tokens", "version", "normalize", "prompts", "owned_by", "revision", "matryoshka_dims",
-        "default_prompt", "precision", "backend"}
+        "default_prompt", "precision", "backend", "kind"}
+KINDS = ("embed", "rerank")  # rerank: a cross-encoder, one relevance score per (query, document) pair
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")  # workers/backends.py; auto: EMBED_PRECISION
 BACKENDS = ("auto", "onnx", "torch")  # auto: EMBED_BACKEND
 
@@ -77,6 +82,7 @@ class ModelSpec:
     matryoshka_dims: tuple[int, ...] = ()  # the widths it was trained to serve truncated, widest first
     precision: str = "auto"  # what its passes compute in (workers/backends.py); auto: EMBED_PRECISION
     backend: str = "auto"  # what runs its transformer; auto: EMBED_BACKEND
+    kind: str = "embed"  # "rerank": a cross-encoder; its "vector" is the pair's score (dims 1)
 
     @property
     def queue(self) -> str:
@@ -285,13 +291,20 @@ def _spec(name: str, spec: dict) -> ModelSpec:
         if spec.get(key, "auto") not in allowed:
             raise ImproperlyConfigured(f"EMBED_MODELS[{name!r}] {key}={spec[key]!r}: use {', '.join(allowed)}.")
     matryoshka = spec.get("matryoshka_dims", info.matryoshka_dims) or ()
+    kind = str(spec.get("kind", info.kind))
+    if kind not in KINDS:
+        raise ImproperlyConfigured(f"EMBED_MODELS[{name!r}] kind={kind!r}: use {', '.join(KINDS)}.")
+    if kind == "rerank" and dims != 1:
+        raise ImproperlyConfigured(
+            f"EMBED_MODELS[{name!r}] is a reranker with {dims} outputs per pair; rerank serves models that give "
+            "one relevance score (a sequence classification head with num_labels 1).")
     return ModelSpec(
         name=name,
         path=directory or path,  # a hub id's local copy: what the tokenizer and the worker load
         dims=dims,
         max_tokens=int(spec["max_tokens"] if spec.get("max_tokens") is not None else info.max_tokens or 0),
         version=_version(spec, path, directory, revision),
-        normalize=bool(spec.get("normalize", True if info.normalize is None else info.normalize)),
+        normalize=kind == "embed" and bool(spec.get("normalize", True if info.normalize is None else info.normalize)),
         prompts=dict(spec.get("prompts", info.prompts) or {}),
         owned_by=str(spec.get("owned_by", "embedplatform")),
         revision=revision,
@@ -301,6 +314,7 @@ def _spec(name: str, spec: dict) -> ModelSpec:
         matryoshka_dims=tuple(sorted({int(d) for d in matryoshka if 0 < int(d) <= dims}, reverse=True)),
         precision=str(spec.get("precision", "auto")),
         backend=str(spec.get("backend", "auto")),
+        kind=kind,
     )
 
 
@@ -342,8 +356,9 @@ def model_specs() -> dict[str, ModelSpec]:
 
 
 def model_pending(name: str) -> str | None:
-    """Why the configured hub model `name` cannot be served yet (no copy here), or None."""
-    return _registry().pending.get(name)
+    """Why the configured hub model `name` (or the one its alias stands for) cannot be served yet
+    (no copy here), or None."""
+    return _registry().pending.get(model_aliases().get(name, name))
 
 
 def model_spec_read(name: str) -> ModelSpec:
@@ -352,4 +367,59 @@ def model_spec_read(name: str) -> ModelSpec:
 
 
 def model_get(name: str) -> ModelSpec | None:
-    return model_specs().get(name)
+    """The served model `name`, or the one the alias `name` stands for (model_aliases); None for
+    any other name."""
+    specs = model_specs()
+    spec = specs.get(name)
+    if spec is None and name in (aliases := model_aliases()):
+        spec = specs.get(aliases[name])
+    return spec
+
+
+# --- aliases: other names for served models (EMBED_MODEL_ALIASES) ----------------------------------
+# OpenAI's embedding models: what LangChain's, LlamaIndex's and Haystack's OpenAI embedders name by
+# default. Where EMBED_MODEL_ALIASES is unset they stand for the default model, if EMBED_MODELS
+# serves it, so those clients work with their defaults (DECISIONS #45).
+OPENAI_MODEL_NAMES = ("text-embedding-ada-002", "text-embedding-3-small", "text-embedding-3-large")
+
+
+def _aliases_parse(raw: str) -> dict[str, str]:
+    """A JSON object {"alias": "model"} or `alias=model,alias=model`."""
+    raw = raw.strip()
+    if raw.startswith("{"):
+        try:
+            data = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise ImproperlyConfigured(f"EMBED_MODEL_ALIASES is not valid JSON: {exc}") from None
+        if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
+            raise ImproperlyConfigured('EMBED_MODEL_ALIASES must map names to model names: {"alias": "model"}.')
+        return {str(k).strip(): v.strip() for k, v in data.items()}
+    pairs = [piece.split("=", 1) for piece in raw.split(",") if piece.strip()]
+    bad = next(("=".join(p) for p in pairs if len(p) != 2 or not p[0].strip() or not p[1].strip()), None)
+    if bad is not None:
+        raise ImproperlyConfigured(f"EMBED_MODEL_ALIASES: {bad.strip()!r} is not alias=model.")
+    return {alias.strip(): model.strip() for alias, model in pairs}
+
+
+@cache
+def _aliases(raw: str | None, models: tuple[str, ...]) -> dict[str, str]:
+    if raw is None:
+        return dict.fromkeys(OPENAI_MODEL_NAMES, DEFAULT_MODEL) if DEFAULT_MODEL in models else {}
+    aliases = _aliases_parse(raw)
+    for alias, model in aliases.items():
+        if alias in models:
+            raise ImproperlyConfigured(f"EMBED_MODEL_ALIASES: {alias!r} is a model of EMBED_MODELS, not an alias.")
+        if "/" in alias:
+            raise ImproperlyConfigured(f"EMBED_MODEL_ALIASES: {alias!r} may not contain '/' (reserved for providers).")
+        if model not in models:
+            raise ImproperlyConfigured(
+                f"EMBED_MODEL_ALIASES: {alias!r} stands for {model!r}, which EMBED_MODELS does not serve "
+                f"(it serves: {', '.join(models)}).")
+    return aliases
+
+
+def model_aliases() -> dict[str, str]:
+    """alias -> the EMBED_MODELS name it stands for, from EMBED_MODEL_ALIASES (unset: OpenAI's model
+    names for the default model; empty: none). ImproperlyConfigured where an alias is a model's
+    own name, holds '/', or stands for a model that EMBED_MODELS does not name."""
+    return _aliases(settings.EMBED_MODEL_ALIASES, tuple(_parse(settings.EMBED_MODELS)))

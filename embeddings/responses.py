@@ -23,6 +23,7 @@ from embeddings.serializers import Job, job_payload
 
 if TYPE_CHECKING:
     from embeddings.models import Job as JobRow
+    from embeddings.rerank import RerankResult
     from embeddings.selectors import JobResult
     from embeddings.serving import EmbedResult
 
@@ -186,6 +187,10 @@ class ModelSerializer(serializers.Serializer):
     kind = serializers.ChoiceField(choices=("embed",), help_text="embed: a model that makes embeddings.")
     owned_by = serializers.CharField()
     version = serializers.CharField(help_text="Part of every cache key: new weights or settings, new vectors.")
+    alias_of = serializers.CharField(
+        allow_null=True, help_text="An alias (the operator's EMBED_MODEL_ALIASES, e.g. an OpenAI model name): the "
+                                   "served model it stands for, which computes its vectors and is named in the "
+                                   "answers' `model`. null for a model's own name.")
 
 
 class ModelListSerializer(serializers.Serializer):
@@ -220,3 +225,44 @@ class ModelDetailSerializer(ModelSerializer):
 
 class CacheDeletedSerializer(serializers.Serializer):
     deleted = serializers.IntegerField(help_text="Entries deleted from your cache scope.")
+
+
+class RerankUsage(TypedDict):
+    documents: Annotated[int, "Documents scored (cache hits and misses alike): what quotas and usage count."]
+    cached_documents: Annotated[int, "Documents whose score (or vector) came from the cache."]
+    total_tokens: Annotated[int, "Tokens the model read (pairs for a reranker), cache hits included."]
+
+
+class RerankResultItem(TypedDict):
+    index: Annotated[int, "The document's position in the request."]
+    relevance_score: Annotated[float, "The reranker's score for the pair (sigmoid of its logit for one-logit "
+                                      "models, as CrossEncoder.predict gives), or the cosine similarity."]
+    document: Annotated[dict[str, str] | None, "The document as sent ({text} for a string) with "
+                                                "return_documents, else null."]
+
+
+class RerankResponse(TypedDict):
+    """POST /v1/rerank: results highest relevance_score first (ties in input order), top_n of them."""
+
+    id: str
+    results: list[RerankResultItem]
+    model: str
+    usage: RerankUsage
+
+
+def _document(doc: str | dict[str, str]) -> dict[str, str]:
+    return doc if isinstance(doc, dict) else {"text": doc}
+
+
+def rerank_body(result: RerankResult, documents: list[str | dict[str, str]], *,
+                return_documents: bool) -> RerankResponse:
+    return {
+        "id": result.id,
+        "results": [
+            {"index": i, "relevance_score": float(result.scores[i]),
+             "document": _document(documents[i]) if return_documents else None}
+            for i in result.order
+        ],
+        "model": result.model.name,
+        "usage": {"documents": len(documents), "cached_documents": result.cached, "total_tokens": result.tokens},
+    }

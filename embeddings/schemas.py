@@ -13,6 +13,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import Direction, F, OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework.serializers import BaseSerializer, Serializer
 
+from embeddings import tokenids
 from embeddings.responses import (
     CacheDeletedSerializer,
     EmbedBatchResponse,
@@ -22,6 +23,7 @@ from embeddings.responses import (
     JobResults,
     ModelDetailSerializer,
     ModelListSerializer,
+    RerankResponse,
 )
 from embeddings.serializers import (
     EmbedBatchRequestSerializer,
@@ -29,6 +31,7 @@ from embeddings.serializers import (
     EmbedRequestSerializer,
     Job,
     JobCreateRequestSerializer,
+    RerankRequestSerializer,
 )
 from embedplatform.responses import shape_serializer
 from embedplatform.schemas import DATA_PLANE_ERRORS, JWT_ONLY, MANAGEMENT_ERRORS, error_responses, named
@@ -48,6 +51,7 @@ MODEL_EXAMPLE = {
     "kind": "embed",
     "owned_by": "sentence-transformers",
     "version": "1",
+    "alias_of": None,
 }
 
 
@@ -71,6 +75,30 @@ class TextsFieldExtension(OpenApiSerializerFieldExtension):
         }
 
 
+class EmbeddingsInputFieldExtension(OpenApiSerializerFieldExtension):
+    """/v1/embeddings' `input`: OpenAI's, token-id arrays included."""
+
+    target_class = "embeddings.serializers.EmbeddingsInputField"
+
+    def map_serializer_field(self, auto_schema: object, direction: str) -> dict:
+        limit = getattr(settings, self.target.max_items_setting)
+        tokens = {"type": "array", "minItems": 1,
+                  "items": {"type": "integer", "minimum": 0, "maximum": tokenids.CL100K_SPECIAL["<|endofprompt|>"]}}
+        return {
+            "anyOf": [
+                _text_schema(),
+                {"type": "array", "items": {"anyOf": [_text_schema(), tokens]}, "minItems": 1, "maxItems": limit},
+                tokens,
+            ],
+            "description": (
+                f"A non-empty string, or an array of 1 to {limit} inputs, each a string or an array of "
+                f"{tokenids.ENCODING} token ids (tiktoken's, as OpenAI takes them; LangChain sends these), or one "
+                f"such token array. Token ids are decoded to their text: {tokenids.VALID_IDS}; any other is a 400 "
+                "naming its position."
+            ),
+        }
+
+
 class ClosedBodyExtension(OpenApiSerializerExtension):
     """Our own endpoints' request bodies take no field they do not declare (400 `unknown_field`:
     embeddings/serializers.ClosedBodyMixin), so their schemas say `additionalProperties: false`."""
@@ -82,6 +110,10 @@ class ClosedBodyExtension(OpenApiSerializerExtension):
         schema = auto_schema._map_serializer(self.target, direction, bypass_extensions=True)
         if direction == "request":
             schema["additionalProperties"] = False
+            # Two names for one field (`texts` or OpenAI's `input`: serializers.TextsOrInputMixin).
+            names = getattr(self.target, "one_of_required", ())
+            if names:
+                schema["oneOf"] = [{"required": [name]} for name in names]
         return schema
 
 
@@ -149,6 +181,12 @@ embeddings_create_schema = extend_schema(
             request_only=True,
             value={"input": ["first text", "second text"], "model": "all-MiniLM-L6-v2", "encoding_format": "base64"},
         ),
+        OpenApiExample(
+            "token ids, an alias (LangChain's defaults)",
+            request_only=True,
+            value={"input": [[15339, 1917], [5686, 1495]], "model": "text-embedding-ada-002",
+                   "encoding_format": "base64"},
+        ),
     ],
 )
 
@@ -204,6 +242,7 @@ embed_batch_schema = extend_schema(
     examples=[
         OpenApiExample("texts", request_only=True, value={"texts": ["first text", "second text"], "wait": 5}),
         OpenApiExample("a job unless cached", request_only=True, value={"texts": ["first text", "second text"], "wait": 0}),
+        OpenApiExample("input, OpenAI's name for texts", request_only=True, value={"input": ["first text", "second text"]}),
     ],
 )
 
@@ -327,6 +366,11 @@ model_list_schema = extend_schema(
     operation_id="models_list",
     tags=["models"],
     summary="The models you can use",
+    description=(
+        "The platform's models, then the operator's aliases (EMBED_MODEL_ALIASES: by default OpenAI's embedding "
+        "model names stand for the default model, so clients' defaults work), each with `alias_of` naming the "
+        "model that serves it, then your providers' default models (`<provider name>/<model>`)."
+    ),
     responses={
         200: _ok(
             ModelListSerializer,
@@ -335,6 +379,7 @@ model_list_schema = extend_schema(
                 "object": "list",
                 "data": [
                     MODEL_EXAMPLE,
+                    MODEL_EXAMPLE | {"id": "text-embedding-3-small", "alias_of": "all-MiniLM-L6-v2"},
                     {
                         "id": "myopenai/text-embedding-3-small",
                         "object": "model",
@@ -344,6 +389,7 @@ model_list_schema = extend_schema(
                         "kind": "embed",
                         "owned_by": "openai",
                         "version": "byok-7-3f9c2a1b0d4e5f60",
+                        "alias_of": None,
                     },
                 ],
             },
@@ -360,7 +406,8 @@ model_detail_schema = extend_schema(
         "A local model: its settings, and the drain loops serving it as their last heartbeat said "
         "(backend, precision, device; `precision` and `backend` at the top are what most of them run), "
         "with the requests waiting for them. `<provider name>/<model>` of one of your providers: its "
-        "byok entry (no workers, `queue_depth` null). Any other id: 404 `model_not_found`."
+        "byok entry (no workers, `queue_depth` null). An alias: the model it stands for, under the alias's id "
+        "with `alias_of` naming that model. Any other id: 404 `model_not_found`."
     ),
     parameters=[OpenApiParameter("model_id", OpenApiTypes.STR, OpenApiParameter.PATH,
                                  description="The model's id, as GET /v1/models lists it.")],
@@ -379,3 +426,47 @@ model_detail_schema = extend_schema(
         **error_responses(401, 403, 404),
     },
 )
+
+
+def _rerank_schema(operation_id: str, summary: str) -> Callable[[F], F]:
+    return extend_schema(
+        operation_id=operation_id,
+        tags=["rerank"],
+        summary=summary,
+        description=(
+            "Scores each document against the query and answers them highest score first, `top_n` of them. With a "
+            "reranker (kind rerank in GET /v1/models: a cross-encoder), relevance_score is the model's score for the "
+            "pair, as sentence-transformers' CrossEncoder.predict gives it (the sigmoid of the logit for one-logit "
+            "models); with an embedding model, the cosine similarity of the document's vector to the query's. "
+            "Scores and vectors are cached per tenant like embeddings, so a repeated rerank needs no worker. Each "
+            "document counts as a text in usage and quotas; at most the tier's max_rerank_documents per request."
+        ),
+        request=named(RerankRequestSerializer, "Rerank"),
+        responses={
+            200: _ok(
+                shape_serializer(RerankResponse),
+                "ranked",
+                {
+                    "id": "5b0e8f3c2f4e4a519c572b1f0b7d9e41",
+                    "results": [{"index": 1, "relevance_score": 0.97, "document": None},
+                                {"index": 0, "relevance_score": 0.12, "document": None}],
+                    "model": "ms-marco-MiniLM-L-6-v2",
+                    "usage": {"documents": 2, "cached_documents": 0, "total_tokens": 21},
+                },
+            ),
+            **EMBED_ERRORS,
+        },
+        examples=[
+            OpenApiExample("strings", request_only=True, value={
+                "model": "ms-marco-MiniLM-L-6-v2", "query": "capital of France",
+                "documents": ["Berlin is in Germany.", "Paris is the capital of France."], "top_n": 1}),
+            OpenApiExample("objects", request_only=True, value={
+                "model": "all-MiniLM-L6-v2", "query": "capital of France", "return_documents": True,
+                "documents": [{"text": "Paris is the capital of France.", "id": "doc-7"}]}),
+        ],
+    )
+
+
+rerank_schema = _rerank_schema("rerank", "Rerank documents against a query (Cohere's shape)")
+rerank_v2_schema = _rerank_schema(
+    "rerank_v2", "Rerank, where Cohere's v2 client sends it (cohere.ClientV2: the same body and answer)")

@@ -11,7 +11,7 @@ from django.conf import settings
 from rest_framework import serializers
 
 from dispatch.base import INPUT_TYPES
-from embeddings import models
+from embeddings import models, tokenids
 from embeddings.quantize import OUTPUT_DTYPES
 from embeddings.registry import DEFAULT_MODEL
 from embedplatform.errors import WAIT_TOO_LONG, InvalidInput
@@ -61,10 +61,44 @@ class TextsField(serializers.Field):
         limit = getattr(settings, self.max_items_setting)
         if len(data) > limit:
             raise serializers.ValidationError(f"{self.field_name} has {len(data)} items; the limit is {limit} per request.")
-        return [_check_text(v, f"{self.field_name}[{i}]") for i, v in enumerate(data)]
+        return [self.item(v, f"{self.field_name}[{i}]") for i, v in enumerate(data)]
+
+    def item(self, value: Any, where: str) -> str:
+        """One item of the array, `where` naming it in errors."""
+        return _check_text(value, where)
 
     def to_representation(self, value: list[str]) -> list[str]:
         return value
+
+
+class EmbeddingsInputField(TextsField):
+    """OpenAI's `input`: a string, an array of strings, one array of cl100k_base token ids, or an
+    array whose items are strings or token-id arrays -> list[str], each token array decoded to its
+    text (embeddings/tokenids.py). A bad id is a 400 naming its position (`input[0][5]`)."""
+
+    def to_internal_value(self, data: Any) -> list[str]:
+        if isinstance(data, list) and data and type(data[0]) is int:  # one token array: one input
+            return [self._decoded(data, self.field_name or "input")]
+        return super().to_internal_value(data)
+
+    def item(self, value: Any, where: str) -> str:
+        if isinstance(value, list):
+            if not value:
+                raise serializers.ValidationError(f"{where} is an empty token array; send at least one token id.")
+            return self._decoded(value, where)
+        if type(value) is int:
+            raise serializers.ValidationError(
+                f"{where} is an integer among texts: send token ids as an array of them, either the whole input "
+                "([1, 2, 3]) or one item of it ([[1, 2, 3], \"text\"]).")
+        return _check_text(value, where)
+
+    @staticmethod
+    def _decoded(ids: list, where: str) -> str:
+        try:
+            tokenids.token_ids_check(ids)
+        except tokenids.TokenIdError as bad:
+            raise serializers.ValidationError(bad.describe(f"{where}[{bad.position}]")) from None
+        return _check_text(tokenids.tokens_decode(ids), f"{where} (decoded)")
 
 
 class TextField(serializers.Field):
@@ -118,7 +152,7 @@ UNKNOWN_FIELD = "Unknown field `{field}`{hint}. This endpoint takes: {fields}."
 FIELD_ALIASES: dict[str, tuple[str, ...]] = {
     "model_name": ("model",),
     "model_id": ("model",),
-    "inputs": ("input", "texts", "text"),
+    "inputs": ("texts", "text", "input"),
     "input": ("texts", "text"),
     "texts": ("input", "text"),
     "text": ("texts", "input"),
@@ -196,7 +230,7 @@ class EmbedOptionsSerializer(serializers.Serializer):
 class EmbeddingsRequestSerializer(EmbedOptionsSerializer):
     """POST /v1/embeddings: OpenAI's body plus our extensions."""
 
-    input = TextsField()
+    input = EmbeddingsInputField()
     model = serializers.CharField(max_length=200)
     wait = WaitField(
         required=False, allow_null=True, default=None, min_value=0.01,
@@ -217,16 +251,40 @@ class EmbedRequestSerializer(ClosedBodyMixin, EmbedOptionsSerializer):
     output_dtype = output_dtype_field()
 
 
-class EmbedBatchRequestSerializer(ClosedBodyMixin, EmbedOptionsSerializer):
-    texts = TextsField()
+TEXTS_OR_INPUT = "Send the texts once: as `texts` or as `input` (OpenAI's name for them), not both."
+TEXTS_REQUIRED = "texts is required (or input, OpenAI's name for it): a string or an array of strings."
+_INPUT_HELP = "OpenAI's name for `texts`, taken as the same: send one of the two."
+
+
+class TextsOrInputMixin:
+    """`texts`, or `input` for it (the name OpenAI's body and clients written for it use): exactly
+    one of the two, validated as `texts` is; validated_data holds `texts` either way.
+    embeddings/schemas.py says so in the body's schema (one of the two required)."""
+
+    one_of_required = ("texts", "input")
+
+    def validate(self, attrs: dict) -> dict:
+        if "input" in attrs:
+            if "texts" in attrs:
+                raise serializers.ValidationError({"input": TEXTS_OR_INPUT})
+            attrs["texts"] = attrs.pop("input")
+        elif "texts" not in attrs:
+            raise serializers.ValidationError({"texts": TEXTS_REQUIRED})
+        return super().validate(attrs)  # type: ignore[misc]  # a mixin of a Serializer
+
+
+class EmbedBatchRequestSerializer(TextsOrInputMixin, ClosedBodyMixin, EmbedOptionsSerializer):
+    texts = TextsField(required=False)
+    input = TextsField(required=False, help_text=_INPUT_HELP)
     encoding_format = serializers.ChoiceField(choices=("float", "base64"), required=False, default="float")
     output_dtype = output_dtype_field()
 
 
-class JobCreateRequestSerializer(ClosedBodyMixin, EmbedOptionsSerializer):
+class JobCreateRequestSerializer(TextsOrInputMixin, ClosedBodyMixin, EmbedOptionsSerializer):
     """POST /v1/jobs: texts (up to the tier's max_job_texts) and the embedding options."""
 
-    texts = TextsField(max_items_setting="JOB_MAX_TEXTS")
+    texts = TextsField(max_items_setting="JOB_MAX_TEXTS", required=False)
+    input = TextsField(max_items_setting="JOB_MAX_TEXTS", required=False, help_text=_INPUT_HELP)
     webhook_url = serializers.URLField(required=False, allow_blank=True, default="", max_length=2000)
 
 
@@ -268,3 +326,112 @@ def job_payload(job: models.Job) -> Job:
         "status_url": base,
         "results_url": f"{base}/results",
     }
+
+
+class QueryField(serializers.Field):
+    default_error_messages = {"required": "query is required: a non-empty string."}
+
+    def to_internal_value(self, data: Any) -> str:
+        return _check_text(data, "query")
+
+    def to_representation(self, value: str) -> str:
+        return value
+
+
+class RerankDocumentsField(serializers.Field):
+    """`documents`: strings, or objects whose `text` (or, with `rank_fields`, those fields) is what
+    is ranked, as Cohere takes them -> the list as sent (the view reads the texts with
+    rerank_texts). At most MAX_INPUTS_PER_REQUEST; the tier's max_rerank_documents is checked later."""
+
+    default_error_messages = {"required": "documents is required: an array of strings or of objects with `text`."}
+
+    def to_internal_value(self, data: Any) -> list[str | dict]:
+        if not isinstance(data, list):
+            raise serializers.ValidationError(f"documents must be an array of strings or objects, not {type(data).__name__}.")
+        if not data:
+            raise serializers.ValidationError("documents is an empty array; send at least one document.")
+        limit = settings.MAX_INPUTS_PER_REQUEST
+        if len(data) > limit:
+            raise serializers.ValidationError(f"documents has {len(data)} items; the limit is {limit} per request.")
+        for i, doc in enumerate(data):
+            if isinstance(doc, dict):
+                for key, value in doc.items():
+                    if not isinstance(value, str):
+                        raise serializers.ValidationError(
+                            f"documents[{i}].{key} must be a string, not {type(value).__name__}.")
+            elif not isinstance(doc, str):
+                raise serializers.ValidationError(f"documents[{i}] must be a string or an object with `text`, "
+                                                  f"not {type(doc).__name__}.")
+        return data
+
+    def to_representation(self, value: list[str | dict]) -> list[str | dict]:
+        return value
+
+
+class RerankRequestSerializer(ClosedBodyMixin, serializers.Serializer):
+    """POST /v1/rerank: Cohere's body (what Cohere's, Jina's and Voyage's clients, LangChain's
+    CohereRerank and LlamaIndex send)."""
+
+    model = serializers.CharField(max_length=200, help_text="A reranker (kind rerank in GET /v1/models), or an "
+                                  "embedding model: then documents are ranked by the cosine of their vectors to the query's.")
+    query = QueryField(help_text="The search query the documents are scored against.")
+    documents = RerankDocumentsField(help_text="Strings, or objects with `text` (or the fields of `rank_fields`).")
+    top_n = serializers.IntegerField(required=False, allow_null=True, default=None, min_value=1,
+                                     help_text="Return the best N (all by default; more than the documents gives all).")
+    top_k = serializers.IntegerField(required=False, allow_null=True, default=None, min_value=1,
+                                     help_text="Voyage's name for top_n.")
+    return_documents = StrictBooleanField(required=False, default=False,
+                                          help_text="Put each document in its result (null otherwise).")
+    rank_fields = serializers.ListField(child=serializers.CharField(max_length=200), required=False, min_length=1,
+                                        help_text="For object documents: the fields ranked, in this order "
+                                                  "(`field: value` lines); default `text`.")
+    max_chunks_per_doc = serializers.IntegerField(required=False, min_value=1,
+                                                  help_text="Accepted for Cohere's clients; a pair longer than the "
+                                                            "model's max_tokens is truncated instead.")
+    max_tokens_per_doc = serializers.IntegerField(required=False, min_value=1,
+                                                  help_text="Accepted for Cohere's clients; pairs are truncated at "
+                                                            "the model's max_tokens.")
+    truncation = serializers.BooleanField(required=False, default=True,
+                                          help_text="Voyage's flag; only true: pairs are truncated at the model's max_tokens.")
+    priority = serializers.IntegerField(required=False, help_text="Accepted for Cohere's v2 client; the tier's "
+                                        "priority orders the work.")
+    wait = WaitField(required=False, allow_null=True, default=None, min_value=0.01,
+                     help_text="Seconds to wait for the scores (default: the server's SYNC_WAIT_SECONDS), at most "
+                               "SYNC_WAIT_MAX; then 504.")
+
+    def validate(self, attrs: dict) -> dict:
+        if attrs.get("top_n") is not None and attrs.get("top_k") is not None and attrs["top_n"] != attrs["top_k"]:
+            raise InvalidInput("Send top_n or top_k (Voyage's name for it), not both with different values.",
+                               param="top_k")
+        if attrs["top_n"] is None:
+            attrs["top_n"] = attrs["top_k"]
+        if not attrs["truncation"]:
+            raise InvalidInput("truncation=false is not supported: pairs longer than the model's max_tokens are "
+                               "truncated. Send shorter documents, or leave truncation out.", param="truncation")
+        attrs["texts"] = rerank_texts(attrs["documents"], attrs.get("rank_fields"))
+        return attrs
+
+
+def rerank_texts(documents: list[str | dict], rank_fields: list[str] | None) -> list[str]:
+    """The text ranked of each document: itself, its `text`, or its rank_fields as `field: value` lines."""
+    texts = []
+    for i, doc in enumerate(documents):
+        if isinstance(doc, str):
+            text = doc
+        elif rank_fields:
+            missing = [f for f in rank_fields if f not in doc]
+            if len(missing) == len(rank_fields):
+                raise InvalidInput(f"documents[{i}] has none of rank_fields ({', '.join(rank_fields)}).",
+                                   param="documents")
+            text = "\n".join(f"{f}: {doc[f]}" for f in rank_fields if f in doc)
+        elif "text" in doc:
+            text = doc["text"]
+        else:
+            raise InvalidInput(f"documents[{i}] is an object without `text`; give it one, or name the fields to "
+                               "rank with rank_fields.", param="documents")
+        try:
+            texts.append(_check_text(text, f"documents[{i}]"))
+        except serializers.ValidationError as exc:
+            detail = exc.detail
+            raise InvalidInput(str(detail[0] if isinstance(detail, list) else detail), param="documents") from None
+    return texts

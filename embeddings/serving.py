@@ -96,7 +96,7 @@ def embed_plan(*, tenant: Tenant, texts: list[str], options: EmbedOptions) -> Em
     """Resolves the model, checks the options and looks every text up in the cache (one query at
     most). Raises NotFound (unknown model), NotAllowed (tier) and InvalidInput (bad dimensions,
     over-long text with truncate=false)."""
-    spec = model_resolve(tenant=tenant, model=options.model)
+    spec = model_resolve(tenant=tenant, model=options.model, kind=options.kind)
     inputs = model_inputs(spec, texts, options)
     key_prefix = spec.key_prefix(options.input_type)  # a provider's: input_type (DECISIONS #3)
     keys = [cache.text_key(key_prefix + t) for t in inputs]
@@ -145,7 +145,7 @@ def embed_finish(plan: EmbedPlan, *, wait: float, handle: Handle | None) -> Embe
 
 
 def embed_serve(*, tenant: Tenant, texts: list[str], options: EmbedOptions, wait: float, caller: Caller,
-                job_fallback: bool = False) -> tuple[EmbedResult | Job, QuotaState, RateState]:
+                job_fallback: bool = False, batch_limit: bool = True) -> tuple[EmbedResult | Job, QuotaState, RateState]:
     """Embeds `texts` for `tenant` within its limits: the data plane's one entry point.
 
     Checks the tier's max_batch_size (PayloadTooLarge) and the request (embed_plan), then
@@ -162,7 +162,8 @@ def embed_serve(*, tenant: Tenant, texts: list[str], options: EmbedOptions, wait
     WaitTimeout; its texts stay counted once. `wait` 0 with `job_fallback` means "do not wait":
     unless every text is a cache hit, the texts go to a Job at once, and nothing is sent.
     """
-    batch_size_check(tier=tenant.tier, texts=len(texts))
+    if batch_limit:  # rerank has its own bound (tier.max_rerank_documents: embeddings/rerank.py)
+        batch_size_check(tier=tenant.tier, texts=len(texts))
     epoch = cache.scope_epoch_known(tenant.pk)  # before the lookup: what its in-memory hits were valid under
     plan = embed_plan(tenant=tenant, texts=texts, options=options)
     hits = usage_hits(tenant_id=tenant.pk, model=plan.spec.name, hits=plan.hit_count, tokens=plan.hit_tokens)

@@ -11,12 +11,14 @@ from embeddings.views import (
     JobResultsApi,
     ModelDetailApi,
     ModelListApi,
+    RerankApi,
 )
 
 urlpatterns = [
     path("embeddings", EmbeddingCreateApi.as_view(), name="embeddings"),
     path("embed", EmbedApi.as_view(), name="embed"),
     path("embed/batch", EmbedBatchApi.as_view(), name="embed-batch"),
+    path("rerank", RerankApi.as_view(), name="rerank"),
     path("models", ModelListApi.as_view(), name="models"),
     path("models/<path:model_id>", ModelDetailApi.as_view(), name="model"),  # ids of BYOK models hold "/"
     path("jobs", JobListCreateApi.as_view(), name="jobs"),

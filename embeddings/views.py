@@ -26,6 +26,7 @@ from embeddings.jobs import job_cancel, job_create
 from embeddings.models import Job
 from embeddings.models_catalog import model_catalog, model_detail
 from embeddings.quantize import OutputDtype, output_dtype_check, output_dtype_resolve
+from embeddings.rerank import rerank_serve
 from embeddings.responses import (
     CacheDeletedSerializer,
     ModelDetailSerializer,
@@ -36,6 +37,7 @@ from embeddings.responses import (
     job_list_body,
     job_result_lines,
     job_results_body,
+    rerank_body,
 )
 from embeddings.retention import cache_delete
 from embeddings.selectors import job_get, job_list, job_output_dtype, job_results_iter, job_results_page
@@ -44,6 +46,7 @@ from embeddings.serializers import (
     EmbeddingsRequestSerializer,
     EmbedRequestSerializer,
     JobCreateRequestSerializer,
+    RerankRequestSerializer,
     TextsField,
     job_payload,
     output_dtype_field,
@@ -272,6 +275,7 @@ class JobListCreateApi(DataPlaneApi):
         data = serializer.validated_data
         job = job_create(tenant=request_tenant(request), texts=data["texts"], options=_options(data),
                          webhook_url=data["webhook_url"])
+        request.quota_state = None  # type: ignore[attr-defined]  # counted before the job's texts: read again
         return _accepted(job)
 
     @schemas.job_list_schema(FilterSerializer)
@@ -324,3 +328,29 @@ class JobResultsApi(DataPlaneApi):
         return Response(job_results_body(job, rows, offset=f["offset"], limit=f["limit"],
                                          encoding_format=f["encoding_format"],
                                          out=job_output_dtype(job, f["output_dtype"])))
+
+
+class RerankApi(DataPlaneApi):
+    """POST /v1/rerank: documents scored against a query by a reranker, or by an embedding model's
+    cosine (embeddings/rerank.py), highest first, in Cohere's shape."""
+
+    admits_in_view = True
+
+    @schemas.rerank_schema
+    def post(self, request: Request) -> Response:
+        serializer = RerankRequestSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        wait = data["wait"] if data["wait"] is not None else min(settings.SYNC_WAIT_SECONDS, settings.SYNC_WAIT_MAX)
+        result = self.admit_and_serve(request, lambda tenant, caller: rerank_serve(
+            tenant=tenant, model=data["model"], query=data["query"], documents=data["texts"], top_n=data["top_n"],
+            wait=wait, caller=caller))
+        return Response(rerank_body(result, data["documents"], return_documents=data["return_documents"]))
+
+
+class RerankV2Api(RerankApi):
+    """POST /v2/rerank: the same endpoint where Cohere's v2 client (cohere.ClientV2) sends it."""
+
+    @schemas.rerank_v2_schema
+    def post(self, request: Request) -> Response:
+        return super().post(request)

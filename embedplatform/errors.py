@@ -8,6 +8,7 @@ SPEC's status code. Message templates are constants so tests can assert exact te
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any, TypeVar
 
@@ -16,6 +17,7 @@ from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.db import DatabaseError, DataError, IntegrityError
 from django.http import Http404, HttpRequest, JsonResponse
 from django.http.response import HttpResponseBase
+from django.urls import Resolver404, resolve
 from kombu.exceptions import OperationalError as BrokerError
 from redis.exceptions import RedisError
 from rest_framework import exceptions as drf
@@ -61,6 +63,11 @@ NO_TENANT = "This user belongs to no tenant; sign up or use an API key."
 JWT_REQUIRED = "Managing {what} needs a user session: send `Authorization: Bearer <access token>` from POST /v1/auth/login (an API key cannot)."
 DEPENDENCY_DOWN = "The database or Redis is unavailable right now; retry shortly."
 VALUE_REFUSED = "The request holds a value that cannot be stored; check its text fields for NUL characters."
+MODEL_IS_RERANKER = ("The model `{model}` is a reranker: it scores query-document pairs and gives no embeddings. "
+                     "Send it to POST /v1/rerank; GET /v1/models shows each model's kind.")
+RERANK_TOO_MANY_DOCUMENTS = ("This request has {documents} documents; your tier ({tier}) allows at most {limit} per "
+                             "rerank request.")
+MODEL_NOT_RERANKER = "The model `{model}` is an embedding model, not a reranker."
 WORKERS_UNAVAILABLE = "No worker is serving `{model}` right now; retry shortly."
 
 
@@ -146,9 +153,16 @@ class Throttled(RateLimited):
 
 
 class QuotaExceeded(RateLimited):
-    """A daily or monthly text quota is used up; Retry-After runs to the reset."""
+    """A daily or monthly text quota is used up; Retry-After runs to the reset (hours away).
+
+    `x-should-retry: false` tells the OpenAI SDKs not to retry it: they retry every 429 otherwise,
+    and one that caps Retry-After falls back to its own short backoff, so it would only spend the
+    tenant's requests per minute on refusals."""
 
     code = "quota_exceeded"
+
+    def headers(self) -> dict[str, str]:
+        return super().headers() | {"x-should-retry": "false"}
 
 
 class Overloaded(_RetryAfter):
@@ -264,8 +278,18 @@ def dependency_error(exc: BaseException, *, where: str | None = None) -> tuple[d
     return None
 
 
+NOT_UNDER_V1 = "No route for {path}: the API lives under /v1/ ({method} /v1{path}); a client's base URL ends in /v1."
+
+
 def handler404(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
-    return JsonResponse(error_body(f"No route for {request.path}.", type="invalid_request_error", code="not_found"), status=404)
+    """404 in the envelope. A path that is an API route once /v1 is put before it (`/embeddings`: a
+    client whose base URL lacks /v1) is told where the API lives."""
+    message = f"No route for {request.path}."
+    if not request.path.startswith("/v1/"):
+        with contextlib.suppress(Resolver404):
+            resolve("/v1" + request.path)
+            message = NOT_UNDER_V1.format(path=request.path, method=request.method)
+    return JsonResponse(error_body(message, type="invalid_request_error", code="not_found"), status=404)
 
 
 def handler500(request: HttpRequest) -> JsonResponse:

@@ -35,6 +35,18 @@ CACHE_HITS = Counter("embed_cache_hits", "Texts answered from the embedding cach
 CACHE_MISSES = Counter("embed_cache_misses", "Texts not in the cache (sent to a worker or provider).",
                        ["model", "scope"])
 
+RERANK_REQUESTS = Counter(
+    "embed_rerank_requests", "Rerank requests answered, by model and how they were scored (cross_encoder: the "
+    "reranker's pair scores; embedding: cosine of an embedding model's vectors).", ["model", "method"])
+RERANK_DOCUMENTS = Histogram(
+    "embed_rerank_documents", "Documents per rerank request.", ["model"],
+    buckets=(1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500),
+)
+RERANK_SECONDS = Histogram(
+    "embed_rerank_seconds", "Seconds per rerank request in the web (cache, hand-off to the workers, ranking).",
+    ["model"], buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+
 # --- worker side ---------------------------------------------------------------------------
 BATCH_TEXTS = Histogram(
     "embed_batch_texts", "Distinct texts per forward pass of the drain loop.", ["model"],
@@ -76,6 +88,14 @@ def batch_observe(*, model: str, texts: int, tokens: int, seconds: float) -> Non
     BATCH_TEXTS.labels(model).observe(texts)
     BATCH_TOKENS.labels(model).observe(tokens)
     INFERENCE_SECONDS.labels(model).observe(seconds)
+
+
+def rerank_observe(*, model: str, method: str, documents: int, seconds: float) -> None:
+    """Records one answered rerank request (the reranker's pairs per forward pass are
+    embed_batch_texts of its model, as for any model)."""
+    RERANK_REQUESTS.labels(model, method).inc()
+    RERANK_DOCUMENTS.labels(model).observe(documents)
+    RERANK_SECONDS.labels(model).observe(seconds)
 
 
 def provider_call_observe(provider: str, seconds: float) -> None:

@@ -116,6 +116,7 @@ class ProviderModel:
     max_dimensions: int = MAX_DIMS
     matryoshka_dims: tuple[int, ...] = ()  # none declared: any 1..max_dimensions, as the upstream decides
     metrics_label: str = "byok"  # a provider model's name is the tenant's choice: one label keeps the series bounded
+    kind: str = "embed"
 
     @property
     def dispatcher(self) -> Dispatcher:

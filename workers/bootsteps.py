@@ -28,6 +28,7 @@ from workers.calibration import calibration_store
 from workers.devices import cpu_threads, device_parse
 from workers.drain import Drainer
 from workers.jobfeed import JobFeed
+from workers.rerank import RerankRuntime
 from workers.runtime import ModelRuntime
 
 if TYPE_CHECKING:
@@ -46,19 +47,24 @@ def _cache_upsert(**kwargs: Any) -> int:
         raise
 
 
-def _calibrate(runtimes: dict[str, ModelRuntime]) -> None:
+def _calibrate(runtimes: dict[str, ModelRuntime | RerankRuntime]) -> None:
     for name, runtime in runtimes.items():
+        if not isinstance(runtime, ModelRuntime):
+            continue  # a reranker's scores have no int8/uint8 outputs
         try:
             calibration_store(runtime, redis_client())
         except Exception:  # int8/uint8 answers 503 for this model meanwhile; float and binary serve
             logger.exception("could not calibrate %s for int8/uint8 outputs", name)
 
 
-def runtime_load(spec: ModelSpec, device: str, threads: int, onnx_threads: int) -> ModelRuntime:
+def runtime_load(spec: ModelSpec, device: str, threads: int, onnx_threads: int) -> ModelRuntime | RerankRuntime:
     """The model's runtime with its own backend and precision (EMBED_MODELS), or the worker's
-    (EMBED_BACKEND, EMBED_PRECISION) where it says auto. A GPU runs torch whatever is asked."""
+    (EMBED_BACKEND, EMBED_PRECISION) where it says auto. A GPU runs torch whatever is asked. A
+    reranker runs on torch (workers/rerank.py)."""
     backend = spec.backend if spec.backend != "auto" else settings.EMBED_BACKEND
     precision = spec.precision if spec.precision != "auto" else settings.EMBED_PRECISION
+    if spec.kind == "rerank":
+        return RerankRuntime(spec, device, threads=threads, precision=spec.precision)
     return ModelRuntime(spec, device, threads=threads, backend=backend if device == "cpu" else "torch",
                         precision=precision, onnx_threads=onnx_threads)
 
