@@ -7,6 +7,7 @@ class EmbeddingsConfig(AppConfig):
     def ready(self) -> None:
         # Imported here: these modules import models, which exist once the app registry is ready.
         from accounts.services import cache_figures_register
+        from embeddings import checks  # noqa: F401  (registers the system checks)
         from embeddings.cachecap import cache_figures
         from embeddings.collectors import JobStatusCollector, QueueDepthCollector
         from embedplatform.metrics import CLUSTER_REGISTRY

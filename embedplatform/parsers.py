@@ -2,18 +2,22 @@
 
 DRF reads the body from the request stream, which bypasses Django's
 DATA_UPLOAD_MAX_MEMORY_SIZE check; this parser reads at most limit+1 bytes, so an
-oversized body is answered with 413 without being held in memory.
+oversized body is answered with 413 without being held in memory. Every body the API takes is
+JSON, whatever its label says: `curl -d`'s form type, text/plain, or none at all.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import IO, Any
 
 import orjson
 from django.conf import settings
 from rest_framework import parsers
 from rest_framework.exceptions import ParseError
+from rest_framework.negotiation import DefaultContentNegotiation
+from rest_framework.parsers import BaseParser
+from rest_framework.request import Request
 
 from embedplatform.errors import PayloadTooLarge
 
@@ -42,3 +46,19 @@ class CurlJSONParser(JSONParser):
     """`curl -d '{...}'` labels JSON as form data; parse it as the JSON it is."""
 
     media_type = "application/x-www-form-urlencoded"
+
+
+class PlainTextJSONParser(JSONParser):
+    """A string body labelled `text/plain` (fetch()'s default, some HTTP clients') is JSON here too."""
+
+    media_type = "text/plain"
+
+
+class ContentNegotiation(DefaultContentNegotiation):
+    """DRF's negotiation, except that a body sent without a Content-Type is read by the first parser
+    (JSON) instead of being refused with 415: every body this API takes is JSON."""
+
+    def select_parser(self, request: Request, parsers: Iterable[BaseParser]) -> BaseParser | None:
+        if not request.content_type:
+            return next(iter(parsers), None)
+        return super().select_parser(request, parsers)

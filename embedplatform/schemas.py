@@ -156,7 +156,7 @@ _RATE_HEADERS = {
     "X-RateLimit-Remaining": "Texts left today (also within the monthly quota).",
     "X-RateLimit-Reset": "Unix time of the next daily reset (midnight UTC).",
 }
-_JSON_ONLY_BODIES = ("application/x-www-form-urlencoded", "multipart/form-data")
+_JSON_ONLY_BODIES = ("application/x-www-form-urlencoded", "multipart/form-data", "text/plain")
 
 
 def _json(schema: dict, description: str, example: dict) -> dict:
@@ -223,7 +223,8 @@ HEALTH_PATHS = {
 def postprocess_schema(result: dict[str, Any], generator: object, request: object, public: bool) -> dict[str, Any]:
     """The health paths, response headers drf-spectacular has no decorator for, JSON-only bodies.
 
-    The API parses `curl -d` bodies (form content type) as JSON too, but documents JSON only.
+    The API parses `curl -d` bodies (form content type), text/plain and unlabelled bodies as JSON
+    too, but documents JSON only. A quota 429 also says `x-should-retry: false`.
     """
     result.setdefault("paths", {}).update(HEALTH_PATHS)
     int_schema = {"type": "integer"}
@@ -241,6 +242,11 @@ def postprocess_schema(result: dict[str, Any], generator: object, request: objec
                 headers["Retry-After"] = {"schema": int_schema, "description": "Seconds until a retry can succeed."}
                 for name, text in _RATE_HEADERS.items():
                     headers[name] = {"schema": int_schema, "description": text}
+                headers["x-should-retry"] = {
+                    "schema": {"type": "string", "enum": ["false"]},
+                    "description": "On a quota refusal (code quota_exceeded: the daily or monthly quota is spent "
+                                   "until Retry-After): do not retry. The OpenAI SDKs honour it.",
+                }
             if "503" in responses:
                 responses["503"].setdefault("headers", {})["Retry-After"] = {
                     "schema": int_schema,

@@ -182,6 +182,9 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
 # --- Embedding -----------------------------------------------------------------------------
 # EMBED_MODELS: a JSON string or a path to a JSON file; see embeddings/registry.py.
 EMBED_MODELS: str = env.str("EMBED_MODELS", default="")
+# Other names for served models: JSON {"alias": "model"} or `alias=model,alias=model`. Unset: OpenAI's
+# embedding model names stand for the default model; empty: no aliases (embeddings/registry.py).
+EMBED_MODEL_ALIASES: str | None = env.str("EMBED_MODEL_ALIASES", default=None)
 EMBED_DEVICE: str = env.str("EMBED_DEVICE", default=env.str("DEVICE", default="cpu"))
 # CPU only: model threads of a worker, for all its passes when set (0 = passes of 3+ texts half
 # the cores, at least one, since they share the machine with the web tier; passes of one or two
@@ -272,7 +275,11 @@ REST_FRAMEWORK = {
         "accounts.authentication.JwtAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_PARSER_CLASSES": ["embedplatform.parsers.JSONParser", "embedplatform.parsers.CurlJSONParser"],
+    # Bodies are JSON whatever they are labelled: curl's form type, text/plain, or no Content-Type at all
+    # (the negotiation reads an unlabelled body with the first parser) are read as JSON, never a 415.
+    "DEFAULT_PARSER_CLASSES": ["embedplatform.parsers.JSONParser", "embedplatform.parsers.CurlJSONParser",
+                               "embedplatform.parsers.PlainTextJSONParser"],
+    "DEFAULT_CONTENT_NEGOTIATION_CLASS": "embedplatform.parsers.ContentNegotiation",
     "DEFAULT_RENDERER_CLASSES": ["embedplatform.renderers.JSONRenderer"],
     "EXCEPTION_HANDLER": "embedplatform.errors.exception_handler",
     "UNAUTHENTICATED_USER": None,

@@ -27,7 +27,8 @@ def _get(client, path, status=200):
 
 
 @pytest.mark.django_db
-def test_the_list_holds_the_local_models_and_the_callers_own_byok_models(alice, bob, client_for, redis_db):
+def test_the_list_holds_the_local_models_and_the_callers_own_byok_models(alice, bob, client_for, redis_db, settings):
+    settings.EMBED_MODEL_ALIASES = ""  # no aliases (tests/embeddings/test_dropin.py has them)
     provider = _provider(alice)
     _provider(alice, name="mine", preset="custom", model="")  # no default model: nothing to list
     _provider(bob, name="bobs")
@@ -36,9 +37,10 @@ def test_the_list_holds_the_local_models_and_the_callers_own_byok_models(alice, 
     local, byok = body["data"]
     assert local | {"version": None} == {"id": DEFAULT_MODEL, "object": "model", "dimensions": 384, "max_tokens": 256,
                                          "compute": "local", "kind": "embed", "owned_by": "embedplatform",
-                                         "version": None}
+                                         "version": None, "alias_of": None}
     assert byok == {"id": BYOK, "object": "model", "dimensions": None, "max_tokens": None, "compute": "byok",
-                    "kind": "embed", "owned_by": "openai", "version": provider_cache_version(provider)}
+                    "kind": "embed", "owned_by": "openai", "version": provider_cache_version(provider),
+                    "alias_of": None}
     assert [m["id"] for m in _get(client_for(bob), "/v1/models")["data"]] == [DEFAULT_MODEL, "bobs/text-embedding-3-small"]
 
 
@@ -49,7 +51,8 @@ def test_a_local_model_shows_the_drain_loops_serving_it(alice, client_for, drain
                                 "device": "cpu"}]
     assert body | {"version": None, "workers": None} == {
         "id": DEFAULT_MODEL, "object": "model", "dimensions": 384, "max_tokens": 256, "compute": "local",
-        "kind": "embed", "owned_by": "embedplatform", "version": None, "matryoshka_dims": [], "precision": precision,
+        "kind": "embed", "owned_by": "embedplatform", "version": None, "alias_of": None, "matryoshka_dims": [],
+        "precision": precision,
         "backend": minilm.backend, "workers": None, "queue_depth": 0}
     assert body["version"] == minilm.spec.version
 
@@ -88,7 +91,7 @@ def test_a_byok_model_of_the_caller_is_its_byok_entry(alice, client_for, redis_d
     body = _get(client, f"/v1/models/{BYOK}")
     assert body == {"id": BYOK, "object": "model", "dimensions": None, "max_tokens": None, "compute": "byok",
                     "kind": "embed", "owned_by": "openai", "version": provider_cache_version(provider),
-                    "matryoshka_dims": None, "precision": None, "backend": None, "workers": [], "queue_depth": None}
+                    "alias_of": None, "matryoshka_dims": None, "precision": None, "backend": None, "workers": [], "queue_depth": None}
     # Any upstream model through the caller's provider, as the embedding endpoints take it.
     assert _get(client, "/v1/models/myopenai/BAAI/bge-m3")["id"] == "myopenai/BAAI/bge-m3"
 
