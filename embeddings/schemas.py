@@ -428,6 +428,26 @@ model_detail_schema = extend_schema(
 )
 
 
+class QueryFieldExtension(OpenApiSerializerFieldExtension):
+    target_class = "embeddings.serializers.QueryField"
+
+    def map_serializer_field(self, auto_schema: object, direction: str) -> dict:
+        return _text_schema()
+
+
+class RerankDocumentsFieldExtension(OpenApiSerializerFieldExtension):
+    """/v1/rerank's `documents`: strings, or objects of string fields (Cohere's)."""
+
+    target_class = "embeddings.serializers.RerankDocumentsField"
+
+    def map_serializer_field(self, auto_schema: object, direction: str) -> dict:
+        document = {"type": "object", "additionalProperties": {"type": "string"},
+                    "description": "Ranked by `text`, or by the fields of rank_fields; answered as sent."}
+        return {"type": "array", "items": {"anyOf": [_text_schema(), document]}, "minItems": 1,
+                "maxItems": settings.MAX_INPUTS_PER_REQUEST,
+                "description": "The documents to score: at most your tier's max_rerank_documents."}
+
+
 def _rerank_schema(operation_id: str, summary: str) -> Callable[[F], F]:
     return extend_schema(
         operation_id=operation_id,

@@ -41,7 +41,8 @@ CHECKS = [status_code_conformance, content_type_conformance, response_schema_con
 SECRET = "sk-schema-0123456789abcdWXYZ"
 PASSWORD = "correct horse battery"
 SHAPES = (Job, embedding_responses.EmbeddingsResponse, embedding_responses.EmbedResponse,
-          embedding_responses.EmbedBatchResponse, embedding_responses.JobList, embedding_responses.JobResults)
+          embedding_responses.EmbedBatchResponse, embedding_responses.JobList, embedding_responses.JobResults,
+          embedding_responses.RerankResponse)
 
 
 def closed(raw: dict) -> dict:
@@ -165,6 +166,12 @@ def test_every_endpoint_answers_as_the_published_schema_says(published, alice, d
     api("post", "/v1/embed/batch", 200, token=key, body={"texts": texts, "encoding_format": "base64"})
     api("post", "/v1/embed", 202, token=key, body={"text": f"a job at once {uuid.uuid4().hex}", "wait": 0})
     api("post", "/v1/embed/batch", 202, token=key, body={"texts": [f"a job at once {uuid.uuid4().hex}"], "wait": 0})
+
+    # rerank, by the embedding model's cosine (the drain loop serves it): documents back or not
+    api("post", "/v1/rerank", 200, token=key,
+        body={"model": DEFAULT_MODEL, "query": "schema check", "documents": texts, "return_documents": True})
+    api("post", "/v2/rerank", 200, token=key,
+        body={"model": DEFAULT_MODEL, "query": "schema check", "documents": [{"text": t} for t in texts], "top_n": 1})
 
     # jobs
     job = api("post", "/v1/jobs", 202, token=key, body={"texts": [*texts, f"job only {uuid.uuid4().hex}"]}).json()
