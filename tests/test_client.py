@@ -19,7 +19,7 @@ import pytest
 
 from embeddings.models import Job
 from embedplatform_client import AuthError, EmbedClient, FileEmbedder, QuotaError
-from tests.helpers import poll_until
+from tests.helpers import poll_until, tier_limit
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "all-MiniLM-L6-v2"
@@ -167,6 +167,24 @@ def test_an_interrupted_jsonl_run_cuts_its_torn_tail_and_writes_the_rest(live_st
     assert [r["index"] for r in rows] == list(range(150)) and [r["text"] for r in rows] == texts
     np.testing.assert_array_equal(np.array([r["embedding"] for r in rows], dtype=np.float32),
                                   _reference(live_stack, alice.key, texts))
+
+
+@pytest.mark.live
+@pytest.mark.django_db(transaction=True)
+def test_a_tier_that_takes_fewer_texts_per_job_gets_smaller_parts(live_stack, alice, tmp_path):
+    """GIVEN a tier whose max_job_texts is 30 WHEN 100 texts are sent in parts of 100 THEN each 413
+    halves the parts not yet submitted (100 -> 50 -> 25) and the output is complete."""
+    tier_limit(alice, max_job_texts=30)
+    texts = _texts(100, "small-tier")
+    source = tmp_path / "texts.txt"
+    source.write_text("\n".join(texts))
+    out = tmp_path / "vectors.npy"
+    with EmbedClient(live_stack.url, alice.key) as client:
+        outcome = FileEmbedder(client, source, out, chunk=100, poll=0.1, progress=False).run()
+    parts = json.loads((tmp_path / "vectors.npy.state.json").read_text())["parts"]
+    assert [(p["start"], p["end"]) for p in parts] == [(0, 25), (25, 50), (50, 75), (75, 100)]
+    assert outcome.submitted == 4 and _jobs(alice) == 4
+    np.testing.assert_array_equal(np.load(out), _reference(live_stack, alice.key, texts))
 
 
 @pytest.mark.live
