@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 DEVICE ?= cpu
 export VAR_DIR ?= $(CURDIR)/var
 
-.PHONY: install run services web worker beat provider-worker flower test lint fmt bench clean
+.PHONY: install run services web worker beat provider-worker flower test browser lint fmt bench clean
 
 # Create .venv and install the pinned requirements (re-runs when they change).
 $(VENV)/.installed: requirements.txt requirements-dev.txt
@@ -48,8 +48,19 @@ flower: install
 	$(PY) scripts/run.py flower
 
 # The test suite (uses DATABASE_URL / REDIS_URL where set, else the embedded pair).
-test: install
+test: install browser
 	$(PY) -m pytest
+
+# Headless Chromium + chromedriver (Debian's packages) for the admin's browser tests (tests/browser/):
+# installed where /usr/bin/chromedriver is missing and this runs as root with apt-get. Where it cannot
+# be installed, those tests fail under CI (CI=true) naming what to install, and are skipped elsewhere.
+browser:
+	@if [ -x /usr/bin/chromedriver ] && [ -x /usr/bin/chromium ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing chromium and chromium-driver (Debian packages) for the browser tests"; \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; } \
+	    || echo "make browser: could not install chromium chromium-driver; the browser tests will say so"; \
+	else echo "make browser: no /usr/bin/chromedriver and not root (or no apt-get): install chromium and chromium-driver for the browser tests"; fi
 
 # Ruff, the import contract (pyproject.toml: the apps import one way), then mypy (every function typed).
 lint: install

@@ -18,6 +18,7 @@ from __future__ import annotations
 import calendar
 import contextlib
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
@@ -63,6 +64,15 @@ class QuotaState:
     @property
     def remaining_today(self) -> int:
         return max(0, min(self.daily_limit - self.used_today, self.monthly_limit - self.used_month))
+
+    @property
+    def day_percent(self) -> float:
+        """Today's texts as a percentage of the daily limit (100 with a limit of 0)."""
+        return 100.0 * self.used_today / self.daily_limit if self.daily_limit else 100.0
+
+    @property
+    def month_percent(self) -> float:
+        return 100.0 * self.used_month / self.monthly_limit if self.monthly_limit else 100.0
 
     def headers(self) -> dict[str, str]:
         """X-RateLimit-*: the daily text quota (remaining also respects the monthly one)."""
@@ -413,6 +423,22 @@ def quota_state(*, tenant: Tenant) -> QuotaState:
     day_key, month_key, day_reset, month_reset = _keys(tenant.pk, now)
     used_d, used_m = redis_client().mget([day_key, month_key])
     return QuotaState(tier.daily_limit, int(used_d or 0), tier.monthly_limit, int(used_m or 0), day_reset, month_reset)
+
+
+def quota_states(*, tenants: Iterable[Tenant]) -> dict[int, QuotaState]:
+    """quota_state of many tenants (their tiers loaded) in one Redis round trip, by tenant id:
+    the admin's tenant list."""
+    tenants = list(tenants)
+    if not tenants:
+        return {}
+    now = time_now()
+    keys = [_keys(t.pk, now) for t in tenants]
+    values = redis_client().mget([k for day_key, month_key, _, _ in keys for k in (day_key, month_key)])
+    return {
+        t.pk: QuotaState(t.tier.daily_limit, int(values[2 * i] or 0), t.tier.monthly_limit, int(values[2 * i + 1] or 0),
+                         day_reset, month_reset)
+        for i, (t, (_, _, day_reset, month_reset)) in enumerate(zip(tenants, keys, strict=True))
+    }
 
 
 def batch_size_check(*, tier: Tier, texts: int) -> None:

@@ -8,6 +8,7 @@ from typing import cast
 from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 from redis.client import Pipeline
 
@@ -85,6 +86,28 @@ def tenant_signup(*, email: str, password: str, tenant_name: str = "") -> tuple[
         tenant, user = tenant_create(email=email, tier=SIGNUP_TIER, password=password, tenant_name=tenant_name)
         _key, clear = api_key_create(tenant=tenant, name="default", created_by=user)
     return tenant, user, clear
+
+
+def tenants_suspend(*, tenants: QuerySet[Tenant]) -> int:
+    """Suspends the tenants (the admin's bulk action): their API keys and JWTs fail on their next
+    request in every web process. Returns how many were active. Accepted jobs are not cancelled."""
+    count = tenants.filter(is_active=True).update(is_active=False)
+    auth_epoch_bump()  # .update() sends no post_save (accounts/signals.py)
+    return count
+
+
+def tenants_reactivate(*, tenants: QuerySet[Tenant]) -> int:
+    """Lifts a suspension; returns how many were suspended."""
+    count = tenants.filter(is_active=False).update(is_active=True)
+    auth_epoch_bump()
+    return count
+
+
+def tenants_tier_change(*, tenants: QuerySet[Tenant], tier: Tier) -> int:
+    """Moves the tenants to `tier`; its limits apply from their next request. Returns how many moved."""
+    count = tenants.exclude(tier=tier).update(tier=tier)
+    auth_epoch_bump()  # the cached keys carry their tenant's tier
+    return count
 
 
 # --- Usage -------------------------------------------------------------------------------

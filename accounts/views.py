@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import cast
 
 from django.contrib.auth import authenticate
+from django.contrib.auth.models import update_last_login
 from rest_framework import serializers
 from rest_framework.permissions import AllowAny, IsAuthenticated
 from rest_framework.request import Request
@@ -83,6 +84,8 @@ class LoginApi(APIView):
         if user is None:
             login_failed(request, email=data["email"])
             raise AuthenticationError(LOGIN_FAILED, code="invalid_credentials")
+        if jwt_settings.UPDATE_LAST_LOGIN:  # as simplejwt's own login view does: the admin shows it
+            update_last_login(type(user), user)
         refresh = RefreshToken.for_user(user)
         return Response(LoginResponseSerializer({"refresh": refresh, "expires_in": _expires_in()}).data)
 

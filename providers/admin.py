@@ -8,16 +8,25 @@ headers needs the API key (and the secret header values) again.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.utils.html import escape
+from django.utils.safestring import SafeString, mark_safe
 
 from embedplatform.errors import InvalidInput
 from providers.models import ProviderConfig, header_is_template
 from providers.services import _routing, _save, _validate, headers_resolve, provider_check, secrets_move_check
+
+
+def help_text_html(text: str) -> SafeString:
+    """A model's help text for the admin, which renders help text as HTML: escaped (so that
+    `<name>/<model>` shows, not a tag), with `backticked` parts as code."""
+    return mark_safe(re.sub(r"`([^`]+)`", r"<code>\1</code>", escape(text)))  # escaped first
 
 
 class ProviderConfigForm(forms.ModelForm):
@@ -33,6 +42,8 @@ class ProviderConfigForm(forms.ModelForm):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        for field in self.fields.values():
+            field.help_text = help_text_html(str(field.help_text))
         self._before = _routing(self.instance) if self.instance.pk else None
         self._stored_secrets: set[str] = set()
         if self._before is not None and self.instance.headers_encrypted:
