@@ -402,7 +402,8 @@ def _aliases_parse(raw: str) -> dict[str, str]:
 
 
 @cache
-def _aliases(raw: str | None, models: tuple[str, ...]) -> dict[str, str]:
+def _aliases(raw: str | None, models_raw: str) -> dict[str, str]:
+    models = tuple(_parse(models_raw))  # the configured names, read once per setting (as _load is)
     if raw is None:
         return dict.fromkeys(OPENAI_MODEL_NAMES, DEFAULT_MODEL) if DEFAULT_MODEL in models else {}
     aliases = _aliases_parse(raw)
@@ -422,4 +423,4 @@ def model_aliases() -> dict[str, str]:
     """alias -> the EMBED_MODELS name it stands for, from EMBED_MODEL_ALIASES (unset: OpenAI's model
     names for the default model; empty: none). ImproperlyConfigured where an alias is a model's
     own name, holds '/', or stands for a model that EMBED_MODELS does not name."""
-    return _aliases(settings.EMBED_MODEL_ALIASES, tuple(_parse(settings.EMBED_MODELS)))
+    return _aliases(settings.EMBED_MODEL_ALIASES, settings.EMBED_MODELS)
