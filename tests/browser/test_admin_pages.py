@@ -233,9 +233,10 @@ def test_the_form_fixes(admin_browser, alice, screenshot):
 
     CachedEmbedding.objects.create(text_sha256=b"\x01" * 32, model=MODEL, model_version="v", scope=alice.tenant.pk,
                                    dims=4, tokens=1, vector=b"\x00" * 16)
-    for path in (f"/admin/embeddings/cachedembedding/{CachedEmbedding.objects.get().pk}/change/",
-                 f"/admin/accounts/dailyusage/{DailyUsage.objects.create(tenant=alice.tenant, day='2026-01-01', model=MODEL).pk}/change/"):
+    usage = DailyUsage.objects.create(tenant=alice.tenant, day="2026-01-01", model=MODEL)
+    for name, path in (("cache-entry-read-only", f"/admin/embeddings/cachedembedding/{CachedEmbedding.objects.get().pk}/change/"),
+                       ("usage-row-read-only", f"/admin/accounts/dailyusage/{usage.pk}/change/")):
         _go(admin_browser, path)
         assert not admin_browser.find_elements(By.NAME, "_save"), path
         assert admin_browser.find_elements(By.CSS_SELECTOR, ".submit-row a.closelink"), path
-    screenshot("cache-entry-read-only")
+        screenshot(name)
