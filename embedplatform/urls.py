@@ -9,7 +9,6 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from accounts.throttles import admin_login
 from embeddings import health
-from embeddings.views import RerankV2Api
 from embedplatform import metrics
 
 handler400 = "embedplatform.errors.handler400"
@@ -25,7 +24,7 @@ urlpatterns = [
     path("v1/", include("embeddings.urls")),
     path("v1/", include("accounts.urls")),
     path("v1/", include("providers.urls")),
-    path("v2/rerank", RerankV2Api.as_view(), name="rerank-v2"),  # where cohere.ClientV2 sends it
+    path("v2/", include("embeddings.urls_v2")),  # rerank, where cohere.ClientV2 sends it
     path("health/live", health.live, name="health-live"),
     path("health/ready", health.ready, name="health-ready"),
     # The admin's login behind per-address throttles (accounts/throttles.py); ahead of admin.site.urls.
