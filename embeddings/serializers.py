@@ -380,20 +380,21 @@ class RerankRequestSerializer(ClosedBodyMixin, serializers.Serializer):
                                      help_text="Return the best N (all by default; more than the documents gives all).")
     top_k = serializers.IntegerField(required=False, allow_null=True, default=None, min_value=1,
                                      help_text="Voyage's name for top_n.")
-    return_documents = StrictBooleanField(required=False, default=False,
+    return_documents = StrictBooleanField(required=False, default=False, allow_null=True,
                                           help_text="Put each document in its result (null otherwise).")
-    rank_fields = serializers.ListField(child=serializers.CharField(max_length=200), required=False, min_length=1,
+    rank_fields = serializers.ListField(child=serializers.CharField(max_length=200), required=False, allow_null=True,
+                                        min_length=1,
                                         help_text="For object documents: the fields ranked, in this order "
                                                   "(`field: value` lines); default `text`.")
-    max_chunks_per_doc = serializers.IntegerField(required=False, min_value=1,
+    max_chunks_per_doc = serializers.IntegerField(required=False, allow_null=True, min_value=1,
                                                   help_text="Accepted for Cohere's clients; a pair longer than the "
                                                             "model's max_tokens is truncated instead.")
-    max_tokens_per_doc = serializers.IntegerField(required=False, min_value=1,
+    max_tokens_per_doc = serializers.IntegerField(required=False, allow_null=True, min_value=1,
                                                   help_text="Accepted for Cohere's clients; pairs are truncated at "
                                                             "the model's max_tokens.")
     truncation = serializers.BooleanField(required=False, default=True,
                                           help_text="Voyage's flag; only true: pairs are truncated at the model's max_tokens.")
-    priority = serializers.IntegerField(required=False, help_text="Accepted for Cohere's v2 client; the tier's "
+    priority = serializers.IntegerField(required=False, allow_null=True, help_text="Accepted for Cohere's v2 client; the tier's "
                                         "priority orders the work.")
     wait = WaitField(required=False, allow_null=True, default=None, min_value=0.01,
                      help_text="Seconds to wait for the scores (default: the server's SYNC_WAIT_SECONDS), at most "

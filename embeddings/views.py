@@ -345,7 +345,7 @@ class RerankApi(DataPlaneApi):
         result = self.admit_and_serve(request, lambda tenant, caller: rerank_serve(
             tenant=tenant, model=data["model"], query=data["query"], documents=data["texts"], top_n=data["top_n"],
             wait=wait, caller=caller))
-        return Response(rerank_body(result, data["documents"], return_documents=data["return_documents"]))
+        return Response(rerank_body(result, data["documents"], return_documents=bool(data["return_documents"])))
 
 
 class RerankV2Api(RerankApi):

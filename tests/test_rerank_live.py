@@ -266,3 +266,16 @@ def test_the_cohere_sdk_reranks_against_the_server(stack, alice):
                                                                       top_n=2)
     assert [r.index for r in v2.results] == list(want[:2])
     assert v2.results[0].relevance_score == pytest.approx(v1.results[0].relevance_score, abs=1e-6)
+
+
+def test_langchain_cohere_rerank_compresses_documents_against_the_server(stack, alice):
+    from langchain_cohere import CohereRerank
+    from langchain_core.documents import Document
+
+    reranker = CohereRerank(cohere_api_key=alice.key, base_url=stack.url, model=RERANK, top_n=3)
+    kept = reranker.compress_documents([Document(page_content=d, metadata={"n": i}) for i, d in enumerate(DOCS)],
+                                       QUERY)
+    want = _predict(stack.path, QUERY, DOCS)
+    order = np.argsort(-want, kind="stable")[:3]
+    assert [doc.metadata["n"] for doc in kept] == list(order)
+    assert [doc.metadata["relevance_score"] for doc in kept] == pytest.approx(list(want[order]), abs=1e-4)
