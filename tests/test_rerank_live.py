@@ -279,3 +279,16 @@ def test_langchain_cohere_rerank_compresses_documents_against_the_server(stack, 
     order = np.argsort(-want, kind="stable")[:3]
     assert [doc.metadata["n"] for doc in kept] == list(order)
     assert [doc.metadata["relevance_score"] for doc in kept] == pytest.approx(list(want[order]), abs=1e-4)
+
+
+def test_rerank_metrics_on_the_web(stack, alice):
+    body = {"model": RERANK, "query": f"metrics {uuid.uuid4().hex}", "documents": DOCS[:3]}
+    assert _rerank(stack, alice.key, body).status_code == 200
+    assert _rerank(stack, alice.key, {**body, "model": MINILM}).status_code == 200
+    text = httpx.get(f"{stack.url}/metrics").text
+    requests = {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines()
+                if line.startswith("embed_rerank_requests_total{")}
+    assert requests.get(f'embed_rerank_requests_total{{method="cross_encoder",model="{RERANK}"}}', 0) >= 1, requests
+    assert requests.get(f'embed_rerank_requests_total{{method="embedding",model="{MINILM}"}}', 0) >= 1, requests
+    assert f'embed_rerank_documents_bucket{{le="5.0",model="{RERANK}"}}' in text
+    assert f'embed_rerank_seconds_count{{model="{RERANK}"}}' in text
