@@ -75,14 +75,15 @@ def _local(spec: ModelSpec) -> CatalogModel:
 
 
 def _byok(model: ProviderModel) -> CatalogModel:
-    return CatalogModel(name=model.name, compute="byok", owned_by=model.owned_by, version=model.version)
+    return CatalogModel(name=model.name, compute="byok", owned_by=model.owned_by, version=model.version,
+                        kind=model.kind)
 
 
 def _provider_default(provider: ProviderConfig) -> CatalogModel | None:
     if not provider.model:
         return None  # a custom provider with no default model: the tenant names the upstream model
     return CatalogModel(name=f"{provider.name}/{provider.model}", compute="byok", owned_by=provider.preset,
-                        version=provider_cache_version(provider))
+                        version=provider_cache_version(provider), kind=provider.kind)
 
 
 def model_catalog(*, tenant: Tenant) -> list[CatalogModel]:

@@ -184,7 +184,8 @@ class ModelSerializer(serializers.Serializer):
     dimensions = serializers.IntegerField(source="dims", allow_null=True)
     max_tokens = serializers.IntegerField(allow_null=True)
     compute = serializers.ChoiceField(choices=("local", "byok"))
-    kind = serializers.ChoiceField(choices=("embed",), help_text="embed: a model that makes embeddings.")
+    kind = serializers.ChoiceField(choices=("embed", "rerank"), help_text="embed: a model that makes embeddings; "
+                                   "rerank: a reranker, which scores query-document pairs (POST /v1/rerank).")
     owned_by = serializers.CharField()
     version = serializers.CharField(help_text="Part of every cache key: new weights or settings, new vectors.")
     alias_of = serializers.CharField(

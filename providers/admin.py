@@ -20,6 +20,7 @@ from django.utils.safestring import SafeString, mark_safe
 
 from embedplatform.errors import InvalidInput
 from providers.models import ProviderConfig, header_is_template
+from providers.presets import EMBED, preset_get
 from providers.services import _routing, _save, _validate, headers_resolve, provider_check, secrets_move_check
 
 
@@ -37,11 +38,12 @@ class ProviderConfigForm(forms.ModelForm):
 
     class Meta:
         model = ProviderConfig
-        fields = ("tenant", "name", "preset", "endpoint", "request_template", "response_path", "headers", "model",
-                  "max_inputs")
+        fields = ("tenant", "name", "preset", "kind", "endpoint", "request_template", "response_path", "index_path",
+                  "headers", "model", "max_inputs")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.fields["kind"].required = False  # a preset's is the preset's (clean)
         for field in self.fields.values():
             field.help_text = help_text_html(str(field.help_text))
         self._before = _routing(self.instance) if self.instance.pk else None
@@ -56,6 +58,9 @@ class ProviderConfigForm(forms.ModelForm):
         provider = self.instance
         api_key = data.get("api_key") or None
         kept: set[str] = set()
+        preset = preset_get(data.get("preset") or "")
+        if preset is not None or not data.get("kind"):  # a preset's kind is the preset's; custom: as picked
+            data["kind"] = preset.kind if preset is not None else (self.instance.kind or EMBED)
         try:
             for field in self.Meta.fields:
                 if field == "headers" and field in data:
@@ -75,8 +80,8 @@ class ProviderConfigForm(forms.ModelForm):
 @admin.register(ProviderConfig)
 class ProviderConfigAdmin(admin.ModelAdmin):
     form = ProviderConfigForm
-    list_display = ("name", "tenant", "preset", "effective_endpoint", "model", "secret_mask", "updated_at")
-    list_filter = ("preset",)
+    list_display = ("name", "tenant", "preset", "kind", "effective_endpoint", "model", "secret_mask", "updated_at")
+    list_filter = ("preset", "kind")
     search_fields = ("name", "tenant__name", "endpoint")
     list_select_related = ("tenant",)
     readonly_fields = ("secret_mask", "created_at", "updated_at")
@@ -87,12 +92,12 @@ class ProviderConfigAdmin(admin.ModelAdmin):
         obj.headers_store(form.headers_clear)  # the form put the shown (masked) values back on obj
         _save(obj, api_key=form.cleaned_data.get("api_key") or None)
 
-    @admin.action(description="Test the selected providers (one short text each)")
+    @admin.action(description="Test the selected providers (one short text, or one query and two documents, each)")
     def test_providers(self, request: HttpRequest, queryset: QuerySet[ProviderConfig]) -> None:
         for provider in queryset:
             result = provider_check(provider)
             if result.ok:
-                self.message_user(request, f"{provider.name}: ok, {result.dimensions} dimensions in {result.latency_ms} ms.",
-                                  messages.SUCCESS)
+                what = f"{result.dimensions} dimensions" if result.dimensions is not None else "scores"
+                self.message_user(request, f"{provider.name}: ok, {what} in {result.latency_ms} ms.", messages.SUCCESS)
             else:
                 self.message_user(request, f"{provider.name}: {result.error}", messages.ERROR)

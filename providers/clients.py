@@ -1,12 +1,15 @@
-"""Calling an upstream embeddings API: render the template, POST, parse with JSONPath.
+"""Calling an upstream embeddings or rerank API: render the template, POST, parse with JSONPath.
 
-Pure helpers (template/header/path validation and rendering, vector extraction) need no
-network or DB. `embed_call` is the one network entry point: it re-checks the endpoint
-(providers/ssrf.py) before every attempt and connects to the checked address, never
-follows redirects, caps the response size and time, batches the texts per call up to the
-provider's limit, and retries 429/5xx/connection failures with bounded, jittered backoff
-that honors Retry-After. Every failure leaves as ProviderError (502) or ProviderTimeout
-(504) carrying the upstream's own message with the secret redacted.
+Pure helpers (template/header/path validation and rendering, vector and score extraction) need
+no network or DB. `embed_call` and `rerank_call` are the network entry points; both POST
+through `_post`, which re-checks the endpoint (providers/ssrf.py) before every attempt and
+connects to the checked address, never follows redirects, caps the response size and time,
+and retries 429/5xx/connection failures with bounded, jittered backoff that honors
+Retry-After. `embed_call` batches the texts per call up to the provider's limit;
+`rerank_call` sends one query's documents (chunked at the provider's limit) and maps the
+scores back by index; `rerank_pairs_call` serves a work item's pair texts (one call per query).
+Every failure leaves as ProviderError (502) or ProviderTimeout (504) carrying the upstream's own
+message with the secret redacted.
 """
 
 from __future__ import annotations
@@ -29,7 +32,9 @@ from jsonpath_ng import JSONPath
 from jsonpath_ng.exceptions import JSONPathError
 from jsonpath_ng.ext import parse as jsonpath_parse
 
+from dispatch.frames import pair_split
 from embedplatform import metrics
+from embedplatform.errors import InvalidInput
 from embedplatform.masking import secret_mask
 from providers.crypto import secret_decrypt
 from providers.errors import (
@@ -41,6 +46,7 @@ from providers.errors import (
     ProviderError,
     ProviderTimeout,
 )
+from providers.presets import EMBED, RERANK
 from providers.ssrf import EndpointRefused, endpoint_check
 
 if TYPE_CHECKING:
@@ -62,24 +68,41 @@ class TemplateError(ValueError):
 
 # --- templates ----------------------------------------------------------------------------
 
-def template_validate(template: Any) -> None:
+# The placeholders that stand for a whole JSON value, by kind: exactly one of each group must be
+# in a template (embed: the texts or the one text; rerank: the query and the documents).
+_SLOTS = {
+    EMBED: (("{{texts}}", "{{text}}"),),
+    RERANK: (("{{query}}",), ("{{documents}}",)),
+}
+_EXAMPLES = {
+    EMBED: '{"model": "{{model}}", "input": "{{texts}}"}',
+    RERANK: '{"model": "{{model}}", "query": "{{query}}", "documents": "{{documents}}"}',
+}
+
+
+def template_validate(template: Any, kind: str = EMBED) -> None:
     """Raises TemplateError unless `template` is a JSON object with exactly one "{{texts}}" or
-    "{{text}}" value and no placeholder but those and "{{model}}"."""
+    "{{text}}" value (kind rerank: one "{{query}}" and one "{{documents}}" value) and no
+    placeholder but those and "{{model}}"."""
     if not isinstance(template, dict) or not template:
-        raise TemplateError('must be a JSON object, e.g. {"model": "{{model}}", "input": "{{texts}}"}')
-    slots: list[str] = []
+        raise TemplateError(f"must be a JSON object, e.g. {_EXAMPLES[kind]}")
+    groups = _SLOTS[kind]
+    whole = {p for group in groups for p in group}
+    names = {p.strip("{}") for p in whole}
+    known = ", ".join([p for group in groups for p in group] + ["{{model}}"])
+    slots: dict[str, list[str]] = {p: [] for p in whole}
 
     def walk(value: Any, where: str) -> None:
         if isinstance(value, str):
-            if value in ("{{texts}}", "{{text}}"):
-                slots.append(where)
+            if value in whole:
+                slots[value].append(where)
                 return
             for name in _PLACEHOLDER.findall(value):
                 if name == "model":
                     continue
-                if name in ("texts", "text"):
+                if name in names:
                     raise TemplateError(f'"{{{{{name}}}}}" must be a whole JSON value (at {where}), not part of a string')
-                raise TemplateError(f'unknown placeholder "{{{{{name}}}}}" at {where}; use {{{{texts}}}}, {{{{text}}}}, {{{{model}}}}')
+                raise TemplateError(f'unknown placeholder "{{{{{name}}}}}" at {where}; use {known}')
         elif isinstance(value, dict):
             for k, v in value.items():
                 walk(v, f"{where}.{k}")
@@ -88,22 +111,32 @@ def template_validate(template: Any) -> None:
                 walk(v, f"{where}[{i}]")
 
     walk(template, "$")
-    if len(slots) != 1:
-        raise TemplateError(
-            'must contain "{{texts}}" (a list of texts) or "{{text}}" (one text) exactly once as a JSON value'
-            + (f"; found it at {', '.join(slots)}" if slots else "")
-        )
+    for group in groups:
+        found = [where for p in group for where in slots[p]]
+        if len(found) != 1:
+            if kind == EMBED:
+                what = 'must contain "{{texts}}" (a list of texts) or "{{text}}" (one text) exactly once as a JSON value'
+            else:
+                what = (f'must contain "{group[0]}" exactly once as a JSON value (a rerank template takes "{{{{query}}}}" '
+                        'and "{{documents}}", the list of documents)')
+            raise TemplateError(what + (f"; found it at {', '.join(found)}" if found else ""))
 
 
 def template_render(template: Any, *, texts: list[str], model: str) -> Any:
     """The request body: the template with JSON values substituted (never string pasting)."""
+    return _render(template, {"{{texts}}": list(texts), "{{text}}": texts[0] if texts else ""}, model=model)
 
+
+def rerank_render(template: Any, *, query: str, documents: list[str], model: str) -> Any:
+    """A rerank request body: the template with the query, the documents and the model substituted."""
+    return _render(template, {"{{query}}": query, "{{documents}}": list(documents)}, model=model)
+
+
+def _render(template: Any, whole: dict[str, Any], *, model: str) -> Any:
     def walk(value: Any) -> Any:
         if isinstance(value, str):
-            if value == "{{texts}}":
-                return list(texts)
-            if value == "{{text}}":
-                return texts[0]
+            if value in whole:
+                return whole[value]
             return _PLACEHOLDER.sub(lambda m: model if m.group(1) == "model" else m.group(0), value)
         if isinstance(value, dict):
             return {k: walk(v) for k, v in value.items()}
@@ -177,6 +210,48 @@ def vectors_extract(body: Any, *, path: str, n: int) -> np.ndarray:
     return out
 
 
+def _found(body: Any, path: str) -> list:
+    found = [m.value for m in path_parse(path).find(body)]
+    # `$.scores` (the list itself) and `$.scores[*]` (its items) both work.
+    if len(found) == 1 and isinstance(found[0], list):
+        found = found[0]
+    return found
+
+
+def scores_extract(body: Any, *, path: str, index_path: str, n: int) -> np.ndarray:
+    """float32[n]: the relevance score of each of the `n` documents sent, in their order. With
+    `index_path`, the i-th score found belongs to the document of the i-th index found (answers
+    come best first); every document must get exactly one (a missing one is an error, never a
+    zero). Without it the scores are in document order. Raises ValueError saying what is wrong."""
+    scores = _found(body, path)
+    for i, score in enumerate(scores):
+        if not isinstance(score, (int, float)) or isinstance(score, bool):
+            raise ValueError(f"item {i} at {path} is not a number")
+    if not index_path:
+        if len(scores) != n:
+            raise ValueError(f"{len(scores)} scores at {path} for {n} documents")
+        order = list(range(n))
+    else:
+        order = _found(body, index_path)
+        if len(order) != len(scores):
+            raise ValueError(f"{len(order)} indexes at {index_path} for {len(scores)} scores at {path}")
+        for i, index in enumerate(order):
+            if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < n:
+                raise ValueError(f"item {i} at {index_path} is not a document index (0 to {n - 1}): {str(index)[:40]}")
+        seen = set(order)
+        if len(seen) != len(order):
+            raise ValueError(f"a document index appears twice at {index_path}")
+        missing = [i for i in range(n) if i not in seen]
+        if missing:
+            raise ValueError(f"no score for document {missing[0]} of {n} ({len(missing)} missing); the request asks "
+                             "for every document's score")
+    out = np.empty(n, dtype=np.float32)
+    out[order] = np.asarray(scores, dtype=np.float32)
+    if not np.isfinite(out).all():
+        raise ValueError("scores that are NaN or infinite")
+    return out
+
+
 def usage_extract(body: Any, path: str) -> int | None:
     if not path:
         return None
@@ -233,6 +308,8 @@ class Upstream:
     max_inputs: int
     usage_path: str = ""
     preset: str = "custom"  # the metrics label (a tenant's own provider name never is one)
+    kind: str = EMBED
+    index_path: str = ""  # rerank: JSONPath to each score's document index ("" = document order)
 
     def __repr__(self) -> str:  # keep the secret out of tracebacks and logs
         return f"Upstream(name={self.name!r}, endpoint={self.endpoint!r})"
@@ -253,6 +330,8 @@ def upstream_for(provider: ProviderConfig) -> Upstream:
         max_inputs=provider.effective_max_inputs,
         usage_path=provider.usage_path,
         preset=provider.preset,
+        kind=provider.kind,
+        index_path=provider.effective_index_path,
     )
 
 
@@ -399,3 +478,50 @@ def embed_call(up: Upstream, *, model: str, texts: list[str], deadline: float | 
         parts.append(vectors)
         tokens += tokens_split(usage_extract(body, up.usage_path), batch)
     return np.concatenate(parts), tokens
+
+
+def rerank_call(up: Upstream, *, model: str, query: str, documents: list[str],
+                deadline: float | None = None) -> tuple[np.ndarray, list[int]]:
+    """(scores float32[n], tokens per document) of `documents` against `query`, in document order:
+    one call per the provider's max_inputs documents (one call, normally). Raises ProviderError /
+    ProviderTimeout, a 502 where the answer leaves a document without its score."""
+    per_call = max(1, up.max_inputs)  # not PROVIDER_MAX_INPUTS_PER_CALL: a query's documents stay together
+    parts: list[np.ndarray] = []
+    tokens: list[int] = []
+    for start in range(0, len(documents), per_call):
+        batch = documents[start : start + per_call]
+        body = _post(up, rerank_render(up.template, query=query, documents=batch, model=model), deadline=deadline)
+        try:
+            parts.append(scores_extract(body, path=up.response_path, index_path=up.index_path, n=len(batch)))
+        except ValueError as exc:
+            raise _error(UPSTREAM_BAD_RESPONSE.format(name=up.name, message=str(exc)), "bad_response") from None
+        tokens += tokens_split(usage_extract(body, up.usage_path), [query + d for d in batch])
+    return (np.concatenate(parts) if parts else np.empty(0, dtype=np.float32)), tokens
+
+
+NOT_A_PAIR = "The provider `{name}` is a reranker: it scores query-document pairs (POST /v1/rerank)."
+
+
+def rerank_pairs_call(up: Upstream, *, model: str, texts: list[str],
+                      deadline: float | None = None) -> tuple[np.ndarray, list[int]]:
+    """A rerank work item's pair texts (dispatch.frames.pair_join) scored: (float32[n, 1] in the
+    item's order, tokens per pair). The pairs are grouped by query, one rerank_call each (a
+    request's pairs share one query). Raises InvalidInput for a text that is not a pair."""
+    by_query: dict[str, list[int]] = {}
+    documents: list[str] = []
+    for i, text in enumerate(texts):
+        try:
+            query, document = pair_split(text)
+        except ValueError:
+            raise InvalidInput(NOT_A_PAIR.format(name=up.name), param="model", code="model_kind") from None
+        by_query.setdefault(query, []).append(i)
+        documents.append(document)
+    out = np.empty((len(texts), 1), dtype=np.float32)
+    tokens = [0] * len(texts)
+    for query, where in by_query.items():
+        scores, counts = rerank_call(up, model=model, query=query, documents=[documents[i] for i in where],
+                                     deadline=deadline)
+        out[where, 0] = scores
+        for i, count in zip(where, counts, strict=True):
+            tokens[i] = count
+    return out, tokens

@@ -1,6 +1,7 @@
 """A tenant's BYOK provider as a served model: `<provider name>/<upstream model>`.
 
-`provider_model_resolve` gives the ProviderModel of such a name; its dispatcher
+`provider_model_resolve` gives the ProviderModel of such a name (of the provider's kind: a rerank
+provider's model takes the pair texts of POST /v1/rerank, embeddings/rerank.py); its dispatcher
 (ProviderDispatch) sends a request's cache misses to the provider worker as a Celery task on
 the provider queue, by name (dispatch.keys.PROVIDER_EMBED_TASK; the task runs
 workers/provider_calls.py, which calls the upstream, stores the vectors in the tenant's cache
@@ -140,7 +141,8 @@ def provider_cache_version(provider: ProviderConfig) -> str:
     the keying scheme, so any change means fresh vectors (the old rows just stop matching). The
     upstream model is the cache's model column (`<provider>/<model>`); input_type is in the text
     key (ProviderModel.key_prefix). The secrets themselves (the api_key) are not: a new key
-    for the same upstream gives the same vectors."""
+    for the same upstream gives the same vectors. A rerank provider's kind and index path are in
+    the shape too (only theirs, so that no embedding provider's version moved when they came)."""
     shape = {
         "keying": BYOK_KEYING,
         "endpoint": provider.effective_endpoint,
@@ -150,6 +152,8 @@ def provider_cache_version(provider: ProviderConfig) -> str:
         "headers": provider.effective_headers,
         "headers_digest": provider.headers_digest,
     }
+    if provider.kind != "embed":
+        shape |= {"kind": provider.kind, "index_path": provider.effective_index_path}
     digest = hashlib.sha256(orjson.dumps(shape, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
     return f"byok-{provider.pk}-{digest}"
 
@@ -165,4 +169,4 @@ def provider_model_resolve(*, tenant: Tenant, model: str) -> ProviderModel:
     provider, upstream = found
     return ProviderModel(name=f"{provider.name}/{upstream}", version=provider_cache_version(provider),
                          provider_id=provider.pk, tenant_id=provider.tenant_id, upstream_model=upstream,
-                         owned_by=provider.preset)
+                         owned_by=provider.preset, kind=provider.kind)

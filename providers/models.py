@@ -9,11 +9,24 @@ from django.utils import timezone
 
 from embedplatform.masking import secret_mask
 from providers.crypto import secret_decrypt, secret_digest, secret_encrypt
-from providers.presets import BEARER, CUSTOM, CUSTOM_MAX_INPUTS, PRESET_CHOICES, preset_get
+from providers.presets import (
+    BEARER,
+    CUSTOM,
+    CUSTOM_MAX_DOCUMENTS,
+    CUSTOM_MAX_INPUTS,
+    EMBED,
+    KINDS,
+    PRESET_CHOICES,
+    RERANK,
+    preset_get,
+)
 
 
 class ProviderConfig(models.Model):
-    """A tenant's upstream embedding API (BYOK), addressed as `<name>/<upstream model>`.
+    """A tenant's upstream embedding or rerank API (BYOK), addressed as `<name>/<upstream model>`.
+
+`kind` says which: "embed" (vectors, POST /v1/embeddings) or "rerank" (a query's relevance
+scores for documents, POST /v1/rerank); a preset's kind is the preset's.
 
     Blank endpoint / request_template / response_path / headers mean "the preset's". The
     secret is stored only as a Fernet token (providers/crypto.py) plus a display mask; it
@@ -27,7 +40,17 @@ class ProviderConfig(models.Model):
     preset = models.CharField(max_length=32, choices=[(p, p) for p in PRESET_CHOICES], default=CUSTOM)
     endpoint = models.CharField(max_length=2000, blank=True, default="", help_text="Blank: the preset's.")
     request_template = models.JSONField(null=True, blank=True, help_text="Blank: the preset's.")
-    response_path = models.CharField(max_length=500, blank=True, default="", help_text="JSONPath; blank: the preset's.")
+    response_path = models.CharField(max_length=500, blank=True, default="",
+                                     help_text="JSONPath to the vectors (rerank: to the relevance scores); blank: the "
+                                               "preset's.")
+    kind = models.CharField(max_length=8, choices=[(k, k) for k in KINDS], default=EMBED,
+                            help_text="embed: vectors (POST /v1/embeddings); rerank: relevance scores (POST /v1/rerank). "
+                                      "A preset's kind is the preset's.")
+    index_path = models.CharField(
+        max_length=500, blank=True, default="",
+        help_text="Rerank: JSONPath to each score's document index, e.g. `$.results[*].index`; blank: the preset's, "
+                  "or (custom) the scores come in document order.",
+    )
     headers = models.JSONField(
         null=True, blank=True,
         help_text='Blank: the preset\'s, or {"Authorization": "Bearer {{api_key}}"}. Values other than an {{api_key}} '
@@ -37,7 +60,8 @@ class ProviderConfig(models.Model):
     headers_digest = models.CharField(max_length=64, blank=True, default="",
                                       help_text="Keyed digest of the secret header values (part of the cache version).")
     model = models.CharField(max_length=200, blank=True, default="", help_text="Default upstream model (tests, /v1/models).")
-    max_inputs = models.PositiveIntegerField(null=True, blank=True, help_text="Texts per upstream call; blank: the preset's.")
+    max_inputs = models.PositiveIntegerField(null=True, blank=True,
+                                             help_text="Texts (rerank: documents) per upstream call; blank: the preset's.")
     secret_encrypted = models.TextField(blank=True, default="", help_text="Fernet token of the API key.")
     secret_mask = models.CharField(max_length=32, blank=True, default="")
     created_at = models.DateTimeField(default=timezone.now)
@@ -67,6 +91,14 @@ class ProviderConfig(models.Model):
     def effective_response_path(self) -> str:
         preset = preset_get(self.preset)
         return self.response_path or (preset.response_path if preset else "")
+
+    @property
+    def effective_index_path(self) -> str:
+        """A rerank provider's JSONPath to each score's document index; "" = scores in document order."""
+        if self.kind != RERANK:
+            return ""
+        preset = preset_get(self.preset)
+        return self.index_path or (preset.index_path if preset else "")
 
     @property
     def effective_headers(self) -> dict[str, str]:
@@ -103,7 +135,8 @@ class ProviderConfig(models.Model):
     @property
     def effective_max_inputs(self) -> int:
         preset = preset_get(self.preset)
-        limit = self.max_inputs or (preset.max_inputs if preset else CUSTOM_MAX_INPUTS)
+        custom = CUSTOM_MAX_DOCUMENTS if self.kind == RERANK else CUSTOM_MAX_INPUTS
+        limit = self.max_inputs or (preset.max_inputs if preset else custom)
         if _uses_single_text(self.effective_template):
             return 1
         return limit

@@ -12,9 +12,12 @@ class ProviderSerializer(serializers.Serializer):
     id = serializers.IntegerField()
     name = serializers.CharField()
     preset = serializers.CharField()
+    kind = serializers.CharField(help_text="embed (POST /v1/embeddings) or rerank (POST /v1/rerank).")
     endpoint = serializers.CharField(source="effective_endpoint")
     request_template = serializers.JSONField(source="effective_template")
     response_path = serializers.CharField(source="effective_response_path")
+    index_path = serializers.CharField(source="effective_index_path",
+                                       help_text="A rerank provider's JSONPath to each score's document index.")
     headers = serializers.SerializerMethodField()
     model = serializers.CharField()
     max_inputs = serializers.IntegerField(source="effective_max_inputs")

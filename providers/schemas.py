@@ -21,9 +21,11 @@ PROVIDER_EXAMPLE = {
     "id": 2,
     "name": "openai",
     "preset": "openai",
+    "kind": "embed",
     "endpoint": "https://api.openai.com/v1/embeddings",
     "request_template": {"input": "{{texts}}", "model": "{{model}}"},
     "response_path": "$.data[*].embedding",
+    "index_path": "",
     "headers": {"Authorization": "Bearer {{api_key}}"},
     "model": "text-embedding-3-small",
     "max_inputs": 256,
@@ -58,6 +60,12 @@ def provider_create_schema(input_serializer: type[Serializer]) -> Callable[[F], 
         operation_id="providers_create",
         tags=["providers"],
         summary="Add a BYOK provider (preset or custom)",
+        description=(
+            "Embedding presets: openai, azure-openai, cohere, voyage, mistral, jina; rerank presets (kind rerank, "
+            "served by POST /v1/rerank): cohere-rerank, jina-rerank, voyage-rerank. A custom provider of kind rerank "
+            'takes a request_template with `"{{query}}"` and `"{{documents}}"`, a response_path to the relevance '
+            "scores and an index_path to each score's document index (blank: the scores come in document order)."
+        ),
         auth=JWT_ONLY,
         request=named(input_serializer, "Provider"),
         responses={
@@ -82,6 +90,11 @@ def provider_create_schema(input_serializer: type[Serializer]) -> Callable[[F], 
                     "api_key": "secret",
                     "model": "e5-large",
                 },
+            ),
+            OpenApiExample(
+                "rerank preset",
+                request_only=True,
+                value={"name": "cohere-rr", "preset": "cohere-rerank", "api_key": "...", "model": "rerank-v3.5"},
             ),
         ],
     )

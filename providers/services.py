@@ -25,13 +25,14 @@ from providers.clients import (
     embed_call,
     headers_validate,
     path_parse,
+    rerank_call,
     template_validate,
     upstream_for,
 )
 from providers.crypto import secret_encrypt
 from providers.errors import PROVIDER_NAME_TAKEN
 from providers.models import ProviderConfig, header_is_template
-from providers.presets import CUSTOM, PRESET_CHOICES, preset_get
+from providers.presets import CUSTOM, EMBED, KINDS, PRESET_CHOICES, RERANK, preset_get
 from providers.selectors import provider_get
 from providers.ssrf import EndpointRefused, endpoint_check
 
@@ -40,11 +41,13 @@ logger = logging.getLogger(__name__)
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 MAX_INPUTS_LIMIT = 2048
 TEST_TEXT = "embedplatform provider test"
+TEST_DOCUMENTS = ["embedplatform reranks documents against a query", "an unrelated sentence about the weather"]
 
 
 # --- management ---------------------------------------------------------------------------
 
-_FIELDS = ("name", "preset", "endpoint", "request_template", "response_path", "headers", "model", "max_inputs")
+_FIELDS = ("name", "preset", "kind", "endpoint", "request_template", "response_path", "index_path", "headers", "model",
+           "max_inputs")
 
 
 def _validate(provider: ProviderConfig, *, api_key: str | None) -> None:
@@ -58,6 +61,13 @@ def _validate(provider: ProviderConfig, *, api_key: str | None) -> None:
     if provider.preset not in PRESET_CHOICES:
         raise InvalidInput(f"preset: must be one of {', '.join(PRESET_CHOICES)}; got `{provider.preset}`.", param="preset")
     preset = preset_get(provider.preset)
+    if provider.kind not in KINDS:
+        raise InvalidInput(f"kind: must be one of {', '.join(KINDS)}; got `{provider.kind}`.", param="kind")
+    if preset is not None and provider.kind != preset.kind:
+        raise InvalidInput(f"kind: the {provider.preset} preset is of kind {preset.kind}; kind `{provider.kind}` needs "
+                           "another preset (or custom).", param="kind")
+    if provider.index_path and provider.kind != RERANK:
+        raise InvalidInput("index_path: only a rerank provider has one.", param="index_path")
     if provider.preset == CUSTOM:
         for field in ("endpoint", "request_template", "response_path"):
             if not getattr(provider, field):
@@ -71,8 +81,9 @@ def _validate(provider: ProviderConfig, *, api_key: str | None) -> None:
     headers = provider.headers_clear()
     value: Any  # each check takes its own kind of value
     for field, check, value in (
-        ("request_template", template_validate, provider.effective_template),
+        ("request_template", lambda t: template_validate(t, provider.kind), provider.effective_template),
         ("response_path", path_parse, provider.effective_response_path),
+        ("index_path", lambda p: p and path_parse(p), provider.effective_index_path),
         ("headers", headers_validate, headers),
     ):
         try:
@@ -172,13 +183,16 @@ def provider_create(
     api_key: str = "",
     model: str = "",
     max_inputs: int | None = None,
+    kind: str | None = None,
+    index_path: str = "",
 ) -> ProviderConfig:
-    """Creates the tenant's provider. Raises InvalidInput naming the field that cannot work."""
+    """Creates the tenant's provider. Raises InvalidInput naming the field that cannot work.
+    `kind` defaults to the preset's (custom: embed)."""
     preset_obj = preset_get(preset)
     provider = ProviderConfig(
         tenant=tenant, name=name, preset=preset, endpoint=endpoint or "", request_template=request_template,
         response_path=response_path or "", model=model or (preset_obj.default_model if preset_obj else ""),
-        max_inputs=max_inputs,
+        max_inputs=max_inputs, kind=kind or (preset_obj.kind if preset_obj else EMBED), index_path=index_path or "",
     )
     provider.headers_store(headers_resolve(provider, headers)[0])
     _validate(provider, api_key=api_key)
@@ -201,14 +215,19 @@ def provider_update(*, tenant: Tenant, provider_id: int, **changes: Any) -> Prov
     stored_secrets = set(provider.headers or {}) if provider.headers_encrypted else set()
     stored_secrets = {n for n in stored_secrets if not header_is_template(before["headers"].get(n, ""))}
     kept: set[str] = set()
+    preset_obj = preset_get(changes.get("preset", ""))
+    if preset_obj is not None and "kind" not in changes:
+        changes["kind"] = preset_obj.kind  # a new preset brings its kind
     for field, value in changes.items():
-        if field in ("endpoint", "response_path", "model") and value is None:
+        if field in ("endpoint", "response_path", "index_path", "model") and value is None:
             value = ""
         if field == "headers":
             clear, kept = headers_resolve(provider, value)
             provider.headers_store(clear)
             continue
         setattr(provider, field, value)
+    if provider.kind != RERANK and "index_path" not in changes:
+        provider.index_path = ""  # an embedding provider has none (e.g. after a change to an embedding preset)
     _validate(provider, api_key=api_key)
     secrets_move_check(provider, before, api_key=api_key, headers_given="headers" in changes, kept=kept,
                        stored_secrets=stored_secrets)
@@ -223,7 +242,7 @@ def provider_delete(*, tenant: Tenant, provider_id: int) -> None:
 class TestResult:
     ok: bool
     model: str
-    dimensions: int | None = None
+    dimensions: int | None = None  # a rerank provider's: None (it gives scores)
     latency_ms: float | None = None
     status: int | None = None
     error: str | None = None
@@ -245,15 +264,20 @@ TEST_TIMED_OUT = "The provider did not answer within {seconds:g} s (PROVIDER_TES
 
 
 def provider_check(provider: ProviderConfig, *, model: str | None = None) -> TestResult:
-    """provider_test without the tenant check, for the admin's "test" action. Ends within
-    PROVIDER_TEST_TIMEOUT_SECONDS, retries included (then a 504 result)."""
+    """provider_test without the tenant check, for the admin's "test" action: one short text, or
+    (a rerank provider) one query and two documents. Ends within PROVIDER_TEST_TIMEOUT_SECONDS,
+    retries included (then a 504 result)."""
     model = model or provider.model
     if not model and "{{model}}" in str(provider.effective_template):
         return TestResult(ok=False, model="", status=400, error="No model given and the provider has no default model.")
     started = time.perf_counter()
     limit = settings.PROVIDER_TEST_TIMEOUT_SECONDS
-    call = _TEST_POOL.submit(embed_call, upstream_for(provider), model=model, texts=[TEST_TEXT],
-                             deadline=time.time() + limit)
+    deadline = time.time() + limit
+    if provider.kind == RERANK:
+        call = _TEST_POOL.submit(rerank_call, upstream_for(provider), model=model, query=TEST_TEXT,
+                                 documents=TEST_DOCUMENTS, deadline=deadline)
+    else:
+        call = _TEST_POOL.submit(embed_call, upstream_for(provider), model=model, texts=[TEST_TEXT], deadline=deadline)
     try:
         vectors, _ = call.result(timeout=limit)
     except FuturesTimeout:
@@ -261,5 +285,5 @@ def provider_check(provider: ProviderConfig, *, model: str | None = None) -> Tes
         return TestResult(ok=False, model=model, status=504, error=TEST_TIMED_OUT.format(seconds=limit))
     except ApiError as exc:
         return TestResult(ok=False, model=model, status=exc.status, error=exc.message)
-    return TestResult(ok=True, model=model, dimensions=int(vectors.shape[1]),
+    return TestResult(ok=True, model=model, dimensions=int(vectors.shape[1]) if vectors.ndim == 2 else None,
                       latency_ms=round((time.perf_counter() - started) * 1000, 1))

@@ -16,7 +16,7 @@ from accounts.authentication import request_tenant
 from accounts.permissions import IsJwtAuthenticated
 from accounts.quotas import provider_test_check
 from providers import schemas
-from providers.presets import CUSTOM, PRESET_CHOICES
+from providers.presets import CUSTOM, KINDS, PRESET_CHOICES
 from providers.responses import (
     ProviderDeletedSerializer,
     ProviderListSerializer,
@@ -30,9 +30,14 @@ from providers.services import MAX_INPUTS_LIMIT, provider_create, provider_delet
 class ProviderInputSerializer(serializers.Serializer):
     name = serializers.CharField(max_length=64)
     preset = serializers.ChoiceField(choices=PRESET_CHOICES, default=CUSTOM)
+    kind = serializers.ChoiceField(choices=KINDS, required=False,
+                                   help_text="embed or rerank; default: the preset's (custom: embed).")
     endpoint = serializers.CharField(max_length=2000, required=False, allow_blank=True)
     request_template = serializers.JSONField(required=False, allow_null=True)
     response_path = serializers.CharField(max_length=500, required=False, allow_blank=True)
+    index_path = serializers.CharField(max_length=500, required=False, allow_blank=True,
+                                       help_text="Rerank: JSONPath to each score's document index; blank: the "
+                                                 "preset's, or (custom) scores in document order.")
     headers = serializers.JSONField(required=False, allow_null=True)
     api_key = serializers.CharField(max_length=4000, required=False, allow_blank=True, write_only=True)
     model = serializers.CharField(max_length=200, required=False, allow_blank=True)

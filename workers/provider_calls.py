@@ -1,4 +1,5 @@
-"""The provider worker's call: one request's cache misses through the tenant's provider.
+"""The provider worker's call: one request's cache misses through the tenant's provider (texts to
+embed, or, for a rerank provider, query-document pairs to score: one upstream call per query).
 
 Run by the `workers.provider_embed` task (workers/tasks.py) on the provider queue; sent by
 providers.dispatch.ProviderDispatch.
@@ -16,10 +17,11 @@ from accounts.quotas import provider_slot_acquire, provider_slot_release
 from dispatch.frames import reply_failure, reply_ok, reply_send
 from embeddings.cache import cache_upsert
 from embedplatform.errors import ApiError, NotFound
-from providers.clients import embed_call, upstream_for
+from providers.clients import embed_call, rerank_pairs_call, upstream_for
 from providers.dispatch import provider_cache_version
 from providers.errors import PROVIDER_NOT_FOUND, ProviderError
 from providers.models import ProviderConfig
+from providers.presets import RERANK
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +50,8 @@ def provider_embed_run(*, provider_id: int, model: str, texts: list[str], keys: 
                                          until=deadline + 2 * settings.PROVIDER_TIMEOUT_SECONDS):
                 return False
             try:
-                vectors, tokens = embed_call(upstream_for(provider), model=model, texts=texts, deadline=deadline)
+                call = rerank_pairs_call if provider.kind == RERANK else embed_call  # scores float32[n, 1], or vectors
+                vectors, tokens = call(upstream_for(provider), model=model, texts=texts, deadline=deadline)
             finally:
                 provider_slot_release(tenant_id=provider.tenant_id, member=reply_id)
         except ProviderConfig.DoesNotExist:

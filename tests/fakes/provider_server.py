@@ -1,11 +1,16 @@
-"""A real upstream embeddings API on 127.0.0.1, for the BYOK tests.
+"""A real upstream embeddings and rerank API on 127.0.0.1, for the BYOK tests.
 
 Speaks OpenAI's shape (POST /v1/embeddings: {"model", "input"} -> {"data": [{"embedding"}],
 "usage"}) and Cohere's v2 shape (POST /v2/embed: {"model", "texts"} -> {"embeddings":
 {"float": [...]}, "meta"}). Vectors are a deterministic function of the text
-(`FakeProvider.vector`). Failures are scripted per request with `then(...)`: a status with
-a message and headers (500, 429 + Retry-After), a delay, a huge body or a redirect. Every
-request is recorded (path, headers, JSON body, arrival time).
+(`FakeProvider.vector`). Rerank, on any path ending in /rerank ({"query", "documents",
+"top_n"?}): Cohere's and Jina's answer {"results": [{"index", "relevance_score"}], ...}, best
+first; Voyage's {"data": [...], "usage"} where the path holds "voyage"; TEI's ({"query",
+"texts"} -> [{"index", "score"}]) where it holds "tei". Scores are a deterministic function of
+the pair (`FakeProvider.score`). Failures are scripted per request with `then(...)`: a status
+with a message and headers (500, 429 + Retry-After), a delay, a huge body, a redirect, a rerank
+answer short of its worst results (drop=) or any JSON body (body=). Every request is recorded
+(path, headers, JSON body, arrival time).
 """
 
 from __future__ import annotations
@@ -71,6 +76,10 @@ class _Handler(BaseHTTPRequestHandler):
             if given != f"Bearer {fake.expected_key}":
                 message = f"Incorrect API key provided: {given.removeprefix('Bearer ')}"
                 return self._send(401, json.dumps({"error": {"message": message}}).encode())
+        if step.get("body") is not None:
+            return self._send(200, json.dumps(step["body"]).encode())
+        if self.path.endswith("/rerank"):
+            return self._send(200, json.dumps(fake.rerank_answer(self.path, body, drop=step.get("drop", 0))).encode())
         if self.path.startswith("/v2/embed"):
             texts = body.get("texts") or []
             out = {"id": "fake", "embeddings": {"float": [fake.vector(t) for t in texts]},
@@ -115,9 +124,32 @@ class FakeProvider:
         digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
         return [round(b / 127.5 - 1.0, 6) for b in digest[:DIMS]]
 
+    @staticmethod
+    def score(query: str, document: str) -> float:
+        digest = hashlib.sha256(f"{query}\x00{document}".encode("utf-8", "surrogatepass")).digest()
+        return round(int.from_bytes(digest[:4], "big") / 2**32, 6)
+
+    def rerank_answer(self, path: str, body: dict, *, drop: int = 0) -> object:
+        """The rerank API's answer for `body`, in the shape its path names; `drop` leaves out that
+        many of the worst results."""
+        query = body.get("query", "")
+        documents = body.get("texts" if "tei" in path else "documents") or []
+        ranked = sorted(range(len(documents)), key=lambda i: -self.score(query, documents[i]))
+        if body.get("top_n") or body.get("top_k"):
+            ranked = ranked[: body.get("top_n") or body.get("top_k")]
+        ranked = ranked[: len(ranked) - drop]
+        if "tei" in path:
+            return [{"index": i, "score": self.score(query, documents[i])} for i in ranked]
+        results = [{"index": i, "relevance_score": self.score(query, documents[i])} for i in ranked]
+        tokens = sum(len(d) for d in documents) + len(query) * len(documents)
+        if "voyage" in path:
+            return {"object": "list", "data": results, "model": body.get("model"), "usage": {"total_tokens": tokens}}
+        return {"id": "fake", "results": results, "meta": {"billed_units": {"search_units": 1}},
+                "usage": {"total_tokens": tokens}}
+
     def then(self, **step) -> FakeProvider:
         """Scripts the next unscripted request: status=, message=, headers=, sleep=, huge=, redirect=, dims=
-        (vectors of that width)."""
+        (vectors of that width), drop= (a rerank answer without its worst N results), body= (this JSON)."""
         self.script.append(step)
         return self
 
