@@ -24,6 +24,7 @@ urlpatterns = [
     path("v1/", include("embeddings.urls")),
     path("v1/", include("accounts.urls")),
     path("v1/", include("providers.urls")),
+    path("v1/", include("batches.urls")),  # OpenAI's Batch API: /v1/files, /v1/batches
     path("v2/", include("embeddings.urls_v2")),  # rerank, where cohere.ClientV2 sends it
     path("health/live", health.live, name="health-live"),
     path("health/ready", health.ready, name="health-ready"),

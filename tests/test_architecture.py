@@ -10,11 +10,12 @@ from pathlib import Path
 import grimp
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("embedplatform", "dispatch", "accounts", "providers", "embeddings", "workers", "embedplatform_client")
+PACKAGES = ("embedplatform", "dispatch", "accounts", "providers", "embeddings", "batches", "workers",
+            "embedplatform_client")
 
 
 def test_the_apps_import_one_way():
-    """embedplatform < dispatch < accounts < providers < embeddings < workers (pyproject.toml), and
+    """embedplatform < dispatch < accounts < providers < embeddings < batches < workers (pyproject.toml), and
     the bulk client (embedplatform_client) imports none of them."""
     lint = Path(sys.executable).with_name("lint-imports")
     result = subprocess.run([str(lint), "--no-cache"], cwd=ROOT, capture_output=True, text=True, timeout=120)

@@ -75,6 +75,7 @@ INSTALLED_APPS = [
     "accounts",
     "embeddings",
     "providers",
+    "batches",  # OpenAI's Batch API (/v1/files, /v1/batches) on top of jobs
     "workers",
     "embedplatform.apps.PlatformConfig",  # the project's own system checks (embedplatform/checks.py)
 ]
@@ -457,6 +458,15 @@ WEBHOOK_TIMEOUT_SECONDS: float = env.float("WEBHOOK_TIMEOUT_SECONDS", default=10
 # We only need the receiver's status: at most this many bytes of its response body are read.
 WEBHOOK_MAX_RESPONSE_BYTES: int = env.int("WEBHOOK_MAX_RESPONSE_BYTES", default=64 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = max(MAX_REQUEST_BYTES, JOB_MAX_REQUEST_BYTES)
+
+# --- Batch API (batches/: /v1/files, /v1/batches) -----------------------------------------------
+# An uploaded file's size limit (413 above it; OpenAI's is 200 MB). Files are kept in Postgres.
+BATCH_MAX_FILE_BYTES: int = env.int("BATCH_MAX_FILE_BYTES", default=100 * 1024 * 1024)
+# Requests (lines) per batch, as OpenAI's 50,000; their inputs together are bounded by the tier's max_job_texts.
+BATCH_MAX_REQUESTS: int = env.int("BATCH_MAX_REQUESTS", default=50_000)
+BATCH_FILE_PART_BYTES: int = env.int("BATCH_FILE_PART_BYTES", default=4 * 1024 * 1024)  # bytes per stored row
+# A read that finalizes a batch (writes its output file) holds it this long; then another read may take over.
+BATCH_FINALIZE_LEASE_SECONDS: int = env.int("BATCH_FINALIZE_LEASE_SECONDS", default=300)
 # Prefix of the status_url / results_url links in job payloads ("" = relative links).
 PUBLIC_BASE_URL: str = env.str("PUBLIC_BASE_URL", default="").rstrip("/")
 
