@@ -30,6 +30,7 @@ from workers.drain import Drainer
 from workers.jobfeed import JobFeed
 from workers.rerank import RerankRuntime
 from workers.runtime import ModelRuntime
+from workers.taskevents import PassEvents, task_events_on
 
 if TYPE_CHECKING:
     from celery.worker import WorkController
@@ -77,6 +78,7 @@ class DrainStep(bootsteps.StartStopStep):
         super().__init__(worker, **kwargs)
         self.threads: list[threading.Thread] = []
         self.drainers: list[Drainer] = []
+        self.events: PassEvents | None = None
         self._stopping = threading.Event()
 
     def _models(self, worker: WorkController) -> list[str]:
@@ -103,6 +105,10 @@ class DrainStep(bootsteps.StartStopStep):
         if not models:
             logger.info("this worker consumes no model queue; no drain loop")
             return
+        # Each pass as a Celery task event under this worker's node name, for Flower, while the
+        # worker sends task events (workers/taskevents.py).
+        self.events = PassEvents(worker.app, hostname=hostname,
+                                 enabled=lambda: task_events_on(getattr(worker, "consumer", None)))
         loader = threading.Thread(target=self._run, args=(models, hostname), name="drain", daemon=True)
         self.threads.append(loader)
         loader.start()
@@ -152,6 +158,7 @@ class DrainStep(bootsteps.StartStopStep):
                 # Loops of fewer threads take longer per forward pass: keep a job's forward
                 # passes as short as one loop's were, so sync requests wait no longer behind it.
                 job_forward_texts=max(1, settings.MAX_BATCH_TEXTS // count),
+                events=self.events,
             )
             for i in range(count)
         ]
@@ -175,3 +182,5 @@ class DrainStep(bootsteps.StartStopStep):
         self._quiet()
         for thread in list(self.threads):
             thread.join(timeout=10)
+        if self.events is not None:
+            self.events.close()

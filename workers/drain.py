@@ -35,10 +35,12 @@ from workers.answers import DrainStats, RequestStore, reply_add, stats_add, usag
 from workers.faults import Backoff
 from workers.intake import Intake
 from workers.jobpasses import JobPasses
+from workers.taskevents import task_names
 
 if TYPE_CHECKING:
     from workers.jobfeed import JobFeed
     from workers.runtime import ModelRuntime
+    from workers.taskevents import PassEvents
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +81,7 @@ class Drainer:
         block: float = 1.0,
         jobs: JobFeed | None = None,
         job_forward_texts: int | None = None,
+        events: PassEvents | None = None,
     ) -> None:
         self.runtimes = runtimes  # model name -> ModelRuntime
         self.redis = redis
@@ -94,6 +97,9 @@ class Drainer:
         self._stop = threading.Event()
         self._last_beat = 0.0
         self._serving = {model: serving_info(runtime) for model, runtime in runtimes.items()}
+        # Each pass reported as a Celery task event, for Flower (workers/taskevents.py); None: not reported.
+        self.events = events
+        self._task_names = task_names(runtimes)
         self.intake = Intake(redis, list(runtimes), token=self.token, max_texts=max_texts, jobs=jobs is not None)
         self.store = RequestStore(upsert)
         # Jobs (workers/jobfeed.py): chunks are claimed from Postgres when no request waits.
@@ -105,7 +111,7 @@ class Drainer:
             # them: what a sync request waits for behind a job.
             forward_texts=job_forward_texts or max_texts, stats=self.stats,
             interactive_waiting=self.intake.waiting, serve_waiting=lambda: self.serve(*self.take(0.01)),
-            owners_alive=lambda tokens: owners_alive(tokens, client=self.redis),
+            owners_alive=lambda tokens: owners_alive(tokens, client=self.redis), events=events,
         )
         self._step_backoff = Backoff("drain step", log=logger)
 
@@ -221,11 +227,16 @@ class Drainer:
                 if key not in index:
                     index[key] = len(texts)
                     texts.append(text)
+        began = time.time()
         started = time.perf_counter()
         try:
             tokens, vectors = runtime.encode(texts, max_texts=self.max_texts, max_tokens=self.max_tokens)
-        except Exception:
+        except Exception as exc:
             logger.exception("batch of %d texts failed; retrying item by item", len(texts))
+            if self.events is not None:
+                self.events.report(self._task_names[model], started=began, runtime=time.perf_counter() - started,
+                                   error=f"{exc.__class__.__name__}: {exc}"[:500], texts=len(texts),
+                                   requests=len(live), tenants=len({it.tenant for it in live}))
             return self._one_by_one(runtime, live)
         compute_ms = (time.perf_counter() - started) * 1000
         metrics.batch_observe(model=model, texts=len(texts), tokens=int(tokens.sum()), seconds=time.perf_counter() - started)
@@ -244,12 +255,16 @@ class Drainer:
         pipe.execute()  # the waiters first; the bookkeeping below is nobody's latency
         stats_add(pipe, self.name, batches=1, items=len(live), texts=len(texts))
         pipe.execute()
+        if self.events is not None:
+            self.events.report(self._task_names[model], started=began, runtime=compute_ms / 1000, texts=len(texts),
+                               requests=len(live), tenants=len({it.tenant for it in live}), tokens=int(tokens.sum()))
         return len(texts)
 
     def _one_by_one(self, runtime: ModelRuntime, items: list[WorkItem]) -> int:
         """After a failed pass: each item on its own, so one bad text fails only its own request."""
         pipe = self.redis.pipeline(transaction=False)
         done = 0
+        began, seconds, served = time.time(), 0.0, []
         for it in items:
             started = time.perf_counter()
             try:
@@ -258,9 +273,14 @@ class Drainer:
                 reply_add(pipe, it, reply_error(f"{exc.__class__.__name__}: {exc}"[:500]))
                 continue
             compute_ms = (time.perf_counter() - started) * 1000
+            seconds += compute_ms / 1000
             self.store(runtime.spec, [it], {k: i for i, k in enumerate(it.keys)}, tokens, vectors)
             usage_add(pipe, runtime.spec.name, it, tokens, compute_ms)
             reply_add(pipe, it, reply_ok(tokens, vectors))
             done += len(it.texts)
+            served.append(it)
         pipe.execute()
+        if self.events is not None and served:  # the retried requests that went through, as one task
+            self.events.report(self._task_names[runtime.spec.name], started=began, runtime=seconds, texts=done,
+                               requests=len(served), tenants=len({it.tenant for it in served}))
         return done

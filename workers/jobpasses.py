@@ -24,9 +24,11 @@ from embedplatform import metrics
 from workers.answers import DrainStats, rows_by_scope, scope_rows, stats_add
 from workers.faults import OUTAGES, Backoff
 from workers.jobfeed import JobFeed
+from workers.taskevents import task_names
 
 if TYPE_CHECKING:
     from workers.runtime import ModelRuntime
+    from workers.taskevents import PassEvents
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +39,7 @@ class JobPasses:
     def __init__(self, feed: JobFeed, *, runtimes: dict, redis: redis_lib.Redis, upsert: Callable | None, name: str,
                  owner: str, max_texts: int, max_tokens: int, forward_texts: int, stats: DrainStats,
                  interactive_waiting: Callable[[], bool], serve_waiting: Callable[[], int],
-                 owners_alive: Callable[[list[str]], set[str]]):
+                 owners_alive: Callable[[list[str]], set[str]], events: PassEvents | None = None):
         self.feed = feed
         self.runtimes = runtimes
         self.redis = redis
@@ -50,6 +52,8 @@ class JobPasses:
         self.interactive_waiting = interactive_waiting
         self.serve_waiting = serve_waiting
         self.owners_alive = owners_alive
+        self.events = events  # each pass reported as a Celery task event, for Flower (workers/taskevents.py)
+        self.task_names = task_names(runtimes, job=True)
         self.served = [(m, rt.spec.version) for m, rt in runtimes.items()]
         self.next_claim = 0.0
         # A job pass's store + mark-done runs on this one thread while the next pass claims and
@@ -149,6 +153,7 @@ class JobPasses:
         store and mark-done to the writer thread (finish)."""
         model = chunks[0].model
         runtime = self.runtimes[model]
+        began, seconds = time.time(), 0.0
         try:
             keys = [[text_key(t) for t in c.texts] for c in chunks]
             hits = [self.feed.lookup(c, k) for c, k in zip(chunks, keys, strict=True)]
@@ -167,6 +172,8 @@ class JobPasses:
                 compute_ms = seconds * 1000
                 metrics.batch_observe(model=model, texts=len(texts), tokens=int(tokens.sum()), seconds=seconds)
         except Exception as exc:
+            self.report(chunks, began, time.time() - began, texts=0, cached=0, tokens=0,
+                        error=f"{exc.__class__.__name__}: {exc}"[:500])
             if len(chunks) > 1 and not isinstance(exc, OUTAGES):
                 # One chunk's texts may be what failed: each chunk on its own, so the others of the
                 # pass (other jobs, other tenants) are not charged an attempt for it.
@@ -182,7 +189,21 @@ class JobPasses:
             pipe = self.redis.pipeline(transaction=False)
             stats_add(pipe, self.name, batches=1, job_chunks=len(chunks), texts=len(texts))
             pipe.execute()
+        self.report(chunks, began, seconds, texts=len(texts), cached=sum(len(c.texts) for c in chunks) - len(texts),
+                    tokens=int(tokens.sum()))
         return sum(len(c.texts) for c in chunks)
+
+    def report(self, chunks: list[ClaimedChunk], began: float, seconds: float, *, texts: int, cached: int,
+               tokens: int, error: str | None = None) -> None:
+        """The pass as a Celery task event (`embed.<model>.job`): texts computed, the chunks' other
+        texts (cached, or repeated in the pass), chunks, jobs, tenants (counts), tokens; runtime:
+        seconds in the model (a failed pass: since it began)."""
+        if self.events is None:
+            return
+        self.events.report(self.task_names[chunks[0].model], started=began, runtime=seconds, error=error,
+                           texts=texts, cached=cached, chunks=len(chunks),
+                           jobs=len({c.job_id for c in chunks}), tenants=len({c.tenant_id for c in chunks}),
+                           tokens=tokens)
 
     def finish(self, chunks: list[ClaimedChunk], keys: list[list[bytes]], hits: list[dict[bytes, Hit]],
                index: dict[bytes, int], tokens: np.ndarray, vectors: np.ndarray, compute_ms: float) -> None:

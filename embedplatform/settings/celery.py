@@ -36,7 +36,11 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_TIME_LIMIT = 600
 CELERY_TASK_SOFT_TIME_LIMIT = 540
-CELERY_WORKER_SEND_TASK_EVENTS = True
+# Task events (what Flower's task list and counters are made of), on by default; the embedding
+# workers report each drain-loop pass as a task too (workers/taskevents.py). WORKER_TASK_EVENTS=false
+# turns them off (a running Flower turns them back on every few seconds: `celery control enable_events`).
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html#worker-send-task-events
+CELERY_WORKER_SEND_TASK_EVENTS = env.bool("WORKER_TASK_EVENTS", default=True)
 CELERY_TASK_SEND_SENT_EVENT = True
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_DEFAULT_QUEUE = "default"  # dispatch/keys.py DEFAULT_QUEUE
