@@ -30,6 +30,7 @@ from schemathesis.core.failures import FailureGroup
 from schemathesis.openapi.checks import JsonSchemaError
 from schemathesis.specs.openapi.converter import to_json_schema
 
+from batches import responses as batch_responses
 from embeddings import responses as embedding_responses
 from embeddings.registry import DEFAULT_MODEL
 from embeddings.serializers import Job
@@ -42,7 +43,8 @@ SECRET = "sk-schema-0123456789abcdWXYZ"
 PASSWORD = "correct horse battery"
 SHAPES = (Job, embedding_responses.EmbeddingsResponse, embedding_responses.EmbedResponse,
           embedding_responses.EmbedBatchResponse, embedding_responses.JobList, embedding_responses.JobResults,
-          embedding_responses.RerankResponse)
+          embedding_responses.RerankResponse, batch_responses.FileObject, batch_responses.FileList,
+          batch_responses.FileDeleted, batch_responses.Batch, batch_responses.BatchList)
 
 
 def closed(raw: dict) -> dict:
@@ -95,8 +97,8 @@ class Api:
         self.seen: set[tuple[str, str, str, str]] = set()
 
     def __call__(self, method: str, route: str, status: int, *, token: str | None = None, body=None,
-                 path: dict | None = None, query: dict | None = None):
-        kwargs = {"body": body, "media_type": "application/json"} if body is not None else {}
+                 path: dict | None = None, query: dict | None = None, media_type: str = "application/json"):
+        kwargs = {"body": body, "media_type": media_type} if body is not None else {}
         case = self.schema[route][method].Case(path_parameters=path, query=query, **kwargs)
         response = case.call(headers={"Authorization": f"Bearer {token}"} if token else {})
         assert response.status_code == status, f"{method} {route}: {response.status_code} {response.text[:500]}"
@@ -204,6 +206,34 @@ def test_every_endpoint_answers_as_the_published_schema_says(published, alice, d
     api("delete", "/v1/providers/{provider_id}", 200, token=jwt, path=path)
 
     api("delete", "/v1/cache", 200, token=jwt, body={"texts": texts[:1]})
+
+    # the Batch API: an upload (multipart, as the OpenAI SDK sends it), a batch run by the drain loop
+    # to its output and error files, a cancelled one, pages, a deleted file
+    requests = b"".join(json.dumps(line).encode() + b"\n" for line in (
+        {"custom_id": "ok", "method": "POST", "url": "/v1/embeddings", "body": {"model": DEFAULT_MODEL, "input": texts}},
+        {"custom_id": "bad", "method": "POST", "url": "/v1/embeddings", "body": {"model": DEFAULT_MODEL}},
+    ))
+    file = api("post", "/v1/files", 200, token=key, body={"file": requests, "purpose": "batch"},
+               media_type="multipart/form-data").json()
+    api("get", "/v1/files/{file_id}", 200, token=key, path={"file_id": file["id"]})
+    api("get", "/v1/files/{file_id}/content", 200, token=key, path={"file_id": file["id"]})
+    body = {"input_file_id": file["id"], "endpoint": "/v1/embeddings", "completion_window": "24h"}
+    batch = api("post", "/v1/batches", 200, token=key, body={**body, "metadata": {"k": "v"}}).json()
+    deadline = time.monotonic() + 60
+    while batch["status"] not in ("completed", "failed") and time.monotonic() < deadline:
+        time.sleep(0.05)
+        batch = api("get", "/v1/batches/{batch_id}", 200, token=key, path={"batch_id": batch["id"]}).json()
+    assert batch["status"] == "completed" and batch["usage"] and batch["error_file_id"], batch
+    api("get", "/v1/files/{file_id}/content", 200, token=key, path={"file_id": batch["output_file_id"]})
+    failed = api("post", "/v1/batches", 200, token=key, body=body | {"input_file_id": api(
+        "post", "/v1/files", 200, token=key, body={"file": b"[]\n", "purpose": "batch"},
+        media_type="multipart/form-data").json()["id"]}).json()
+    assert failed["status"] == "failed" and failed["errors"]["data"], failed
+    cancelled = api("post", "/v1/batches", 200, token=key, body={**body}).json()
+    api("post", "/v1/batches/{batch_id}/cancel", 200, token=key, path={"batch_id": cancelled["id"]})
+    api("get", "/v1/batches", 200, token=key, query={"limit": 2})
+    api("get", "/v1/files", 200, token=key, query={"purpose": "batch_output"})
+    api("delete", "/v1/files/{file_id}", 200, token=key, path={"file_id": file["id"]})
 
     missing = api.documented_successes() - api.seen
     assert not missing, f"documented success answers this test never checked: {sorted(missing)}"

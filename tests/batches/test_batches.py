@@ -25,6 +25,7 @@ from batches.services import batch_sync
 from embeddings.models import Job
 from embeddings.registry import DEFAULT_MODEL
 from tests.helpers import poll_until, tier_limit
+from tests.test_openapi import live_app  # noqa: F401 (a fixture: the WSGI app on the test's database)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -42,7 +43,7 @@ def jsonl(lines: list) -> bytes:
 
 
 @pytest.fixture
-def sdk(live_app):
+def sdk(live_app):  # noqa: F811
     """sdk(world) -> an openai.OpenAI client of that tenant, on the in-process WSGI app."""
     clients = []
 
@@ -56,9 +57,6 @@ def sdk(live_app):
     yield make
     for client in clients:
         client.close()
-
-
-from tests.test_openapi import live_app  # noqa: E402,F401 (a fixture: the WSGI app on the test's database)
 
 
 def upload(client: openai.OpenAI, lines: list, name: str = "requests.jsonl"):
