@@ -1,11 +1,13 @@
 """Precision: int8 against float32 ONNX Runtime, raw throughput and closeness, in one run.
 
-    .venv/bin/python bench/precision.py [TEXTS=2000]
+    .venv/bin/python bench/precision.py [TEXTS=2000] [ROUNDS=4]
 
 Loads all-MiniLM-L6-v2 twice in this process (EMBED_PRECISION fp32 and int8: the runtime's own
 load path, so the int8 file is the one workers serve), then on the same short texts times the
 small passes' ONNX Runtime session of each at batch 32 and batch 1 (padded passes straight into
-the backend: no queue, no web), and compares the vectors: lowest and mean cosine to float32, and
+the backend: no queue, no web; ROUNDS=4 alternating windows of 2 s each, fp32 then int8, so that a
+neighbour's load on a shared machine falls on both: the ratio is the median of the rounds' ratios),
+and compares the vectors: lowest and mean cosine to float32, and
 the mean overlap of each text's top-10 neighbours among all the texts. Prints a Markdown table
 and writes bench/results/precision.json.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -53,7 +56,7 @@ def texts_make(n: int) -> list[str]:
     return out[:n]
 
 
-def throughput(runtime: ModelRuntime, backend: Backend, texts: list[str], batch: int, seconds: float = 8.0) -> float:
+def throughput(runtime: ModelRuntime, backend: Backend, texts: list[str], batch: int, seconds: float = 2.0) -> float:
     """Texts per second through `backend` in passes of `batch` texts, padded beforehand."""
     passes = [runtime._pad_texts(texts[i:i + batch]) for i in range(0, len(texts), batch)]
     backend.forward(passes[0])
@@ -66,8 +69,20 @@ def throughput(runtime: ModelRuntime, backend: Backend, texts: list[str], batch:
                 return done / (time.perf_counter() - started)
 
 
+def interleaved(runtimes: dict[str, ModelRuntime], texts: list[str], batch: int, rounds: int) -> dict[str, float]:
+    """Each runtime's median texts/s over `rounds` alternating windows, and the median of the
+    rounds' int8/fp32 ratios."""
+    got: dict[str, list[float]] = {name: [] for name in runtimes}
+    for _ in range(rounds):
+        for name, rt in runtimes.items():
+            got[name].append(throughput(rt, rt.small, texts, batch))
+    ratios = [q / f for q, f in zip(got["int8"], got["fp32"], strict=True)]
+    return {name: statistics.median(v) for name, v in got.items()} | {"ratio": statistics.median(ratios)}
+
+
 def main() -> None:
-    n = int(dict(a.split("=", 1) for a in sys.argv[1:]).get("TEXTS", 2000))
+    args = dict(a.split("=", 1) for a in sys.argv[1:])
+    n, rounds = int(args.get("TEXTS", 2000)), int(args.get("ROUNDS", 4))
     texts = texts_make(n)
     spec = model_get(DEFAULT_MODEL)
     assert spec is not None
@@ -82,19 +97,19 @@ def main() -> None:
     rows = {}
     for batch in (32, 1):
         sample = texts if batch == 32 else texts[:500]
-        rows[batch] = {name: throughput(rt, rt.small, sample, batch) for name, rt in (("fp32", fp32), ("int8", int8))}
+        rows[batch] = interleaved({"fp32": fp32, "int8": int8}, sample, batch, rounds)
     result = {
         "model": spec.name, "texts": n, "machine": platform.processor() or platform.machine(),
         "cores": os.cpu_count(), "int8_file": int8.small.path.name, "load_check": int8.precision_checked,
         "min_cosine": round(float(cosines.min()), 5), "mean_cosine": round(float(cosines.mean()), 5),
         "neighbour_overlap_top10": round(neighbour_overlap(a, b), 4),
-        "throughput": {f"batch{b}": {k: round(v, 1) for k, v in r.items()} | {"ratio": round(r["int8"] / r["fp32"], 2)}
-                       for b, r in rows.items()},
+        "rounds": rounds, "throughput": {f"batch{b}": {k: round(v, 2 if k == "ratio" else 1) for k, v in r.items()}
+                                         for b, r in rows.items()},
     }
     print(f"| {n} short texts | fp32 texts/s | int8 texts/s | int8 / fp32 |")
     print("|---|---:|---:|---:|")
     for batch, r in rows.items():
-        print(f"| batch {batch} | {r['fp32']:.0f} | {r['int8']:.0f} | {r['int8'] / r['fp32']:.2f}x |")
+        print(f"| batch {batch} | {r['fp32']:.0f} | {r['int8']:.0f} | {r['ratio']:.2f}x |")
     print(f"\nint8 against fp32: lowest cosine {result['min_cosine']}, mean {result['mean_cosine']}, "
           f"top-10 neighbour overlap {result['neighbour_overlap_top10']}")
     out = ROOT / "bench" / "results" / "precision.json"
