@@ -6,7 +6,7 @@ nothing. Each forward pass for requests is reported as one task of the model, `e
 and each job pass as `embed.<model>.job`: task-received, task-started, then task-succeeded (or
 task-failed), with a fresh uuid, the worker's node name as hostname, kwargs that say what the
 pass held (texts, requests or job chunks, tenants as a count, tokens) and the time in the model
-as runtime (seconds), the figure embed_batch_seconds observes on /metrics.
+as runtime (seconds), the figure embed_inference_seconds observes on /metrics.
 
 Best effort and off the serving path: a loop only puts a small tuple on a bounded queue
 (PassEvents.report, about a microsecond); one thread of the worker builds the events and
