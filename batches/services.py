@@ -6,7 +6,7 @@ in one transaction, so a batch is accepted whole or not at all. batch_sync, call
 of a batch, moves it along from its jobs: expired once its completion window ran out, and
 finalized (output and error files written) once every job ended, by exactly one read at a time
 (a conditional UPDATE claims it, with a lease another read takes over if that one died).
-DECISIONS #47.
+DECISIONS #50.
 """
 
 from __future__ import annotations

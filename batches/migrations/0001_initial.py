@@ -88,7 +88,7 @@ class Migration(migrations.Migration):
             constraint=models.UniqueConstraint(fields=('file', 'seq'), name='batch_file_part_seq'),
         ),
         # Files' bytes are stored as they are: compressing vectors' text in TOAST (pglz) made writing
-        # an output file about 4 times slower for little space (DECISIONS #47).
+        # an output file about 4 times slower for little space (DECISIONS #50).
         migrations.RunSQL(
             "ALTER TABLE batches_batchfilepart ALTER COLUMN data SET STORAGE EXTERNAL",
             reverse_sql="ALTER TABLE batches_batchfilepart ALTER COLUMN data SET STORAGE EXTENDED",
