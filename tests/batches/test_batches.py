@@ -311,3 +311,21 @@ def test_a_finalizer_whose_lease_was_taken_over_writes_nothing(sdk, alice, drain
     Batch.objects.filter(pk=batch.id).update(finalize_until=timezone.now())  # its lease ran out
     assert client.batches.retrieve(batch.id).status == "completed"
     assert BatchFile.objects.filter(purpose="batch_output").count() == 1
+
+
+def test_the_admin_shows_files_and_batches_read_only(sdk, alice, redis_db):
+    from django.test import Client
+    from django.urls import reverse
+
+    from tests.factories import UserFactory
+
+    client = sdk(alice)
+    file = upload(client, [line("a", {"model": DEFAULT_MODEL, "input": u("admin")})])
+    batch = client.batches.create(input_file_id=file.id, endpoint="/v1/embeddings", completion_window="24h")
+    staff = Client()
+    staff.force_login(UserFactory(staff=True, email="ops@example.com", password="x" * 12))
+    for name, pk in (("batchfile", file.id), ("batch", batch.id)):
+        for url in (reverse(f"admin:batches_{name}_changelist"), reverse(f"admin:batches_{name}_change", args=[pk])):
+            page = staff.get(url)
+            assert page.status_code == 200, url
+            assert pk in page.content.decode() and b'name="_save"' not in page.content
