@@ -101,10 +101,16 @@ def bench_path(url: str, key: str, requests: list[tuple[str, list[str]]], per_cl
     out = {}
     warm = [(query(9000 + i), documents(DOCS_PER_REQUEST, 9000 + i)) for i in range(4)]
     asyncio.run(_clients(url, key, [[body(q, d)] for q, d in warm]))
-    # 4 clients, the raw run's pairs (fresh to the cache: the raw run stored nothing)
-    mine = [[body(q, d) for q, d in requests[i * per_client:(i + 1) * per_client]] for i in range(4)]
-    elapsed, _ = asyncio.run(_clients(url, key, mine))
-    out["c4_pairs_per_s"] = 4 * per_client * DOCS_PER_REQUEST / elapsed
+    # 4 clients, twice: the raw run's pairs (fresh to the cache: the raw run stored nothing), then
+    # as many others; the better of the two, as raw is the best of three (the worker computes
+    # its int8 calibration in its first seconds, and this VM's speed drifts).
+    rates = []
+    for part in (requests, [(query(7000 + i), documents(DOCS_PER_REQUEST, 7000 + i)) for i in range(len(requests))]):
+        mine = [[body(q, d) for q, d in part[i * per_client:(i + 1) * per_client]] for i in range(4)]
+        elapsed, _ = asyncio.run(_clients(url, key, mine))
+        rates.append(4 * per_client * DOCS_PER_REQUEST / elapsed)
+    out["c4_runs_pairs_per_s"] = rates
+    out["c4_pairs_per_s"] = max(rates)
     single = [(query(5000 + i), documents(DOCS_PER_REQUEST, 5000 + i)) for i in range(12)]
     _, lat = asyncio.run(_clients(url, key, [[body(q, d) for q, d in single]]))
     out["c1_p50_ms"], out["c1_p99_ms"] = pct(lat, 50) * 1000, pct(lat, 99) * 1000
@@ -144,7 +150,8 @@ def main() -> None:
     rows = [
         ("raw CrossEncoder.predict, batch 32", f"{b32:.0f} pairs/s", "1.00x"),
         ("raw, one request's 100 pairs", f"{raw['request100_p50_ms']:.0f} ms", ""),
-        ("rerank, 4 clients x 100 documents", f"{served['c4_pairs_per_s']:.0f} pairs/s",
+        ("rerank, 4 clients x 100 documents (best of 2)", f"{served['c4_pairs_per_s']:.0f} pairs/s "
+         f"({', '.join(f'{r:.0f}' for r in served['c4_runs_pairs_per_s'])})",
          f"{served['c4_pairs_per_s'] / b32:.2f}x"),
         ("rerank, 1 client x 100 documents", f"p50 {served['c1_p50_ms']:.0f} ms, p99 {served['c1_p99_ms']:.0f} ms",
          f"raw + {served['c1_p50_ms'] - raw['request100_p50_ms']:.0f} ms"),

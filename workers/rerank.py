@@ -14,6 +14,7 @@ RERANK_MAX_FP16_ERROR of float32 on sample pairs at load (else float32). No ONNX
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -61,6 +62,11 @@ class RerankRuntime:
             raise ValueError(f"reranker {spec.name} gives {self.model.num_labels} scores per pair; one is served")
         self.tokenizer = self.model.tokenizer
         self._lock = threading.Lock()  # the fast tokenizer is not safe from two drain threads at once
+        # A pass alone on the machine runs on every core; passes side by side (the worker's two
+        # drain loops, under load) on `threads` each, as ModelRuntime's big passes do.
+        self._threads = threads if threads > 0 else torch.get_num_threads()
+        self._all_threads = max(self._threads, len(os.sched_getaffinity(0))) if device == "cpu" else self._threads
+        self._active = 0
         self.precision_checked: dict[str, float] | None = None
         self.precision = "fp32"
         if device != "cpu" and precision in ("auto", "fp16"):
@@ -93,12 +99,32 @@ class RerankRuntime:
         ValueError for a text that is not a pair (dispatch.frames.pair_split)."""
         pairs = [pair_split(t) for t in texts]
         with self._lock:
+            self._active += 1
+            alone = self._active == 1
+        try:
+            return self._encode(pairs, max_texts=max_texts, max_tokens=max_tokens,
+                                threads=self._all_threads if alone else self._threads)
+        finally:
+            if self.device == "cpu" and alone:
+                import torch
+
+                torch.set_num_threads(self._threads)  # the drain thread's other models' passes: as before
+            with self._lock:
+                self._active -= 1
+
+    def _encode(self, pairs: list[tuple[str, str]], *, max_texts: int, max_tokens: int,
+                threads: int) -> tuple[np.ndarray, np.ndarray]:
+        import torch
+
+        if self.device == "cpu":
+            torch.set_num_threads(threads)  # OpenMP's thread count is the calling thread's own
+        with self._lock:
             enc = self.tokenizer([q for q, _ in pairs], [d for _, d in pairs], truncation=True,
                                  max_length=self.model.max_seq_length, padding=False)
         ids: list[list[int]] = enc["input_ids"]
         types: list[list[int]] | None = enc.get("token_type_ids")
         lengths = [len(x) for x in ids]
-        out = np.empty((len(texts), 1), dtype=np.float32)
+        out = np.empty((len(pairs), 1), dtype=np.float32)
         for pack in batches_pack(lengths, max_texts=max_texts, max_tokens=max_tokens):
             out[pack, 0] = self._forward([ids[i] for i in pack], [types[i] for i in pack] if types else None)
         return np.asarray(lengths, dtype=np.int32), out
