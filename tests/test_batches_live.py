@@ -1,7 +1,12 @@
 """The Batch API with the official OpenAI SDK, configured as its docs say (OPENAI_API_KEY and
 OPENAI_BASE_URL), against the live server (granian) and a Celery worker subprocess on the real
 model: upload, create, poll, download; the output's vectors equal /v1/embeddings' for the same
-inputs; a bad line lands in the error file; a cancel; another tenant sees nothing."""
+inputs; a bad line lands in the error file; a cancel; another tenant sees nothing.
+
+Here at the root of tests/, with the other live tests: the session's live stack starts with the
+first test that uses it, and its worker claims any job in the test database from then on.
+pytest-django runs transactional tests in path order, so a live test under tests/batches/ would
+start it before tests/browser/ and tests/embeddings/, whose jobs it would then take."""
 
 from __future__ import annotations
 
