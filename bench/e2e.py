@@ -131,7 +131,8 @@ class Conn:
         return status, payload
 
 
-async def run_clients(url: str, key: str, bodies_per_client: list[list[dict]]) -> tuple[float, list[float]]:
+async def run_clients(url: str, key: str, bodies_per_client: list[list[dict]],
+                      path: str = "/v1/embeddings") -> tuple[float, list[float]]:
     host, port = url.split("//")[1].split(":")
     latencies: list[float] = []
 
@@ -139,7 +140,7 @@ async def run_clients(url: str, key: str, bodies_per_client: list[list[dict]]) -
         conn = Conn(host, int(port), key)
         for body in bodies:
             t = time.perf_counter()
-            status, payload = await conn.post("/v1/embeddings", body)
+            status, payload = await conn.post(path, body)
             latencies.append(time.perf_counter() - t)
             if status != 200:
                 raise RuntimeError(f"{status}: {payload[:200]!r}")
@@ -181,7 +182,25 @@ def bench_path(url: str, key: str, scale: float) -> dict:
     _, lat = run(1, n(1000), 1, seed=0, reuse=hot)
     out["hit_c1_p50_ms"] = pct(lat, 50) * 1000
     out["hit_c1_p99_ms"] = pct(lat, 99) * 1000
+    # The floor (issue 21): the same answer from a Django view that does one Redis GET
+    # (bench/floor_urls.py), on the same server, processes and threads, with the same client.
+    import redis
+
+    body = {"model": model, "input": hot[0]}
+    status, answer = asyncio.run(_post_once(url, key, "/v1/embeddings", body))
+    assert status == 200, answer[:200]
+    redis.Redis.from_url(os.environ["REDIS_URL"]).set("bench:floor:body", answer)
+    floor = [[body] * n(150) for _ in range(32)]
+    elapsed, _ = asyncio.run(run_clients(url, key, floor, path="/bench/floor"))
+    out["floor_c32_requests_per_s"] = 32 * n(150) / elapsed
+    _, lat = asyncio.run(run_clients(url, key, [[body] * n(1000)], path="/bench/floor"))
+    out["floor_c1_p50_ms"] = pct(lat, 50) * 1000
     return out
+
+
+async def _post_once(url: str, key: str, path: str, body: dict) -> tuple[int, bytes]:
+    host, port = url.split("//")[1].split(":")
+    return await Conn(host, int(port), key).post(path, body)
 
 
 # --- the stack -------------------------------------------------------------------------------
@@ -191,7 +210,8 @@ def bench_env(prefix: str) -> dict[str, str]:
     the caller's environment names, with throwaway secrets and VAR_DIR where none are given."""
     from cryptography.fernet import Fernet
 
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "embedplatform.settings.base", "LOG_LEVEL": "WARNING"}
+    # The web also serves the floor view of issue 21 (bench/floor_urls.py); nothing else differs.
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "bench.floor_settings", "LOG_LEVEL": "WARNING"}
     env.setdefault("VAR_DIR", tempfile.mkdtemp(prefix=prefix))
     env.setdefault("EMBED_ONNX_DIR", str(ROOT / "var" / "onnx"))  # one export shared by every run
     env.setdefault("DEBUG", "0")
@@ -298,8 +318,12 @@ def main() -> None:
         ("misses, 1-text latency, 1 client", f"p50 {path['miss_single_c1_p50_ms']:.1f} ms, "
          f"p99 {path['miss_single_c1_p99_ms']:.1f} ms",
          f"raw ONNX p50 + {path['miss_single_c1_p50_ms'] - raw['onnx_batch1_p50_ms']:.1f} ms"),
-        ("hits, 32 clients", f"{path['hit_c32_requests_per_s']:.0f} requests/s", ""),
-        ("hits, 1 client", f"p50 {path['hit_c1_p50_ms']:.2f} ms, p99 {path['hit_c1_p99_ms']:.2f} ms", ""),
+        ("hits, 32 clients", f"{path['hit_c32_requests_per_s']:.0f} requests/s",
+         f"{path['hit_c32_requests_per_s'] / path['floor_c32_requests_per_s']:.2f}x the floor"),
+        ("hits, 1 client", f"p50 {path['hit_c1_p50_ms']:.2f} ms, p99 {path['hit_c1_p99_ms']:.2f} ms",
+         f"{path['hit_c1_p50_ms'] / path['floor_c1_p50_ms']:.2f}x the floor's p50"),
+        ("floor: one Redis GET in a Django view, 32 clients", f"{path['floor_c32_requests_per_s']:.0f} requests/s", ""),
+        ("floor, 1 client", f"p50 {path['floor_c1_p50_ms']:.2f} ms", ""),
     ]
     print("| measurement | result | vs raw batch 32 |\n|---|---|---|")
     for row in rows:
