@@ -10,6 +10,8 @@ makes a tenant on a `bench` tier (limits it cannot reach), and measures:
   miss/c1   single-text latency at concurrency 1 (p50/p99)
   hit/c32   cache-hit requests from 32 clients (requests/s)
   hit/c1    cache-hit latency at concurrency 1 (p50/p99)
+  floor     the same answer from a Django view doing one Redis GET (bench/floor_urls.py), served
+            by the same web processes and threads: 32 clients and one (issue 21's floor)
 The load generator is a minimal asyncio HTTP/1.1 keep-alive client, so that it takes as
 little as possible of the two cores it shares with the servers. Results print as a
 Markdown table and are written to bench/results/e2e.json.
