@@ -75,8 +75,24 @@ class CachedEmbeddingAdmin(admin.ModelAdmin):
         return False
 
 
+class JobProgressColumns:
+    """The progress, rate and ETA columns of a job, as the job list and a tenant's job inline show them."""
+
+    @admin.display(description="progress")
+    def progress(self, obj: Job) -> SafeString:
+        return progress_html(obj)
+
+    @admin.display(description="rate")
+    def rate(self, obj: Job) -> str:
+        return rate_text(obj)
+
+    @admin.display(description="ETA")
+    def eta(self, obj: Job) -> str:
+        return eta_text(obj)
+
+
 @admin.register(Job)
-class JobAdmin(admin.ModelAdmin):
+class JobAdmin(JobProgressColumns, admin.ModelAdmin):
     """Jobs, read-only (no Save button), newest first, with progress, rate and ETA; operators may
     cancel them (an action on the list, a button on the page: `cancel` permission = change_job)."""
 
@@ -93,18 +109,6 @@ class JobAdmin(admin.ModelAdmin):
     readonly_fields = fields
     list_select_related = ("tenant",)
     actions = ["cancel"]
-
-    @admin.display(description="progress")
-    def progress(self, obj: Job) -> SafeString:
-        return progress_html(obj)
-
-    @admin.display(description="rate")
-    def rate(self, obj: Job) -> str:
-        return rate_text(obj)
-
-    @admin.display(description="ETA")
-    def eta(self, obj: Job) -> str:
-        return eta_text(obj)
 
     def lookup_allowed(self, lookup: str, value: str, request: HttpRequest) -> bool:
         # The tenant list's "running / queued" link filters by tenant without a tenant filter in the sidebar.
@@ -176,7 +180,7 @@ def _cancel(job_admin: JobAdmin, request: HttpRequest, job_id: uuid.UUID) -> Htt
     return HttpResponseRedirect(reverse("admin:embeddings_job_change", args=[job.pk]))
 
 
-class TenantJobInline(admin.TabularInline):
+class TenantJobInline(JobProgressColumns, admin.TabularInline):
     """The tenant's queued and running jobs, newest first, on its page."""
 
     model = Job
@@ -197,18 +201,6 @@ class TenantJobInline(admin.TabularInline):
 
     def has_change_permission(self, request: HttpRequest, obj: Tenant | None = None) -> bool:
         return False
-
-    @admin.display(description="progress")
-    def progress(self, obj: Job) -> SafeString:
-        return progress_html(obj)
-
-    @admin.display(description="rate")
-    def rate(self, obj: Job) -> str:
-        return rate_text(obj)
-
-    @admin.display(description="ETA")
-    def eta(self, obj: Job) -> str:
-        return eta_text(obj)
 
 
 admin.site.unregister(Tenant)

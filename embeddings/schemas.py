@@ -428,13 +428,6 @@ model_detail_schema = extend_schema(
 )
 
 
-class QueryFieldExtension(OpenApiSerializerFieldExtension):
-    target_class = "embeddings.serializers.QueryField"
-
-    def map_serializer_field(self, auto_schema: object, direction: str) -> dict:
-        return _text_schema()
-
-
 class RerankDocumentsFieldExtension(OpenApiSerializerFieldExtension):
     """/v1/rerank's `documents`: strings, or objects of string fields (Cohere's)."""
 

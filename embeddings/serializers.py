@@ -102,12 +102,15 @@ class EmbeddingsInputField(TextsField):
 
 
 class TextField(serializers.Field):
-    """One non-empty string (no coercion of numbers)."""
+    """One non-empty string (no coercion of numbers): /v1/embed's `text`, /v1/rerank's `query`."""
 
-    default_error_messages = {"required": "text is required: a non-empty string."}
+    def __init__(self, *, name: str = "text", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.name = name  # what the errors call it
+        self.error_messages["required"] = f"{name} is required: a non-empty string."
 
     def to_internal_value(self, data: Any) -> str:
-        return _check_text(data, "text")
+        return _check_text(data, self.name)
 
     def to_representation(self, value: str) -> str:
         return value
@@ -328,16 +331,6 @@ def job_payload(job: models.Job) -> Job:
     }
 
 
-class QueryField(serializers.Field):
-    default_error_messages = {"required": "query is required: a non-empty string."}
-
-    def to_internal_value(self, data: Any) -> str:
-        return _check_text(data, "query")
-
-    def to_representation(self, value: str) -> str:
-        return value
-
-
 class RerankDocumentsField(serializers.Field):
     """`documents`: strings, or objects whose `text` (or, with `rank_fields`, those fields) is what
     is ranked, as Cohere takes them -> the list as sent (the view reads the texts with
@@ -374,7 +367,7 @@ class RerankRequestSerializer(ClosedBodyMixin, serializers.Serializer):
 
     model = serializers.CharField(max_length=200, help_text="A reranker (kind rerank in GET /v1/models), or an "
                                   "embedding model: then documents are ranked by the cosine of their vectors to the query's.")
-    query = QueryField(help_text="The search query the documents are scored against.")
+    query = TextField(name="query", help_text="The search query the documents are scored against.")
     documents = RerankDocumentsField(help_text="Strings, or objects with `text` (or the fields of `rank_fields`).")
     top_n = serializers.IntegerField(required=False, allow_null=True, default=None, min_value=1,
                                      help_text="Return the best N (all by default; more than the documents gives all).")

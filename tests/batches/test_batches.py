@@ -1,6 +1,6 @@
 """The Batch API through the official OpenAI SDK (client.files, client.batches), in process: the
 SDK's own HTTP client on the WSGI app (httpx's WSGI transport), a real drain loop on the real model
-claiming the batch's jobs, real PostgreSQL and Redis. tests/batches/test_batches_live.py runs the
+claiming the batch's jobs, real PostgreSQL and Redis. tests/test_batches_live.py runs the
 same flow against the live server and a Celery worker subprocess."""
 
 from __future__ import annotations

