@@ -152,13 +152,17 @@ class EmbedEndpointApi(DataPlaneApi):
     admits_in_view = True
 
     def embed(self, request: Request, data: dict, texts: list[str], *, job_fallback: bool = False) -> EmbedResult | Job:
-        wait = data.get("wait")  # 0: do not wait
-        if wait is None:
-            wait = min(settings.SYNC_WAIT_SECONDS, settings.SYNC_WAIT_MAX)
+        wait = _wait(data)  # 0: do not wait
         options = _options(data)
         output_dtype_check(model=options.model, output_dtype=data["output_dtype"])  # before spending anything
         return self.admit_and_serve(request, lambda tenant, caller: embed_serve(
             tenant=tenant, texts=texts, options=options, wait=wait, caller=caller, job_fallback=job_fallback))
+
+
+def _wait(data: dict) -> float:
+    """The request's `wait`, else the server's SYNC_WAIT_SECONDS (within SYNC_WAIT_MAX)."""
+    wait = data.get("wait")
+    return min(settings.SYNC_WAIT_SECONDS, settings.SYNC_WAIT_MAX) if wait is None else wait
 
 
 def _options(data: dict) -> EmbedOptions:
@@ -341,7 +345,7 @@ class RerankApi(DataPlaneApi):
         serializer = RerankRequestSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
-        wait = data["wait"] if data["wait"] is not None else min(settings.SYNC_WAIT_SECONDS, settings.SYNC_WAIT_MAX)
+        wait = _wait(data)
         result = self.admit_and_serve(request, lambda tenant, caller: rerank_serve(
             tenant=tenant, model=data["model"], query=data["query"], documents=data["texts"], top_n=data["top_n"],
             wait=wait, caller=caller))
