@@ -32,6 +32,16 @@ ROOT = Path(__file__).resolve().parent.parent
 LIVE_REDIS_DB = settings.TEST_REDIS_DB + 1
 
 
+@pytest.hookimpl(trylast=True)  # after pytest-django's own ordering (plain, then db, then transactional tests)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Live tests (`@pytest.mark.live`: real servers and workers) run last, in their order. The
+    session's live worker claims any job in the test database once it has started, so an in-process
+    test that runs after it could find its job chunks taken: none does."""
+    live = [item for item in items if item.get_closest_marker("live") is not None]
+    if live:
+        items[:] = [item for item in items if item.get_closest_marker("live") is None] + live
+
+
 @dataclass
 class World:
     tenant: Tenant

@@ -3,10 +3,8 @@ OPENAI_BASE_URL), against the live server (granian) and a Celery worker subproce
 model: upload, create, poll, download; the output's vectors equal /v1/embeddings' for the same
 inputs; a bad line lands in the error file; a cancel; another tenant sees nothing.
 
-Here at the root of tests/, with the other live tests: the session's live stack starts with the
-first test that uses it, and its worker claims any job in the test database from then on.
-pytest-django runs transactional tests in path order, so a live test under tests/batches/ would
-start it before tests/browser/ and tests/embeddings/, whose jobs it would then take."""
+The session's live worker claims any job in the test database once started: live tests run after
+all others (tests/conftest.py orders them), and this one sits with the other live tests."""
 
 from __future__ import annotations
 

@@ -6,6 +6,7 @@ and its Prometheus metrics (/metrics) as tasks of the model."""
 from __future__ import annotations
 
 import ast
+import contextlib
 import subprocess
 import sys
 import uuid
@@ -83,6 +84,13 @@ def test_flower_shows_requests_and_job_passes_as_tasks_of_the_model(live_stack, 
     [row] = [w for w in workers if w["hostname"] == worker]
     assert row["task-succeeded"] >= len(synced) + len(jobs)  # the workers page's Succeeded column
     # Its broker page lists the Celery queues the workers consume; the work lists are not among them.
+    # Flower learns a worker's queues from its periodic inspection: wait for it, then look.
+    def queues_known():
+        found = httpx.get(f"{url}/api/queues/length", auth=AUTH, timeout=5).json()["active_queues"]
+        return found if f"embed.{MODEL}" in {q["name"] for q in found} else None
+
+    with contextlib.suppress(AssertionError):
+        poll_until(queues_known, timeout=20, interval=0.5, message="Flower to know the worker's queues")
     queues = httpx.get(f"{url}/api/queues/length", auth=AUTH, timeout=5).json()["active_queues"]
     assert f"embed.{MODEL}" in {q["name"] for q in queues}
     assert not [q for q in queues if q["name"].startswith("embed:q:")]
