@@ -34,12 +34,16 @@ LIVE_REDIS_DB = settings.TEST_REDIS_DB + 1
 
 @pytest.hookimpl(trylast=True)  # after pytest-django's own ordering (plain, then db, then transactional tests)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Live tests (`@pytest.mark.live`: real servers and workers) run last, in their order. The
-    session's live worker claims any job in the test database once it has started, so an in-process
-    test that runs after it could find its job chunks taken: none does."""
+    """Live tests (`@pytest.mark.live`: real servers and workers) run last, in their order, and of
+    them those on the session's live stack (`live_stack`) come last of all. Its worker claims any
+    job in the test database once it has started, so an in-process test that runs after it could
+    find its job chunks taken; and a live test that starts workers of its own, kills them or
+    flushes their Redis DB would share that DB and those jobs with it: none runs beside it."""
     live = [item for item in items if item.get_closest_marker("live") is not None]
     if live:
-        items[:] = [item for item in items if item.get_closest_marker("live") is None] + live
+        on_stack = [item for item in live if "live_stack" in getattr(item, "fixturenames", ())]
+        items[:] = ([item for item in items if item.get_closest_marker("live") is None]
+                    + [item for item in live if item not in on_stack] + on_stack)
 
 
 @dataclass
