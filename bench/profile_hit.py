@@ -34,6 +34,9 @@ def main() -> None:
     parser.add_argument("--path", default="/v1/embeddings")
     parser.add_argument("--miss", action="store_true", help="unique texts (cache misses): starts a worker subprocess")
     parser.add_argument("--split", action="store_true", help="CPU per request inside the main steps (thread CPU time)")
+    parser.add_argument("--floor", action="store_true",
+                        help="then the floor of issue 21 (bench/floor_urls.py: one Redis GET answering the hit's bytes), "
+                             "in the same process, and the ratio of the two")
     args = parser.parse_args()
     os.environ.update(bench_env("ep-prof-"))
 
@@ -75,11 +78,13 @@ def main() -> None:
         while not redis_client().exists(alive_key(spec.name)):
             time.sleep(0.5)
 
-    def call(i: int) -> int:
-        field = "text" if args.path == "/v1/embed" else "input"
+    answers: list[bytes] = []
+
+    def call(i: int, path: str = args.path) -> int:
+        field = "text" if path == "/v1/embed" else "input"
         body = orjson.dumps({"model": spec.name, field: texts[i % len(texts)] if not args.miss else texts[i + 200]})
         environ = {
-            "REQUEST_METHOD": "POST", "PATH_INFO": args.path, "SCRIPT_NAME": "", "QUERY_STRING": "",
+            "REQUEST_METHOD": "POST", "PATH_INFO": path, "SCRIPT_NAME": "", "QUERY_STRING": "",
             "SERVER_NAME": "127.0.0.1", "SERVER_PORT": "8000", "SERVER_PROTOCOL": "HTTP/1.1",
             "REMOTE_ADDR": "127.0.0.1", "CONTENT_TYPE": "application/json", "CONTENT_LENGTH": str(len(body)),
             "HTTP_AUTHORIZATION": f"Bearer {key}", "wsgi.input": io.BytesIO(body), "wsgi.url_scheme": "http",
@@ -87,7 +92,7 @@ def main() -> None:
         }
         status = []
         out = application(environ, lambda s, h, exc_info=None: status.append(s))
-        b"".join(out)
+        answers[:] = [b"".join(out)]
         out.close()
         return int(status[0].split()[0])
 
@@ -109,6 +114,20 @@ def main() -> None:
     if split:
         for name, seconds in split.items():
             print(f"  {name}: {seconds / args.n * 1e6:.0f} us CPU per request")
+    if args.floor:
+        from floor_urls import FLOOR_KEY
+
+        from embedplatform.redisconn import redis_client
+
+        redis_client().set(FLOOR_KEY, answers[0])
+        for i in range(200):
+            assert call(i, "/bench/floor") == 200
+        floor_cpu, floor_wall = time.process_time(), time.perf_counter()
+        for i in range(args.n):
+            call(i, "/bench/floor")
+        floor_cpu, floor_wall = time.process_time() - floor_cpu, time.perf_counter() - floor_wall
+        print(f"/bench/floor: {floor_wall / args.n * 1e6:.0f} us wall, {floor_cpu / args.n * 1e6:.0f} us CPU per request; "
+              f"{args.path} is {cpu / floor_cpu:.2f}x its CPU, {wall / floor_wall:.2f}x its wall time")
     if profiler:
         pstats.Stats(profiler).sort_stats(os.environ.get("SORT", "cumulative")).print_stats(int(os.environ.get("TOP", "40")))
     if worker is not None:

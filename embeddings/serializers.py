@@ -3,12 +3,13 @@ shape (embedplatform/responses.py), which the job endpoints, the 202 answers and
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping
+from functools import cached_property
 from typing import Annotated, Any, ClassVar, Literal, TypedDict
 
 from django.conf import settings
 from rest_framework import serializers
+from rest_framework.utils.serializer_helpers import BindingDict
 
 from dispatch.base import INPUT_TYPES
 from embeddings import models, tokenids
@@ -200,17 +201,37 @@ class ClosedBodyMixin:
                             param=name, code="unknown_field")
 
 
-class EmbedOptionsSerializer(serializers.Serializer):
-    """The options every embedding endpoint takes.
+# Each request body class's fields, bound once (SharedFieldsMixin).
+_SHARED_FIELDS: dict[type, BindingDict] = {}
 
-    Fields are shallow copies of the declared ones: DRF re-instantiates every declared field
-    per request (Field.__deepcopy__), a large share of a cache hit's time in the view
-    (docs/BENCHMARKS.md, "Cache-hit path in one process"). These fields keep no per-request state, so a copy that
-    bind() can give its own name and parent is enough.
+
+class SharedFieldsMixin:
+    """A request body whose fields are built and bound once per class, not per request.
+
+    DRF deep-copies and binds every declared field for each serializer it makes (Serializer.fields),
+    the largest share of a body's validation on the data plane (docs/BENCHMARKS.md, "Cache-hit path
+    in one process"). These bodies' fields keep no per-request state: validation reads only the
+    field's own settings, and their parent is asked for nothing but `partial` (never set here) and
+    a context these bodies are never given. So one bound set, parented by a template instance of the
+    class, serves every request and thread. A body with per-instance fields (context, partial,
+    fields changed after init) must not use this.
     """
 
-    def get_fields(self) -> dict:
-        return {name: copy.copy(field) for name, field in self._declared_fields.items()}
+    @cached_property
+    def fields(self) -> BindingDict:
+        cls = type(self)
+        bound = _SHARED_FIELDS.get(cls)
+        if bound is None:  # two threads may both build it: the same fields, either one kept
+            template = cls()
+            bound = BindingDict(template)  # type: ignore[arg-type]  # a mixin of a Serializer
+            for name, field in template.get_fields().items():  # type: ignore[attr-defined]  # a mixin of a Serializer
+                bound[name] = field
+            _SHARED_FIELDS[cls] = bound
+        return bound
+
+
+class EmbedOptionsSerializer(SharedFieldsMixin, serializers.Serializer):
+    """The options every embedding endpoint takes."""
 
     model = serializers.CharField(required=False, default=DEFAULT_MODEL, max_length=200)
     dimensions = serializers.IntegerField(
@@ -361,7 +382,7 @@ class RerankDocumentsField(serializers.Field):
         return value
 
 
-class RerankRequestSerializer(ClosedBodyMixin, serializers.Serializer):
+class RerankRequestSerializer(SharedFieldsMixin, ClosedBodyMixin, serializers.Serializer):
     """POST /v1/rerank: Cohere's body (what Cohere's, Jina's and Voyage's clients, LangChain's
     CohereRerank and LlamaIndex send)."""
 

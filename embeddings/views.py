@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from django.conf import settings
-from django.http import StreamingHttpResponse
+from django.http import HttpResponse, StreamingHttpResponse
 from redis.exceptions import RedisError
 from rest_framework import serializers
 from rest_framework.exceptions import AuthenticationFailed, NotAuthenticated
@@ -53,6 +53,7 @@ from embeddings.serializers import (
 )
 from embeddings.serving import EmbedResult, embed_serve
 from embedplatform.errors import InvalidInput, Overloaded
+from embedplatform.renderers import json_answer
 
 CACHE_INPUT_TYPE_WITHOUT_TEXTS = "input_type applies to texts: send texts with it, or neither to delete all entries."
 
@@ -184,20 +185,20 @@ class EmbeddingCreateApi(EmbedEndpointApi):
     """POST /v1/embeddings: OpenAI's embeddings API, with a `cached` flag per item."""
 
     @schemas.embeddings_create_schema
-    def post(self, request: Request) -> Response:
+    def post(self, request: Request) -> HttpResponse:
         serializer = EmbeddingsRequestSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
         result = self.embed(request, data, data["input"])
         assert isinstance(result, EmbedResult)  # without job_fallback, never a Job
-        return Response(embeddings_body(result, data["encoding_format"], out=_output_dtype(result, data)))
+        return json_answer(embeddings_body(result, data["encoding_format"], out=_output_dtype(result, data)))
 
 
 class EmbedApi(EmbedEndpointApi):
     """POST /v1/embed: one text, one vector."""
 
     @schemas.embed_schema
-    def post(self, request: Request) -> Response:
+    def post(self, request: Request) -> HttpResponse:
         started = time.perf_counter()
         serializer = EmbedRequestSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -205,22 +206,22 @@ class EmbedApi(EmbedEndpointApi):
         result = self.embed(request, data, [data["text"]], job_fallback=True)
         if isinstance(result, Job):
             return _accepted(result)
-        return Response(embed_body(result, data["encoding_format"], started=started,
-                                   out=_output_dtype(result, data)))
+        return json_answer(embed_body(result, data["encoding_format"], started=started,
+                                      out=_output_dtype(result, data)))
 
 
 class EmbedBatchApi(EmbedEndpointApi):
     """POST /v1/embed/batch: many texts, vectors in input order, per-text `cached` flags."""
 
     @schemas.embed_batch_schema
-    def post(self, request: Request) -> Response:
+    def post(self, request: Request) -> HttpResponse:
         serializer = EmbedBatchRequestSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
         result = self.embed(request, data, data["texts"], job_fallback=True)
         if isinstance(result, Job):
             return _accepted(result)
-        return Response(embed_batch_body(result, data["encoding_format"], out=_output_dtype(result, data)))
+        return json_answer(embed_batch_body(result, data["encoding_format"], out=_output_dtype(result, data)))
 
 
 class CacheDeleteApi(APIView):
