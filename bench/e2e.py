@@ -152,22 +152,33 @@ async def run_clients(url: str, key: str, bodies_per_client: list[list[dict]],
     return time.perf_counter() - t, latencies
 
 
-def bench_path(url: str, key: str, scale: float) -> dict:
-    model = "all-MiniLM-L6-v2"
+MODEL = "all-MiniLM-L6-v2"
+
+
+def request_bodies(clients: int, per_client: int, texts_per_request: int, seed: int,
+                   reuse: list[str] | None = None) -> list[list[dict]]:
+    """Each client's request bodies: unique texts of `seed` (or `reuse`, cycled), OpenAI-shaped."""
+    bodies = []
+    texts = reuse or short_texts(clients * per_client * texts_per_request, seed)
+    k = 0
+    for _ in range(clients):
+        mine = []
+        for _ in range(per_client):
+            chunk = texts[k % len(texts): k % len(texts) + texts_per_request]
+            k += texts_per_request
+            mine.append({"model": MODEL, "input": chunk if texts_per_request > 1 else chunk[0]})
+        bodies.append(mine)
+    return bodies
+
+
+def bench_misses(url: str, key: str, scale: float, path: str = "/v1/embeddings") -> dict:
+    """The miss rows on unique texts (the same texts every run: seeds 100, 200, 300). `path` lets
+    bench/peers.py run the same load against another server's OpenAI-shaped endpoint."""
     out = {}
 
-    def run(clients: int, per_client: int, texts_per_request: int, seed: int, reuse: list[str] | None = None):
-        bodies = []
-        texts = reuse or short_texts(clients * per_client * texts_per_request, seed)
-        k = 0
-        for _ in range(clients):
-            mine = []
-            for _ in range(per_client):
-                chunk = texts[k % len(texts): k % len(texts) + texts_per_request]
-                k += texts_per_request
-                mine.append({"model": model, "input": chunk if texts_per_request > 1 else chunk[0]})
-            bodies.append(mine)
-        return asyncio.run(run_clients(url, key, bodies))
+    def run(clients: int, per_client: int, texts_per_request: int, seed: int):
+        return asyncio.run(run_clients(url, key, request_bodies(clients, per_client, texts_per_request, seed),
+                                       path=path))
 
     n = lambda x: max(1, int(x * scale))  # noqa: E731
     run(8, 4, 1, seed=90)  # warm up connections and threads
@@ -178,6 +189,17 @@ def bench_path(url: str, key: str, scale: float) -> dict:
     _, lat = run(1, n(300), 1, seed=300)
     out["miss_single_c1_p50_ms"] = pct(lat, 50) * 1000
     out["miss_single_c1_p99_ms"] = pct(lat, 99) * 1000
+    return out
+
+
+def bench_path(url: str, key: str, scale: float) -> dict:
+    model = MODEL
+    out = bench_misses(url, key, scale)
+
+    def run(clients: int, per_client: int, texts_per_request: int, seed: int, reuse: list[str] | None = None):
+        return asyncio.run(run_clients(url, key, request_bodies(clients, per_client, texts_per_request, seed, reuse)))
+
+    n = lambda x: max(1, int(x * scale))  # noqa: E731
     hot = short_texts(200, seed=100)  # embedded above: hits now
     elapsed, _ = run(32, n(150), 1, seed=0, reuse=hot)
     out["hit_c32_requests_per_s"] = 32 * n(150) / elapsed
