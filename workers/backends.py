@@ -477,6 +477,20 @@ def _write_whole(path: Path, write: Callable[[str], None]) -> None:
             os.unlink(tmp)
 
 
+def cpu_int8_dot(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether this CPU has 8-bit dot-product instructions (VNNI: `avx512_vnni`, `avx_vnni`, or AMX
+    `amx_int8`), from the flags in /proc/cpuinfo. Elsewhere (or where the flags cannot be read)
+    int8 weights are quantized to 7 bits."""
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & set(line.split()))
+    except OSError:
+        pass
+    return False
+
+
 def onnx_int8_cached(path: Path, pad: Callable[[list[str]], Features], inputs: list[str]) -> Path:
     """The export at `path` smoothed (_smooth) and its MatMuls quantized to int8 by ONNX Runtime's
     dynamic quantization (weights per output channel, activations per pass), cached next to it;
@@ -486,7 +500,11 @@ def onnx_int8_cached(path: Path, pad: Callable[[list[str]], Features], inputs: l
     Without the smoothing, every MatMul in int8 fell below the load check on all-MiniLM-L6-v2
     (lowest cosine 0.988), and keeping the feed-forward down projections in float32 to pass it
     cost most of the speed (DECISIONS #39; docs/BENCHMARKS.md, "Precision: int8 against fp32")."""
-    out = path.with_name(f"{path.stem}.{INT8_RECIPE}.onnx")
+    # Without VNNI (x86 with AVX2 only), ONNX Runtime's uint8 x int8 kernels add pairs of products
+    # in 16 bits, which saturate: 7-bit weights (reduce_range), as its documentation advises for such
+    # CPUs. On an AVX2 EPYC the lowest cosine on the test texts went 0.978 -> 0.990 (DECISIONS #39).
+    reduce_range = not cpu_int8_dot()
+    out = path.with_name(f"{path.stem}.{INT8_RECIPE}{'-w7' if reduce_range else ''}.onnx")
     if out.exists():
         return out
     import onnx
@@ -494,7 +512,7 @@ def onnx_int8_cached(path: Path, pad: Callable[[list[str]], Features], inputs: l
 
     def write(tmp: str) -> None:
         smoothed = _smooth(onnx.load(str(path)), pad, inputs)
-        quantize_dynamic(smoothed, tmp, weight_type=QuantType.QInt8, per_channel=True,
+        quantize_dynamic(smoothed, tmp, weight_type=QuantType.QInt8, per_channel=True, reduce_range=reduce_range,
                          extra_options={"MatMulConstBOnly": True})
 
     _write_whole(out, write)
