@@ -20,7 +20,8 @@ import contextlib
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta, tzinfo
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from django.conf import settings
@@ -99,11 +100,16 @@ class RateState:
 
 
 def _periods(now: datetime) -> tuple[str, str, datetime, datetime]:
-    day_start = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    return _day_periods(now.date(), now.tzinfo)
+
+
+@lru_cache(maxsize=8)  # the same for every request of a day: worked out once a day, not per request
+def _day_periods(day: date, tz: tzinfo | None) -> tuple[str, str, datetime, datetime]:
+    day_start = datetime(day.year, day.month, day.day, tzinfo=tz)
     day_reset = day_start + timedelta(days=1)
-    days_in_month = calendar.monthrange(now.year, now.month)[1]
+    days_in_month = calendar.monthrange(day.year, day.month)[1]
     month_reset = day_start.replace(day=1) + timedelta(days=days_in_month)
-    return now.strftime("%Y%m%d"), now.strftime("%Y%m"), day_reset, month_reset
+    return day.strftime("%Y%m%d"), day.strftime("%Y%m"), day_reset, month_reset
 
 
 def _keys(tenant_id: int, now: datetime) -> tuple[str, str, datetime, datetime]:

@@ -173,9 +173,18 @@ def steps_split() -> dict[str, float]:
 
         setattr(module, name, timed)
 
+    from rest_framework.views import APIView
+
+    import embeddings.views
+
     for module, names in [(embeddings.serving, ["embed_plan", "embed_finish", "admit", "usage_record", "usage_hits"]),
                           (embeddings.cache, ["cache_lookup"]),
-                          (dispatch.local, ["work_wait"])]:
+                          (dispatch.local, ["work_wait"]),
+                          (embeddings.views, ["embeddings_body", "json_answer"]),
+                          # DRF's machinery around the view's own code
+                          (APIView, ["dispatch", "initialize_request", "initial", "perform_authentication",
+                                     "perform_content_negotiation", "finalize_response"]),
+                          (embeddings.views.EmbeddingCreateApi, ["post"])]:
         for name in names:
             wrap(module, name)
     return spent

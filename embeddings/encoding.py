@@ -21,10 +21,14 @@ def vectors_shape(vectors: np.ndarray, *, dimensions: int | None, normalize: boo
     return np.ascontiguousarray(out, dtype=np.float32)
 
 
-def vector_encode(vector: np.ndarray, encoding_format: str) -> str | list[float] | list[int]:
-    """float -> list of numbers; base64 -> little-endian float32 bytes, as OpenAI sends them, or
-    the raw bytes of a quantized (int8/uint8, packed) vector (embeddings/quantize.py)."""
+def vector_encode(vector: np.ndarray, encoding_format: str) -> str | np.ndarray:
+    """float -> the array itself, which orjson (OPT_SERIALIZE_NUMPY, as every answer is rendered)
+    writes as a JSON array of numbers: float32 components in their shortest form that reads back
+    as the same float32 (about 12 characters, where a Python float's would be 20), integers for a
+    quantized vector; no Python float is made (docs/DECISIONS.md, "Vectors to JSON").
+    base64 -> little-endian float32 bytes, as OpenAI sends them, or the raw bytes of a quantized
+    (int8/uint8, packed) vector (embeddings/quantize.py)."""
     if encoding_format == "base64":
         raw = vector if vector.dtype.itemsize == 1 else np.ascontiguousarray(vector, dtype="<f4")
         return base64.b64encode(raw.tobytes()).decode("ascii")
-    return vector.tolist()
+    return vector

@@ -2,7 +2,7 @@
 (embedplatform/responses.py says how).
 
 The vector answers and the job pages are TypedDict shapes with their builders here: the views
-answer the builder's plain dict (orjson renders it, numpy rows become lists in vector_encode),
+answer the builder's plain dict (orjson renders it, numpy rows and all: vector_encode),
 and the schema shows `shape_serializer(shape)`. The job itself is a shape of
 embeddings/serializers.py, beside job_payload, which its webhook shares.
 """
@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Annotated, Literal, TypedDict
 
+import numpy as np
 import orjson
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
@@ -46,7 +47,9 @@ class VectorField(serializers.Field):
     pass
 
 
-Vector = Annotated[list[float] | list[int] | str, VectorField]
+# A row of the answer's array (orjson writes it as a JSON array of numbers) or its base64: the
+# schema is VectorField's.
+Vector = Annotated[np.ndarray | str, VectorField]
 
 
 class EmbeddingUsage(TypedDict):
@@ -171,7 +174,7 @@ def job_result_lines(rows: Iterable[JobResult], encoding_format: str, *,
                      out: OutputDtype = FLOAT) -> Iterator[bytes]:
     """?format=jsonl: one JobResultItem per line."""
     for r in rows:
-        yield orjson.dumps(_result_item(r, encoding_format, out)) + b"\n"
+        yield orjson.dumps(_result_item(r, encoding_format, out), option=orjson.OPT_SERIALIZE_NUMPY) + b"\n"
 
 
 class ModelSerializer(serializers.Serializer):

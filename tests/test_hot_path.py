@@ -134,3 +134,25 @@ def test_shared_fields_validate_many_bodies_at_once_without_mixing_them():
     for t in threads:
         t.join()
     assert errors == []
+
+
+def test_float_vectors_are_written_as_the_float32_they_are_shortest_form_and_exact():
+    """Vectors go to JSON straight from numpy (no Python floats): each number reads back as exactly
+    the stored float32, in fewer characters than a Python float's repr."""
+    import numpy as np
+    import orjson
+
+    from embeddings.encoding import vector_encode
+    from embedplatform.renderers import JSONRenderer as Renderer
+
+    rng = np.random.default_rng(7)
+    vectors = rng.standard_normal((8, 384)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    vectors[0, :4] = [0.0, -0.0, 1e-38, np.float32(1) / 3]
+    body = Renderer().render({"data": [{"embedding": vector_encode(v, "float")} for v in vectors]})
+    back = np.array([d["embedding"] for d in orjson.loads(body)["data"]], dtype=np.float32)
+    assert np.array_equal(back.view(np.uint32), vectors.view(np.uint32))  # bit for bit, -0.0 included
+    as_python_floats = orjson.dumps({"data": [{"embedding": v.tolist()} for v in vectors]})
+    assert len(body) < 0.7 * len(as_python_floats)
+    quantized = np.array([-128, 0, 127], dtype=np.int8)
+    assert orjson.loads(Renderer().render({"e": vector_encode(quantized, "float")})) == {"e": [-128, 0, 127]}
