@@ -53,8 +53,15 @@ WORKER_STEPS = [
 ]
 
 
+NO_PYTHON = "no Python frame: granian's own threads (HTTP, I/O, in Rust), a loop's native code"
+GLUE = ("granian's WSGI glue (calling Django, writing the answer)", ("granian/wsgi.py",))
+
+
 def step_of(stack: str, steps: list[tuple[str, tuple[str, ...]]]) -> str:
-    frames = stack.split(";")
+    frames = [frame for frame in stack.split(";") if frame]
+    if not frames:
+        return NO_PYTHON
+    steps = [*steps, GLUE]
     for frame in reversed(frames):  # innermost first
         for name, marks in steps:
             if any(m in frame for m in marks):
