@@ -86,12 +86,27 @@ def children(pid: int) -> list[int]:
     return [int(p) for p in out]
 
 
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds of each of a process's threads (/proc/<pid>/task/<tid>/stat), whatever a sampler
+    can see: granian names its Rust threads and the Python ones alike (tokio-rt-worker)."""
+    out: dict[str, float] = collections.defaultdict(float)
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            raw = (task / "stat").read_text()
+        except OSError:
+            continue
+        fields = raw.rsplit(")", 1)[1].split()
+        out[task.name] += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return out
+
+
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def spy(pids: dict[str, list[int]], seconds: float, rate: int, out: Path, load: str) -> dict[str, subprocess.Popen]:
+def spy(pids: dict[str, list[int]], seconds: float, rate: int, out: Path, load: str,
+        native: bool = False) -> dict[str, subprocess.Popen]:
     py_spy = str(Path(sys.executable).parent / "py-spy")
     procs = {}
     for role, role_pids in pids.items():
@@ -99,7 +114,7 @@ def spy(pids: dict[str, list[int]], seconds: float, rate: int, out: Path, load: 
             path = out / f"spy-{load}-{role}-{pid}.txt"
             procs[f"{role}:{pid}"] = subprocess.Popen(
                 [py_spy, "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", str(rate),
-                 "--format", "raw", "--nonblocking", "--output", str(path)],
+                 "--format", "raw", *(["--native"] if native else ["--nonblocking"]), "--output", str(path)],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return procs
 
@@ -109,6 +124,8 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8775)
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--rate", type=int, default=200, help="py-spy samples per second")
+    parser.add_argument("--native", action="store_true",
+                        help="native frames too (py-spy pauses the processes to read them: slower)")
     args = parser.parse_args()
     env = bench_env("ep-spy-")
     os.environ.update(env)
@@ -125,12 +142,14 @@ def main() -> None:
         hot = short_texts(200, seed=5)
         asyncio.run(run_clients(url, key, request_bodies(8, 25, 1, seed=5, reuse=hot)))  # warm: hits from now on
         rows = []
+        threads: list[tuple[str, int, dict[str, float]]] = []
         for load, bodies in (
             ("hits", lambda n: request_bodies(32, n, 1, seed=5, reuse=hot)),
             ("misses", lambda n: request_bodies(32, n, 1, seed=time.time_ns() % 10**9)),
         ):
             before = {pid: cpu_seconds(pid) for ps in pids.values() for pid in ps}
-            sampling = spy(pids, args.seconds, args.rate, out, load)
+            threads_before = {pid: thread_cpu(pid) for pid in pids["web"]}
+            sampling = spy(pids, args.seconds, args.rate, out, load, native=args.native)
             done = 0
             started = time.perf_counter()
             while time.perf_counter() - started < args.seconds:  # rounds of 32 clients until the sampling ends
@@ -140,6 +159,15 @@ def main() -> None:
             for p in sampling.values():
                 p.wait(timeout=args.seconds + 30)
             spent = {pid: cpu_seconds(pid) - before[pid] for pid in before}
+            by_thread: dict[str, float] = collections.Counter()
+            for pid in pids["web"]:
+                used = sorted((seconds - threads_before[pid].get(tid, 0.0) for tid, seconds in thread_cpu(pid).items()),
+                              reverse=True)
+                by_thread["the busiest thread of each process"] += used[0] if used else 0.0
+                by_thread["the second busiest"] += used[1] if len(used) > 1 else 0.0
+                by_thread["all the others"] += sum(used[2:])
+                by_thread["threads that used any CPU (count)"] += sum(1 for u in used if u > 0) * 1e-9
+            threads.append((load, done, by_thread))
             for role, steps in (("web", WEB_STEPS), ("worker", WORKER_STEPS)):
                 total, counts = 0, collections.Counter()
                 for pid in pids[role]:
@@ -152,6 +180,14 @@ def main() -> None:
                 rows.append((load, role, done / elapsed, cpu * 1e6 / done, total, counts))
     finally:
         stack_stop(procs)
+    for load, done, by_thread in threads:
+        print(f"\n### {load}: the web processes' CPU by thread (/proc; no sampling)\n")
+        print("| threads | CPU per request | share |\n|---|---|---|")
+        count = by_thread.pop("threads that used any CPU (count)") * 1e9
+        whole = sum(by_thread.values()) or 1.0
+        for name, seconds in by_thread.items():
+            print(f"| {name} | {seconds * 1e6 / done:.0f} us | {seconds / whole:.0%} |")
+        print(f"\n{count:.0f} threads of the web processes used CPU.")
     for load, role, rps, cpu_per, total, counts in rows:
         print(f"\n### {load}: {role} ({rps:.0f} requests/s, {cpu_per:.0f} us of {role} CPU per request, "
               f"{total} running samples)\n")
