@@ -366,7 +366,7 @@ def _finalize(batch_id: str, token: str) -> None:
             body = {
                 "object": "list",
                 "data": [{"object": "embedding", "index": i,
-                          "embedding": v if line["e"] == "float" else vector_encode(v, line["e"]), "cached": bool(c)}
+                          "embedding": vector_encode(v, line["e"]), "cached": bool(c)}
                          for i, (v, c) in enumerate(zip(found.vectors[span], found.cached[span], strict=True))],
                 "model": job.model,
                 "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens},

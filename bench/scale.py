@@ -50,7 +50,7 @@ import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench.e2e import bench_env, bench_key, bench_raw, run_clients, short_texts, stack_stop  # noqa: E402
+from bench.e2e import bench_env, bench_key, bench_raw, request_bodies, run_clients, stack_stop  # noqa: E402
 
 MODEL = "all-MiniLM-L6-v2"
 CONFIGS = ("one", "two", "hosts")
@@ -242,21 +242,6 @@ def snapshot(web: subprocess.Popen, workers: list[subprocess.Popen], specs: list
         postgres=cpu_seconds(pg), redis=cpu_seconds(rd),
         workers=[(cpu_seconds([w.pid]), worker_metrics(s.metrics_port) or {}) for w, s in zip(workers, specs)],
     )
-
-
-def request_bodies(clients: int, per_client: int, texts_per_request: int, seed: int) -> list[list[dict]]:
-    """Each client's requests on unique texts, cut from one list as bench/e2e.py's miss rows do."""
-    texts = short_texts(clients * per_client * texts_per_request, seed)
-    k = 0
-    bodies = []
-    for _ in range(clients):
-        mine = []
-        for _ in range(per_client):
-            chunk = texts[k: k + texts_per_request]
-            k += texts_per_request
-            mine.append({"model": MODEL, "input": chunk if texts_per_request > 1 else chunk[0]})
-        bodies.append(mine)
-    return bodies
 
 
 def scenario(url: str, key: str, name: str, scale: float, web: subprocess.Popen, workers: list[subprocess.Popen],

@@ -24,6 +24,8 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
@@ -82,27 +84,18 @@ def shares(path: Path, steps: list[tuple[str, tuple[str, ...]]]) -> tuple[int, d
 
 
 def children(pid: int) -> list[int]:
-    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
-    return [int(p) for p in out]
+    return [c.pid for c in psutil.Process(pid).children()]
 
 
-def thread_cpu(pid: int) -> dict[str, float]:
-    """CPU seconds of each of a process's threads (/proc/<pid>/task/<tid>/stat), whatever a sampler
-    can see: granian names its Rust threads and the Python ones alike (tokio-rt-worker)."""
-    out: dict[str, float] = collections.defaultdict(float)
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            raw = (task / "stat").read_text()
-        except OSError:
-            continue
-        fields = raw.rsplit(")", 1)[1].split()
-        out[task.name] += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return out
+def thread_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds of each of a process's threads, whatever a sampler can see: granian names its Rust
+    threads and the Python ones alike (tokio-rt-worker)."""
+    return {t.id: t.user_time + t.system_time for t in psutil.Process(pid).threads()}
 
 
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
 
 
 def spy(pids: dict[str, list[int]], seconds: float, rate: int, out: Path, load: str,
@@ -142,7 +135,7 @@ def main() -> None:
         hot = short_texts(200, seed=5)
         asyncio.run(run_clients(url, key, request_bodies(8, 25, 1, seed=5, reuse=hot)))  # warm: hits from now on
         rows = []
-        threads: list[tuple[str, int, dict[str, float]]] = []
+        threads: list[tuple[str, int, dict[str, float], int]] = []
         for load, bodies in (
             ("hits", lambda n: request_bodies(32, n, 1, seed=5, reuse=hot)),
             ("misses", lambda n: request_bodies(32, n, 1, seed=time.time_ns() % 10**9)),
@@ -160,14 +153,15 @@ def main() -> None:
                 p.wait(timeout=args.seconds + 30)
             spent = {pid: cpu_seconds(pid) - before[pid] for pid in before}
             by_thread: dict[str, float] = collections.Counter()
+            busy = 0  # threads that used any CPU
             for pid in pids["web"]:
                 used = sorted((seconds - threads_before[pid].get(tid, 0.0) for tid, seconds in thread_cpu(pid).items()),
                               reverse=True)
                 by_thread["the busiest thread of each process"] += used[0] if used else 0.0
                 by_thread["the second busiest"] += used[1] if len(used) > 1 else 0.0
                 by_thread["all the others"] += sum(used[2:])
-                by_thread["threads that used any CPU (count)"] += sum(1 for u in used if u > 0) * 1e-9
-            threads.append((load, done, by_thread))
+                busy += sum(1 for u in used if u > 0)
+            threads.append((load, done, by_thread, busy))
             for role, steps in (("web", WEB_STEPS), ("worker", WORKER_STEPS)):
                 total, counts = 0, collections.Counter()
                 for pid in pids[role]:
@@ -180,14 +174,13 @@ def main() -> None:
                 rows.append((load, role, done / elapsed, cpu * 1e6 / done, total, counts))
     finally:
         stack_stop(procs)
-    for load, done, by_thread in threads:
+    for load, done, by_thread, busy in threads:
         print(f"\n### {load}: the web processes' CPU by thread (/proc; no sampling)\n")
         print("| threads | CPU per request | share |\n|---|---|---|")
-        count = by_thread.pop("threads that used any CPU (count)") * 1e9
         whole = sum(by_thread.values()) or 1.0
         for name, seconds in by_thread.items():
             print(f"| {name} | {seconds * 1e6 / done:.0f} us | {seconds / whole:.0%} |")
-        print(f"\n{count:.0f} threads of the web processes used CPU.")
+        print(f"\n{busy} threads of the web processes used CPU.")
     for load, role, rps, cpu_per, total, counts in rows:
         print(f"\n### {load}: {role} ({rps:.0f} requests/s, {cpu_per:.0f} us of {role} CPU per request, "
               f"{total} running samples)\n")

@@ -25,7 +25,7 @@ def vector_encode(vector: np.ndarray, encoding_format: str) -> str | np.ndarray:
     """float -> the array itself, which orjson (OPT_SERIALIZE_NUMPY, as every answer is rendered)
     writes as a JSON array of numbers: float32 components in their shortest form that reads back
     as the same float32 (about 12 characters, where a Python float's would be 20), integers for a
-    quantized vector; no Python float is made (docs/DECISIONS.md, "Vectors to JSON").
+    quantized vector; no Python float is made (docs/DECISIONS.md #51).
     base64 -> little-endian float32 bytes, as OpenAI sends them, or the raw bytes of a quantized
     (int8/uint8, packed) vector (embeddings/quantize.py)."""
     if encoding_format == "base64":

@@ -52,6 +52,8 @@ from django.conf import settings
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.models import Transformer
 
+from workers.devices import cpu_flags
+
 if TYPE_CHECKING:
     import onnx
     import onnxruntime as ort
@@ -479,16 +481,8 @@ def _write_whole(path: Path, write: Callable[[str], None]) -> None:
 
 def cpu_int8_dot(cpuinfo: str = "/proc/cpuinfo") -> bool:
     """Whether this CPU has 8-bit dot-product instructions (VNNI: `avx512_vnni`, `avx_vnni`, or AMX
-    `amx_int8`), from the flags in /proc/cpuinfo. Elsewhere (or where the flags cannot be read)
-    int8 weights are quantized to 7 bits."""
-    try:
-        with open(cpuinfo) as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & set(line.split()))
-    except OSError:
-        pass
-    return False
+    `amx_int8`). Elsewhere (or where the flags cannot be read) int8 weights are quantized to 7 bits."""
+    return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & cpu_flags(cpuinfo))
 
 
 def onnx_int8_cached(path: Path, pad: Callable[[list[str]], Features], inputs: list[str]) -> Path:

@@ -1,4 +1,4 @@
-"""EMBED_DEVICE -> the torch device string, and a CPU worker's thread counts.
+"""EMBED_DEVICE -> the torch device string, a CPU worker's thread counts, and the CPU's flags.
 
 Never imports torch or touches CUDA: CUDA must not start before a worker process forks and is
 pinned to its GPU, and scripts/run.py, which starts every process, imports this module too.
@@ -14,6 +14,19 @@ import os
 import re
 
 _DEVICE = re.compile(r"^(cpu|cuda|cuda:\d+|mps)$")
+
+
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> frozenset[str]:
+    """The instruction-set flags of this CPU (the first `flags` line of /proc/cpuinfo); none where
+    it cannot be read. runtime.cpu_bf16 and backends.cpu_int8_dot pick engines by them."""
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split())
+    except OSError:
+        pass
+    return frozenset()
 
 
 def device_parse(value: str) -> str:

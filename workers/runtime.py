@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from workers.batching import batches_pack
+from workers.devices import cpu_flags
 
 if TYPE_CHECKING:
     from embeddings.registry import ModelSpec
@@ -39,18 +40,11 @@ BIG_PASS_TEXTS = 3
 
 
 def cpu_bf16(cpuinfo: str = "/proc/cpuinfo") -> str:
-    """The bfloat16 matrix instructions of this CPU, from the flags in /proc/cpuinfo: "amx" (AMX
-    tiles, `amx_bf16`: Intel Sapphire Rapids and later), "avx512" (`avx512_bf16` dot products:
-    AMD Zen 4 and later, Intel Cooper Lake) or "" (none: bfloat16 would be emulated, slowly)."""
-    try:
-        with open(cpuinfo) as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split())
-                    return "amx" if "amx_bf16" in flags else "avx512" if "avx512_bf16" in flags else ""
-    except OSError:
-        pass
-    return ""
+    """The bfloat16 matrix instructions of this CPU, from its flags: "amx" (AMX tiles, `amx_bf16`:
+    Intel Sapphire Rapids and later), "avx512" (`avx512_bf16` dot products: AMD Zen 4 and later,
+    Intel Cooper Lake) or "" (none: bfloat16 would be emulated, slowly)."""
+    flags = cpu_flags(cpuinfo)
+    return "amx" if "amx_bf16" in flags else "avx512" if "avx512_bf16" in flags else ""
 
 
 class ModelRuntime:

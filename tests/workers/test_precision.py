@@ -131,8 +131,11 @@ def test_the_heartbeat_publishes_the_chosen_precision(int8, minilm):
     assert serving_info(minilm)["precision"] == minilm.precision
 
 
-def test_int8_weights_are_7_bits_where_the_cpu_has_no_8_bit_dot_products(tmp_path):
+def test_int8_weights_are_7_bits_where_the_cpu_has_no_8_bit_dot_products(tmp_path, int8):
     from workers.backends import cpu_int8_dot
+
+    # The served file is this CPU's recipe: `-w7` (7-bit weights) exactly where it has no VNNI.
+    assert int8.small.path.name.endswith(".int8-pc-sq65-w7.onnx") is (not cpu_int8_dot())
 
     flags = "flags\t\t: fpu sse2 avx2 fma {}\n"
     for extra, has in (("", False), ("avx512_vnni avx512f", True), ("avx_vnni", True), ("amx_int8", True)):
